@@ -1,0 +1,3 @@
+from clusterchat.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""Cross-node delivery: the Bus interface and its implementations."""

@@ -1,0 +1,259 @@
+"""Every message of the wire protocol, declared once (docs/protocol.md §2-3).
+
+Each type is a msgspec Struct tagged by its integer ``msgid``. Server, client
+library and tests all use these types. Field names are the classic ones; fields
+that the classic protocol has but clusterchat does not trust (the sender ``id``
+and ``name`` of a chat request) are optional on input and always filled in by
+the server on output.
+
+The nested entries of a login answer (friends, groups, members) travel as JSON
+*strings* inside arrays, because the classic client parses them that way; the
+``*Entry`` structs describe what those strings contain.
+"""
+
+import msgspec
+
+from clusterchat.protocol.msgid import MsgId
+
+__all__ = [
+    "REQUEST_TYPES",
+    "SERVER_MESSAGE_TYPES",
+    "AddFriend",
+    "AddFriendAck",
+    "AddGroup",
+    "AddGroupAck",
+    "Answer",
+    "ChatMessage",
+    "CreateGroup",
+    "CreateGroupAck",
+    "Error",
+    "FriendEntry",
+    "GroupChat",
+    "GroupChatAck",
+    "GroupEntry",
+    "Login",
+    "LoginAck",
+    "Logout",
+    "LogoutAck",
+    "MemberEntry",
+    "Message",
+    "OneChat",
+    "OneChatAck",
+    "Ping",
+    "Pong",
+    "RegAck",
+    "Register",
+    "Request",
+    "ServerMessage",
+]
+
+
+class Message(msgspec.Struct, tag_field="msgid", omit_defaults=True, frozen=True, kw_only=True):
+    """Base of every wire message; ``msgid`` is the tag."""
+
+
+# --- Requests (client -> server) -------------------------------------------------------
+
+
+class Login(Message, tag=int(MsgId.LOGIN), frozen=True):
+    id: int
+    password: str
+
+
+class Logout(Message, tag=int(MsgId.LOGOUT), frozen=True):
+    id: int | None = None
+
+
+class Register(Message, tag=int(MsgId.REG), frozen=True):
+    name: str
+    password: str
+
+
+class OneChat(Message, tag=int(MsgId.ONE_CHAT), frozen=True):
+    """A one-to-one chat message: a request from the sender, a push to the recipient.
+
+    On a request only ``toid`` and ``msg`` matter; ``id``, if given, must be the
+    logged-in user. On a push the server sets ``id``, ``name`` (the real
+    sender), ``time`` (server clock, ``YYYY-MM-DD HH:MM:SS``) and ``mid`` (the
+    cluster-unique message id). ``ref`` is the client's own correlation number,
+    echoed in the ``OneChatAck``; it never reaches the recipient.
+    """
+
+    toid: int
+    msg: str
+    id: int | None = None
+    name: str | None = None
+    time: str | None = None
+    mid: str | None = None
+    ref: int | None = None
+
+
+class AddFriend(Message, tag=int(MsgId.ADD_FRIEND), frozen=True):
+    friendid: int
+    id: int | None = None
+
+
+class CreateGroup(Message, tag=int(MsgId.CREATE_GROUP), frozen=True):
+    groupname: str
+    groupdesc: str = ""
+    id: int | None = None
+
+
+class AddGroup(Message, tag=int(MsgId.ADD_GROUP), frozen=True):
+    groupid: int
+    id: int | None = None
+
+
+class GroupChat(Message, tag=int(MsgId.GROUP_CHAT), frozen=True):
+    """A group chat message; fields as in ``OneChat`` with ``groupid`` for ``toid``."""
+
+    groupid: int
+    msg: str
+    id: int | None = None
+    name: str | None = None
+    time: str | None = None
+    mid: str | None = None
+    ref: int | None = None
+
+
+class Ping(Message, tag=int(MsgId.PING), frozen=True):
+    """Keep-alive (extension); answered by ``Pong`` with the same ``ref``."""
+
+    ref: int | None = None
+
+
+Request = (
+    Login | Logout | Register | OneChat | AddFriend | CreateGroup | AddGroup | GroupChat | Ping
+)
+REQUEST_TYPES: tuple[type[Message], ...] = (
+    Login,
+    Logout,
+    Register,
+    OneChat,
+    AddFriend,
+    CreateGroup,
+    AddGroup,
+    GroupChat,
+    Ping,
+)
+
+ChatMessage = OneChat | GroupChat
+
+
+# --- Answers (server -> client) --------------------------------------------------------
+
+
+class Answer(Message, frozen=True):
+    """Base of the replies that say ok (``errno`` 0) or why not."""
+
+    errno: int
+    errmsg: str | None = None
+
+
+class LoginAck(Answer, tag=int(MsgId.LOGIN_ACK), frozen=True):
+    """Classic login answer. The three lists hold JSON texts and are omitted when empty."""
+
+    id: int | None = None
+    name: str | None = None
+    offlinemsg: list[str] = []
+    friends: list[str] = []
+    groups: list[str] = []
+
+
+class RegAck(Answer, tag=int(MsgId.REG_ACK), frozen=True):
+    id: int | None = None
+
+
+class LogoutAck(Answer, tag=int(MsgId.LOGOUT_ACK), frozen=True):
+    pass
+
+
+class OneChatAck(Answer, tag=int(MsgId.ONE_CHAT_ACK), frozen=True):
+    """Sent on a refused chat message, and on an accepted one that carried ``ref``."""
+
+    mid: str | None = None
+    ref: int | None = None
+
+
+class AddFriendAck(Answer, tag=int(MsgId.ADD_FRIEND_ACK), frozen=True):
+    friendid: int | None = None
+
+
+class CreateGroupAck(Answer, tag=int(MsgId.CREATE_GROUP_ACK), frozen=True):
+    groupid: int | None = None
+    groupname: str | None = None
+
+
+class AddGroupAck(Answer, tag=int(MsgId.ADD_GROUP_ACK), frozen=True):
+    groupid: int | None = None
+
+
+class GroupChatAck(Answer, tag=int(MsgId.GROUP_CHAT_ACK), frozen=True):
+    mid: str | None = None
+    ref: int | None = None
+
+
+class Error(Answer, tag=int(MsgId.ERROR), frozen=True):
+    """An error for a request that has no answer type of its own (or none readable).
+
+    ``req`` is the ``msgid`` of the offending request when it could be read.
+    """
+
+    req: int | None = None
+
+
+class Pong(Message, tag=int(MsgId.PONG), frozen=True):
+    ref: int | None = None
+
+
+ServerMessage = (
+    LoginAck
+    | RegAck
+    | OneChat
+    | GroupChat
+    | LogoutAck
+    | OneChatAck
+    | AddFriendAck
+    | CreateGroupAck
+    | AddGroupAck
+    | GroupChatAck
+    | Error
+    | Pong
+)
+SERVER_MESSAGE_TYPES: tuple[type[Message], ...] = (
+    LoginAck,
+    RegAck,
+    OneChat,
+    GroupChat,
+    LogoutAck,
+    OneChatAck,
+    AddFriendAck,
+    CreateGroupAck,
+    AddGroupAck,
+    GroupChatAck,
+    Error,
+    Pong,
+)
+
+
+# --- Entries carried as JSON text inside LoginAck ----------------------------------------
+
+
+class FriendEntry(msgspec.Struct, frozen=True, kw_only=True):
+    id: int
+    name: str
+    state: str
+
+
+class MemberEntry(msgspec.Struct, frozen=True, kw_only=True):
+    id: int
+    name: str
+    role: str
+    state: str
+
+
+class GroupEntry(msgspec.Struct, frozen=True, kw_only=True):
+    id: int
+    groupname: str
+    groupdesc: str
+    users: list[str]
