@@ -5,6 +5,7 @@ transport feeds received bytes to ``JsonStreamDecoder``, decodes each frame
 with ``decode_request`` and writes ``Outbound`` renderings.
 """
 
+from clusterchat.protocol.answers import error_answer
 from clusterchat.protocol.codec import (
     Outbound,
     decode_request,
@@ -89,6 +90,7 @@ __all__ = [
     "decode_server_message",
     "encode",
     "encode_entry",
+    "error_answer",
     "ndjson_line",
     "split_classic",
 ]

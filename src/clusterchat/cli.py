@@ -1,0 +1,81 @@
+"""The ``clusterchat`` command: parses arguments, then calls; no logic here."""
+
+import argparse
+import asyncio
+import logging
+import sys
+from collections.abc import Coroutine, Sequence
+from pathlib import Path
+from typing import Any
+
+from clusterchat import __version__
+from clusterchat.settings import Settings
+
+__all__ = ["main"]
+
+
+def _run(coro: Coroutine[Any, Any, int]) -> int:
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
+        return asyncio.run(coro)
+    return uvloop.run(coro)
+
+
+def _node_parser(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+    node = sub.add_parser("node", help="run one chat node in the foreground")
+    node.add_argument("--config", type=Path, help="TOML file with settings")
+    node.add_argument("--host", help="address to listen on (default 127.0.0.1)")
+    node.add_argument("--port", type=int, help="TCP port (default 6000)")
+    node.add_argument("--db", help="database URL (default sqlite:///clusterchat.db)")
+    node.add_argument("--redis", help="Redis URL: join a cluster (default: single node)")
+    node.add_argument("--node-id", dest="node_id", help="node name (default: random)")
+    node.add_argument("--prefix", help="Redis channel/key prefix (default clusterchat)")
+    node.add_argument(
+        "--single-session",
+        dest="single_session",
+        action="store_const",
+        const=True,
+        help="refuse a second login of the same user (classic behaviour)",
+    )
+    node.add_argument("--max-frame", dest="max_frame", type=int, help="largest frame in bytes")
+    node.add_argument("--max-rate", dest="max_rate", type=float, help="requests/s per client")
+    node.add_argument("--log-level", dest="log_level", help="DEBUG, INFO, WARNING...")
+
+
+def _client_parser(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+    client = sub.add_parser("client", help="the interactive terminal client")
+    client.add_argument("host", nargs="?", default="127.0.0.1")
+    client.add_argument("port", nargs="?", type=int, default=6000)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="clusterchat", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"clusterchat {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    _node_parser(sub)
+    _client_parser(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "node":
+        flags = {k: v for k, v in vars(args).items() if k not in {"command", "config"}}
+        try:
+            settings = Settings.load(flags, config=args.config)
+        except (ValueError, OSError) as exc:
+            print(f"clusterchat node: {exc}", file=sys.stderr)
+            return 2
+        logging.basicConfig(
+            level=settings.log_level.upper(),
+            format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        )
+        from clusterchat.node import run_node
+
+        return _run(run_node(settings))
+    if args.command == "client":
+        from clusterchat.client.terminal import run_terminal
+
+        return _run(run_terminal(args.host, args.port))
+    raise AssertionError(args.command)

@@ -1,0 +1,112 @@
+"""The composition root: one chat node built from its settings.
+
+This is the only module that picks concrete implementations: SqlStore for the
+database, RedisBus + RedisPresence when a Redis URL is given (a cluster), else
+LocalBus + LocalPresence (a single node). Start order: database, presence,
+bus + service, listener; stop order is the reverse, after the sessions are
+closed and everything that must be stored is stored.
+"""
+
+import asyncio
+import logging
+import secrets
+import signal
+import sys
+
+from clusterchat.bus.base import Bus
+from clusterchat.bus.local import LocalBus
+from clusterchat.presence.base import Presence
+from clusterchat.presence.local import LocalPresence
+from clusterchat.protocol import Limits
+from clusterchat.service.chat import ChatService
+from clusterchat.service.context import Policy
+from clusterchat.service.passwords import PasswordHasher
+from clusterchat.settings import Settings
+from clusterchat.store.sql import SqlStore
+from clusterchat.transport.tcp import ConnectionLimits, TcpServer
+
+__all__ = ["Node", "run_node"]
+
+log = logging.getLogger("clusterchat.node")
+
+
+class Node:
+    """A chat node: store, bus, presence, service and TCP listener, started and stopped in order."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.node_id = settings.node_id or secrets.token_hex(4)
+        self.store = SqlStore(settings.db)
+        self.bus: Bus
+        self.presence: Presence
+        address = f"{settings.host}:{settings.port}"
+        if settings.redis:
+            from clusterchat.bus.redis import RedisBus
+            from clusterchat.presence.redis import RedisPresence
+
+            self.bus = RedisBus(settings.redis, node_id=self.node_id, prefix=settings.prefix)
+            self.presence = RedisPresence(
+                settings.redis, node_id=self.node_id, address=address, prefix=settings.prefix
+            )
+        else:
+            self.bus = LocalBus()
+            self.presence = LocalPresence(self.node_id, address)
+        limits = Limits(max_frame=settings.max_frame, max_message=settings.max_message)
+        self.service = ChatService(
+            node_id=self.node_id,
+            store=self.store,
+            bus=self.bus,
+            presence=self.presence,
+            passwords=PasswordHasher(
+                time_cost=settings.argon2_time_cost, memory_kib=settings.argon2_memory_kib
+            ),
+            limits=limits,
+            policy=Policy(
+                single_session=settings.single_session, offline_batch=settings.offline_batch
+            ),
+        )
+        self.tcp = TcpServer(
+            self.service,
+            protocol_limits=limits,
+            limits=ConnectionLimits(
+                max_rate=settings.max_rate,
+                max_burst=settings.max_burst,
+                login_timeout=settings.login_timeout,
+            ),
+        )
+        self.address: tuple[str, int] | None = None
+
+    async def start(self) -> tuple[str, int]:
+        await self.store.create_schema()
+        await self.presence.start()
+        await self.service.start()
+        self.address = await self.tcp.start(self.settings.host, self.settings.port)
+        return self.address
+
+    async def stop(self) -> None:
+        self.tcp.stop_accepting()
+        await self.service.shutdown()
+        await self.tcp.close()
+        await self.bus.close()
+        await self.presence.close()
+        await self.store.close()
+
+
+async def run_node(settings: Settings) -> int:
+    """Run a node until SIGINT or SIGTERM; return the exit status."""
+    node = Node(settings)
+    host, port = await node.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    mode = f"redis {settings.redis}" if settings.redis else "single node"
+    print(
+        f"clusterchat node {node.node_id} listening on {host}:{port} ({mode}, db {settings.db})",
+        file=sys.stderr,
+        flush=True,
+    )
+    await stop.wait()
+    log.info("node %s shutting down", node.node_id)
+    await node.stop()
+    return 0

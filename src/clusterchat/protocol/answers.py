@@ -1,0 +1,41 @@
+"""Which answer carries the outcome of which request (docs/protocol.md §3, §5).
+
+Every request type with an answer of its own gets its errors in that answer
+(``errno`` != 0, ``errmsg``); the others get an ``Error`` (msgid 100) naming
+the request in ``req``.
+"""
+
+from clusterchat.protocol.messages import (
+    AddFriendAck,
+    AddGroupAck,
+    Answer,
+    CreateGroupAck,
+    Error,
+    GroupChatAck,
+    LoginAck,
+    LogoutAck,
+    OneChatAck,
+    RegAck,
+)
+from clusterchat.protocol.msgid import MsgId
+
+__all__ = ["error_answer"]
+
+_ANSWER_TO: dict[int, type[Answer]] = {
+    MsgId.LOGIN: LoginAck,
+    MsgId.REG: RegAck,
+    MsgId.LOGOUT: LogoutAck,
+    MsgId.ONE_CHAT: OneChatAck,
+    MsgId.ADD_FRIEND: AddFriendAck,
+    MsgId.CREATE_GROUP: CreateGroupAck,
+    MsgId.ADD_GROUP: AddGroupAck,
+    MsgId.GROUP_CHAT: GroupChatAck,
+}
+
+
+def error_answer(request_msgid: int | None, errno: int, errmsg: str) -> Answer:
+    """The answer reporting ``errno`` for a request of type ``request_msgid``."""
+    answer_type = _ANSWER_TO.get(request_msgid) if request_msgid is not None else None
+    if answer_type is None:
+        return Error(errno=errno, errmsg=errmsg, req=request_msgid)
+    return answer_type(errno=errno, errmsg=errmsg)

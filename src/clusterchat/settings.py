@@ -1,0 +1,92 @@
+"""One Settings object for a node: flags > ``CLUSTERCHAT_*`` environment > TOML file > defaults.
+
+Every field can be set in each of the four places; the environment variable
+is ``CLUSTERCHAT_`` + the field name in capitals (``CLUSTERCHAT_PORT``,
+``CLUSTERCHAT_DB``...), the TOML key is the field name.
+"""
+
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import MISSING, dataclass, fields, replace
+from pathlib import Path
+from typing import Any
+
+__all__ = ["ENV_PREFIX", "Settings"]
+
+ENV_PREFIX = "CLUSTERCHAT_"
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Configuration of one chat node (docs/operations.md lists every field)."""
+
+    host: str = "127.0.0.1"
+    port: int = 6000
+    db: str = "sqlite:///clusterchat.db"
+    redis: str | None = None
+    node_id: str | None = None
+    prefix: str = "clusterchat"
+    single_session: bool = False
+    max_frame: int = 64 * 1024
+    max_message: int = 8192
+    max_rate: float = 200.0
+    max_burst: float = 1000.0
+    login_timeout: float = 120.0
+    offline_batch: int = 1000
+    argon2_time_cost: int = 2
+    argon2_memory_kib: int = 19 * 1024
+    log_level: str = "INFO"
+
+    @classmethod
+    def load(
+        cls,
+        flags: Mapping[str, Any] | None = None,
+        *,
+        environ: Mapping[str, str] | None = None,
+        config: Path | None = None,
+    ) -> "Settings":
+        """Merge the four sources; ``flags`` entries that are None count as unset.
+
+        Raises:
+            ValueError: a value cannot be converted to the field's type.
+        """
+        environ = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        if config is not None:
+            with config.open("rb") as file:
+                values.update(tomllib.load(file))
+        for field in fields(cls):
+            raw = environ.get(ENV_PREFIX + field.name.upper())
+            if raw is not None:
+                values[field.name] = raw
+        for name, value in (flags or {}).items():
+            if value is not None:
+                values[name] = value
+        known = {field.name: field for field in fields(cls)}
+        unknown = set(values) - set(known)
+        if unknown:
+            raise ValueError(f"unknown settings: {', '.join(sorted(unknown))}")
+        settings = cls()
+        converted = {name: _convert(known[name].default, name, v) for name, v in values.items()}
+        return replace(settings, **converted)
+
+
+def _convert(default: Any, name: str, value: Any) -> Any:
+    if not isinstance(value, str) or default is MISSING:
+        return value
+    if isinstance(default, bool):
+        lowered = value.strip().lower()
+        if lowered in {"1", "true", "yes", "on"}:
+            return True
+        if lowered in {"0", "false", "no", "off", ""}:
+            return False
+        raise ValueError(f"{name}: expected a boolean, got {value!r}")
+    try:
+        if isinstance(default, int):
+            return int(value)
+        if isinstance(default, float):
+            return float(value)
+    except ValueError:
+        raise ValueError(f"{name}: expected a number, got {value!r}") from None
+    return value or None if default is None else value

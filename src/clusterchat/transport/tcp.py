@@ -1,0 +1,248 @@
+"""The TCP listener: one ``asyncio.Protocol`` per client connection.
+
+``data_received`` feeds the sans-I/O decoder, decodes each frame and hands the
+request to the chat service, in order: while a request that must wait (login,
+register...) is running, later requests of the same connection queue behind it
+and reading pauses if the queue grows. Outgoing messages are coalesced into
+one write per event-loop turn.
+
+Error handling at the edge (STYLE.md §3):
+
+* ``FramingError`` (frame too large, nesting too deep): error answer, close.
+* ``InvalidMessage`` (malformed JSON, bad field, unknown msgid): error answer.
+* A client over its request rate (flooding) or whose unread output exceeds the
+  outbound limit (slow consumer) is disconnected; others are unaffected.
+* A connection that does not log in within ``login_timeout`` is closed.
+"""
+
+import asyncio
+import itertools
+import logging
+from collections import deque
+from collections.abc import Coroutine
+from dataclasses import dataclass
+from typing import Any, cast
+
+from clusterchat.protocol import (
+    ErrorCode,
+    FramingError,
+    InvalidMessage,
+    JsonStreamDecoder,
+    Limits,
+    Outbound,
+    Request,
+    decode_request,
+    error_answer,
+)
+from clusterchat.service.chat import ChatService
+from clusterchat.service.sessions import SessionState
+from clusterchat.transport.flood import TokenBucket
+
+__all__ = ["ConnectionLimits", "TcpConnection", "TcpServer"]
+
+log = logging.getLogger("clusterchat.transport")
+
+_ids = itertools.count(1)
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionLimits:
+    """Per-connection bounds.
+
+    Attributes:
+        max_rate: Sustained requests per second before the client counts as flooding.
+        max_burst: Requests allowed at once above the sustained rate.
+        max_outbound: Bytes of unsent output before the client counts as too slow.
+        max_backlog: Requests queued behind a slow request before reading pauses.
+        login_timeout: Seconds a connection may stay without logging in.
+    """
+
+    max_rate: float = 200.0
+    max_burst: float = 1000.0
+    max_outbound: int = 4 * 1024 * 1024
+    max_backlog: int = 256
+    login_timeout: float = 120.0
+
+
+class TcpConnection(asyncio.Protocol):
+    """One client connection; implements the service's ``Session``."""
+
+    def __init__(self, server: "TcpServer") -> None:
+        self._server = server
+        self._service = server.service
+        self._limits = server.limits
+        self._decoder = JsonStreamDecoder(server.protocol_limits)
+        self._bucket = TokenBucket(self._limits.max_rate, self._limits.max_burst)
+        self._transport: asyncio.Transport | None = None
+        self._backlog: deque[Request] = deque()
+        self._worker: asyncio.Task[None] | None = None
+        self._paused = False
+        self._out: list[bytes] = []
+        self._out_size = 0
+        self._closed = False
+        self._login_timer: asyncio.TimerHandle | None = None
+        self.id = next(_ids)
+        self.peer = "?"
+        self.state: SessionState | None = None
+
+    # --- asyncio.Protocol ------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
+        peer = transport.get_extra_info("peername")
+        self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
+        self.state = self._service.open(self)
+        self._server.connections.add(self)
+        self._login_timer = asyncio.get_running_loop().call_later(
+            self._limits.login_timeout, self._login_expired
+        )
+        log.info("[%d] = connection from %s", self.id, self.peer)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._closed = True
+        self._server.connections.discard(self)
+        if self._login_timer is not None:
+            self._login_timer.cancel()
+        if self._worker is not None:
+            self._worker.cancel()
+        log.info("[%d] = connection from %s closed", self.id, self.peer)
+        if self.state is not None:
+            self._server.spawn(self._service.closed(self.state))
+
+    def data_received(self, data: bytes) -> None:
+        if self._closed:
+            return
+        try:
+            frames = self._decoder.feed(data)
+        except FramingError as exc:
+            self._reply_error(exc.request_msgid, exc.code, exc.message)
+            self.close(exc.message)
+            return
+        for frame in frames:
+            if not self._bucket.take():
+                self._reply_error(None, ErrorCode.FLOODING, "too many requests: disconnected")
+                self.close("flooding")
+                return
+            try:
+                request = decode_request(frame, self._server.protocol_limits)
+            except InvalidMessage as exc:
+                self._reply_error(exc.request_msgid, exc.code, exc.message)
+                continue
+            if self._worker is not None:
+                self._backlog.append(request)
+                if len(self._backlog) >= self._limits.max_backlog and not self._paused:
+                    self._paused = True
+                    assert self._transport is not None
+                    self._transport.pause_reading()
+                continue
+            self._run(request)
+
+    # --- request processing ----------------------------------------------------------
+
+    def _run(self, request: Request) -> None:
+        assert self.state is not None
+        pending = self._service.handle(self.state, request)
+        if pending is not None:
+            self._worker = asyncio.get_running_loop().create_task(self._work(pending))
+
+    async def _work(self, pending: Coroutine[Any, Any, None]) -> None:
+        assert self.state is not None
+        await pending
+        while self._backlog and not self._closed:
+            request = self._backlog.popleft()
+            more = self._service.handle(self.state, request)
+            if more is not None:
+                await more
+        self._worker = None
+        if self.state.logged_in and self._login_timer is not None:
+            self._login_timer.cancel()
+            self._login_timer = None
+        if self._paused and not self._closed:
+            self._paused = False
+            assert self._transport is not None
+            self._transport.resume_reading()
+
+    def _login_expired(self) -> None:
+        if self.state is not None and self.state.logged_in:
+            return
+        self._reply_error(None, ErrorCode.NOT_LOGGED_IN, "login timeout: disconnected")
+        self.close("login timeout")
+
+    # --- Session ---------------------------------------------------------------------
+
+    def send(self, message: Outbound) -> bool:
+        if self._closed:
+            return False
+        data = message.classic if self._decoder.nul_terminated else message.line
+        assert self._transport is not None
+        if self._out_size + self._transport.get_write_buffer_size() > self._limits.max_outbound:
+            log.warning("[%d] slow consumer %s: disconnecting", self.id, self.peer)
+            self._closed = True
+            self._transport.abort()
+            return False
+        if not self._out:
+            asyncio.get_running_loop().call_soon(self._flush)
+        self._out.append(data)
+        self._out_size += len(data)
+        return True
+
+    def _flush(self) -> None:
+        if self._out and self._transport is not None and not self._transport.is_closing():
+            self._transport.write(b"".join(self._out) if len(self._out) > 1 else self._out[0])
+        self._out.clear()
+        self._out_size = 0
+
+    def close(self, reason: str) -> None:
+        if self._closed or self._transport is None:
+            return
+        self._closed = True
+        log.info("[%d] closing %s: %s", self.id, self.peer, reason)
+        self._flush()
+        self._transport.close()
+
+    def _reply_error(self, request_msgid: int | None, code: ErrorCode, message: str) -> None:
+        self.send(Outbound.of(error_answer(request_msgid, code, message)))
+
+
+class TcpServer:
+    """Accepts TCP clients for one ``ChatService``."""
+
+    def __init__(
+        self,
+        service: ChatService,
+        *,
+        protocol_limits: Limits | None = None,
+        limits: ConnectionLimits | None = None,
+    ) -> None:
+        self.service = service
+        self.protocol_limits = protocol_limits or Limits()
+        self.limits = limits or ConnectionLimits()
+        self.connections: set[TcpConnection] = set()
+        self._server: asyncio.Server | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def start(self, host: str, port: int) -> tuple[str, int]:
+        """Listen; return the bound address (port 0 picks a free one)."""
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(
+            lambda: TcpConnection(self), host, port, reuse_address=True, backlog=4096
+        )
+        sockname = self._server.sockets[0].getsockname()
+        return str(sockname[0]), int(sockname[1])
+
+    def stop_accepting(self) -> None:
+        if self._server is not None:
+            self._server.close()
+
+    async def close(self) -> None:
+        """Stop accepting, close every connection, wait for their clean-up."""
+        self.stop_accepting()
+        for connection in list(self.connections):
+            connection.close("server shutting down")
+        while self._tasks:
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+
+    def spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
