@@ -10,6 +10,7 @@ pytest_plugins: list[str] = [
     "tests.support.node",
     "tests.support.proxy",
     "tests.support.redis",
+    "tests.support.service",
 ]
 
 

@@ -49,12 +49,31 @@ def _client_parser(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -
     client.add_argument("port", nargs="?", type=int, default=6000)
 
 
+def _up_parser(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+    up = sub.add_parser("up", help="run a local cluster: redis-server, N nodes, nginx")
+    up.add_argument("--nodes", type=int, default=2, help="chat nodes (default 2)")
+    up.add_argument("--port", type=int, default=8000, help="public TCP port (default 8000)")
+    up.add_argument("--db", help="database URL (default: SQLite in --dir)")
+    up.add_argument("--dir", type=Path, default=Path("clusterchat-run"), help="working dir")
+    up.add_argument(
+        "--redis-persistence", action="store_true", help="keep Redis snapshots (default off)"
+    )
+
+
+def _status_parser(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+    status = sub.add_parser("status", help="live nodes and online users, from Redis")
+    status.add_argument("--redis", required=True, help="the cluster's Redis URL")
+    status.add_argument("--prefix", default="clusterchat", help="key prefix (default clusterchat)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="clusterchat", description=__doc__)
     parser.add_argument("--version", action="version", version=f"clusterchat {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     _node_parser(sub)
     _client_parser(sub)
+    _up_parser(sub)
+    _status_parser(sub)
     return parser
 
 
@@ -78,4 +97,28 @@ def main(argv: Sequence[str] | None = None) -> int:
         from clusterchat.client.terminal import run_terminal
 
         return _run(run_terminal(args.host, args.port))
+    if args.command == "up":
+        from clusterchat.cluster.launcher import ClusterSpec, run_cluster
+
+        if args.nodes < 1:
+            print("clusterchat up: --nodes must be at least 1", file=sys.stderr)
+            return 2
+        spec = ClusterSpec(
+            nodes=args.nodes,
+            port=args.port,
+            dir=args.dir,
+            db=args.db,
+            redis_persistence=args.redis_persistence,
+        )
+        return run_cluster(spec)
+    if args.command == "status":
+        from clusterchat.cluster.status import format_status, read_status
+
+        try:
+            nodes = asyncio.run(read_status(args.redis, args.prefix))
+        except Exception as exc:
+            print(f"clusterchat status: {exc}", file=sys.stderr)
+            return 1
+        print(format_status(nodes))
+        return 0
     raise AssertionError(args.command)

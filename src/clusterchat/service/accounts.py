@@ -54,6 +54,8 @@ async def login(ctx: Context, state: SessionState, request: Login) -> None:
     groups = await ctx.store.groups_of(user.id)
     people = {f.id for f in friends} | {m.user_id for _, ms in groups for m in ms}
     online = await ctx.presence.online(people)
+    # Messages this node is still writing to the store belong in this answer too.
+    await ctx.delivery.writer.flush()
     stored = await ctx.store.pending([user.id], ctx.policy.offline_batch)
     assert state.recent is not None
     for message in stored:

@@ -241,17 +241,20 @@ class ChatService:
         except msgspec.DecodeError:
             log.warning("ignoring a malformed bus payload on %s", channel)
             return
-        if envelope.origin == self.node_id:
-            return  # published by this node, which already delivered locally
+        own = envelope.origin == self.node_id
         if envelope.kind == Kind.GROUP_CHANGED:
-            self.ctx.groups.invalidate(int(envelope.mid))
+            if not own:
+                self.ctx.groups.invalidate(int(envelope.mid))
             return
         if not channel.startswith(_USER_PREFIX):
             return
         user_id = int(channel[len(_USER_PREFIX) :])
         if envelope.kind == Kind.DELIVER:
+            # Our own envelopes come back too: the sessions that had the message
+            # locally drop it by id, and a session that logged in here between
+            # the local push and the publish gets it now (docs/delivery.md).
             self.ctx.delivery.received(user_id, envelope.mid, bytes(envelope.body))
-        elif envelope.kind == Kind.DRAIN and self.ctx.registry.has(user_id):
+        elif envelope.kind == Kind.DRAIN and not own and self.ctx.registry.has(user_id):
             self.ctx.delivery.spawn_drain([user_id])
 
     def bus_channels(self) -> Iterable[str]:

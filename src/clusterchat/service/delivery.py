@@ -173,7 +173,10 @@ class Delivery:
         notice = encode_envelope(Kind.DRAIN, self._node_id)
         for user_id in user_ids:
             self.broadcast(user_channel(user_id), notice)
-        local = [uid for uid in user_ids if self._registry.has(uid)]
+        # A user whose sessions are all still logging in gets these in the login answer.
+        local = [
+            uid for uid in user_ids if any(state.ready for state in self._registry.local(uid))
+        ]
         if local:
             self.spawn_drain(local)
 

@@ -58,6 +58,9 @@ class RecentIds:
         self._order: deque[str] = deque()
         self._seen: set[str] = set()
 
+    def __contains__(self, mid: str) -> bool:
+        return mid in self._seen
+
     def add(self, mid: str) -> bool:
         """Remember ``mid``; False if it was already there."""
         if mid in self._seen:
@@ -85,6 +88,11 @@ class SessionState:
     def logged_in(self) -> bool:
         return self.user_id is not None
 
+    @property
+    def ready(self) -> bool:
+        """Logged in and past the login answer (pushes go straight out)."""
+        return self.user_id is not None and self._held is None
+
     def begin_login(self, user_id: int, name: str) -> None:
         """Become the session of ``user_id``; hold pushes until ``finish_login``."""
         self.user_id = user_id
@@ -108,12 +116,16 @@ class SessionState:
         Returns:
             True if the session has it (now or earlier), False if it refused.
         """
-        if mid is not None and self.recent is not None and not self.recent.add(mid):
+        recent = self.recent if mid is not None else None
+        if recent is not None and mid in recent:
             return True
         if self._held is not None:
             self._held.append(message)
-            return True
-        return self.session.send(message)
+        elif not self.session.send(message):
+            return False  # not remembered: a later drain must not count it as had
+        if recent is not None and mid is not None:
+            recent.add(mid)
+        return True
 
 
 _STRIPES = 256

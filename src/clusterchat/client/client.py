@@ -1,0 +1,499 @@
+"""``ChatClient``: an asyncio client for one clusterchat connection.
+
+Theory of operation
+-------------------
+One reader task per client reads the socket, splits the bytes into frames with
+``JsonStreamDecoder`` and decodes each frame. It never awaits anything but the
+socket, and it creates no task per message:
+
+* An answer resolves the future of the oldest request still waiting for that
+  answer type (the server answers in order, so FIFO per type is exact). A
+  request whose caller gave up (cancelled) keeps its place in the queue, so the
+  late answer is consumed by it and does not shift later answers.
+* ``OneChatAck`` / ``GroupChatAck`` carrying a ``ref`` resolve the request that
+  sent that ``ref``; one without a ``ref`` is the refusal of a fire-and-forget
+  chat message and becomes an event.
+* ``Error`` (msgid 100) resolves the oldest request whose msgid equals its
+  ``req`` (it is turned into that request's answer type with the same
+  ``errno``/``errmsg``), or becomes an event when nothing waits.
+* Everything else (chat pushes, unsolicited answers) goes to an unbounded event
+  queue read with ``messages()`` or ``next_message()``.
+
+When the connection ends, every waiting request fails with ``ConnectionError``
+and the event iterator ends after the events already queued.
+"""
+
+import asyncio
+import contextlib
+import itertools
+import logging
+from collections import deque
+from collections.abc import AsyncIterator
+from types import TracebackType
+from typing import Final, Self, TypeVar
+
+from clusterchat.protocol import (
+    AddFriend,
+    AddFriendAck,
+    AddGroup,
+    AddGroupAck,
+    Answer,
+    CreateGroup,
+    CreateGroupAck,
+    Error,
+    ErrorCode,
+    FramingError,
+    GroupChat,
+    GroupChatAck,
+    InvalidMessage,
+    JsonStreamDecoder,
+    Limits,
+    Login,
+    LoginAck,
+    Logout,
+    LogoutAck,
+    Message,
+    MsgId,
+    OneChat,
+    OneChatAck,
+    Ping,
+    Pong,
+    RegAck,
+    Register,
+    ServerMessage,
+    decode_server_message,
+    encode,
+)
+
+__all__ = ["ChatClient", "ChatClientError"]
+
+logger = logging.getLogger("clusterchat.client")
+
+_A = TypeVar("_A", bound=Answer)
+
+#: Largest frame accepted from the server: a login answer with many offline
+#: messages can be far larger than what a client may send.
+_CLIENT_LIMITS: Final = Limits(max_frame=16 * 1024 * 1024, max_depth=32)
+_READ_SIZE: Final = 64 * 1024
+
+#: Which request msgid each answer type answers.
+_ANSWERS: Final[dict[type[Message], int]] = {
+    LoginAck: MsgId.LOGIN,
+    RegAck: MsgId.REG,
+    LogoutAck: MsgId.LOGOUT,
+    AddFriendAck: MsgId.ADD_FRIEND,
+    CreateGroupAck: MsgId.CREATE_GROUP,
+    AddGroupAck: MsgId.ADD_GROUP,
+    Pong: MsgId.PING,
+}
+_CHAT_ACKS: Final[dict[type[Message], int]] = {
+    OneChatAck: MsgId.ONE_CHAT,
+    GroupChatAck: MsgId.GROUP_CHAT,
+}
+
+
+class ChatClientError(Exception):
+    """The server refused a request.
+
+    Attributes:
+        errno: The ``errno`` of the answer (never 0).
+        errmsg: The server's explanation, or a generic one when it gave none.
+        answer: The answer itself (``Error`` or the request's answer type).
+    """
+
+    def __init__(self, errno: int, errmsg: str, answer: Message | None = None) -> None:
+        super().__init__(f"{errmsg} (errno {errno})")
+        self.errno = errno
+        self.errmsg = errmsg
+        self.answer = answer
+
+
+class ChatClient:
+    """One connection to a clusterchat node.
+
+    Create it with ``await ChatClient.connect(host, port)``; use it as an async
+    context manager or call ``close()``. Request methods may be called
+    concurrently; each returns its own answer.
+    """
+
+    def __init__(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        *,
+        classic: bool = False,
+    ) -> None:
+        self.classic = classic
+        self._reader = reader
+        self._writer = writer
+        self._terminator = b"\x00" if classic else b"\n"
+        self._decoder = JsonStreamDecoder(_CLIENT_LIMITS)
+        self._waiting: dict[int, deque[asyncio.Future[Message]]] = {}
+        self._chat_waiting: dict[tuple[int, int], asyncio.Future[Message]] = {}
+        self._events: asyncio.Queue[ServerMessage | None] = asyncio.Queue()
+        self._refs = itertools.count(1)
+        self._closed = False
+        self._reader_task = asyncio.get_running_loop().create_task(self._read_loop())
+
+    @classmethod
+    async def connect(cls, host: str, port: int, *, classic: bool = False) -> Self:
+        """Open a TCP connection to a node.
+
+        Args:
+            host: The node's (or balancer's) address.
+            port: Its TCP port.
+            classic: End frames with NUL as the classic client does (the server
+                then answers with NUL-terminated frames); else newline.
+
+        Returns:
+            A connected client.
+
+        Raises:
+            OSError: The connection could not be made.
+        """
+        reader, writer = await asyncio.open_connection(host, port, limit=_READ_SIZE)
+        return cls(reader, writer, classic=classic)
+
+    @property
+    def closed(self) -> bool:
+        """Whether the connection has ended (closed by us or lost)."""
+        return self._closed
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        """Close the connection; waiting requests fail with ``ConnectionError``."""
+        self._writer.close()
+        self._reader_task.cancel()
+        await asyncio.wait([self._reader_task])
+        # A peer that reset the connection first leaves it closed all the same.
+        with contextlib.suppress(OSError):
+            await self._writer.wait_closed()
+
+    # --- requests -------------------------------------------------------------------------
+
+    async def register(self, name: str, password: str, *, check: bool = True) -> RegAck:
+        """Create an account.
+
+        Returns:
+            The answer; its ``id`` is the new user's id.
+
+        Raises:
+            ChatClientError: ``check`` is true and the server refused (name taken...).
+            ConnectionError: The connection ended before the answer came.
+        """
+        return await self._request(Register(name=name, password=password), RegAck, check)
+
+    async def login(self, user_id: int, password: str, *, check: bool = True) -> LoginAck:
+        """Log in; decode the lists of the answer with ``friends``, ``groups`` and
+        ``offline_messages``.
+
+        Raises:
+            ChatClientError: ``check`` is true and the server refused (errno 1 bad
+                credentials, 2 already logged in).
+            ConnectionError: The connection ended before the answer came.
+        """
+        return await self._request(Login(id=user_id, password=password), LoginAck, check)
+
+    async def logout(self, *, check: bool = True) -> LogoutAck:
+        """Log out; the connection stays open for another login.
+
+        Raises:
+            ChatClientError: ``check`` is true and the server refused.
+            ConnectionError: The connection ended before the answer came.
+        """
+        return await self._request(Logout(), LogoutAck, check)
+
+    async def add_friend(self, friend_id: int, *, check: bool = True) -> AddFriendAck:
+        """Add ``friend_id`` to the logged-in user's friends.
+
+        Raises:
+            ChatClientError: ``check`` is true and the server refused.
+            ConnectionError: The connection ended before the answer came.
+        """
+        return await self._request(AddFriend(friendid=friend_id), AddFriendAck, check)
+
+    async def create_group(self, name: str, desc: str, *, check: bool = True) -> CreateGroupAck:
+        """Create a group with the logged-in user as its creator.
+
+        Returns:
+            The answer; its ``groupid`` is the new group's id.
+
+        Raises:
+            ChatClientError: ``check`` is true and the server refused (name taken...).
+            ConnectionError: The connection ended before the answer came.
+        """
+        request = CreateGroup(groupname=name, groupdesc=desc)
+        return await self._request(request, CreateGroupAck, check)
+
+    async def add_group(self, group_id: int, *, check: bool = True) -> AddGroupAck:
+        """Join group ``group_id``.
+
+        Raises:
+            ChatClientError: ``check`` is true and the server refused.
+            ConnectionError: The connection ended before the answer came.
+        """
+        return await self._request(AddGroup(groupid=group_id), AddGroupAck, check)
+
+    async def ping(self) -> Pong:
+        """Round-trip a keep-alive.
+
+        Raises:
+            ChatClientError: The server answered with an error.
+            ConnectionError: The connection ended before the answer came.
+        """
+        ref = next(self._refs)
+        reply = await self._exchange(Ping(ref=ref), MsgId.PING)
+        if isinstance(reply, Pong):
+            return reply
+        assert isinstance(reply, Error), reply
+        raise ChatClientError(reply.errno, _errmsg(reply), reply)
+
+    async def chat(self, to_id: int, text: str, *, ref: int | None = None) -> None:
+        """Send a one-to-one message without waiting for any answer.
+
+        A refusal (not friends, unknown user...) arrives later as a ``OneChatAck``
+        event; with ``ref`` the server acknowledges acceptance too, also as an event.
+
+        Raises:
+            ConnectionError: The connection has ended.
+        """
+        await self._send(OneChat(toid=to_id, msg=text, ref=ref))
+
+    async def chat_acked(
+        self, to_id: int, text: str, *, ref: int | None = None, check: bool = True
+    ) -> OneChatAck:
+        """Send a one-to-one message and wait for the server to accept or refuse it.
+
+        Args:
+            to_id: The recipient's user id.
+            text: The message.
+            ref: The correlation number to send; a fresh one when None.
+            check: Raise on refusal instead of returning the answer.
+
+        Returns:
+            The answer; on success its ``mid`` is the message's cluster-unique id.
+
+        Raises:
+            ChatClientError: ``check`` is true and the server refused.
+            ConnectionError: The connection ended before the answer came.
+        """
+        ref = next(self._refs) if ref is None else ref
+        request = OneChat(toid=to_id, msg=text, ref=ref)
+        return await self._chat_request(request, ref, OneChatAck, check)
+
+    async def group_chat(self, group_id: int, text: str, *, ref: int | None = None) -> None:
+        """Send a message to a group without waiting (see ``chat``).
+
+        Raises:
+            ConnectionError: The connection has ended.
+        """
+        await self._send(GroupChat(groupid=group_id, msg=text, ref=ref))
+
+    async def group_chat_acked(
+        self, group_id: int, text: str, *, ref: int | None = None, check: bool = True
+    ) -> GroupChatAck:
+        """Send a message to a group and wait for the server's answer (see ``chat_acked``).
+
+        Raises:
+            ChatClientError: ``check`` is true and the server refused.
+            ConnectionError: The connection ended before the answer came.
+        """
+        ref = next(self._refs) if ref is None else ref
+        request = GroupChat(groupid=group_id, msg=text, ref=ref)
+        return await self._chat_request(request, ref, GroupChatAck, check)
+
+    async def send_raw(self, data: bytes) -> None:
+        """Write bytes as they are (tests of malformed input); answers become events.
+
+        Raises:
+            ConnectionError: The connection has ended.
+        """
+        self._check_open()
+        self._writer.write(data)
+        await self._drain()
+
+    # --- events ---------------------------------------------------------------------------
+
+    async def messages(self) -> AsyncIterator[ServerMessage]:
+        """Yield pushes and unsolicited answers until the connection ends."""
+        while True:
+            item = await self._events.get()
+            if item is None:
+                self._events.put_nowait(None)  # for every other reader, and the next call
+                return
+            yield item
+
+    # A timeout argument is this method's point: waiting for one event is the common case.
+    async def next_message(self, timeout: float | None = None) -> ServerMessage:  # noqa: ASYNC109
+        """Return the next push or unsolicited answer.
+
+        Args:
+            timeout: Seconds to wait; None waits as long as the connection lives.
+
+        Raises:
+            TimeoutError: Nothing arrived within ``timeout``.
+            ConnectionError: The connection has ended and every event was read.
+        """
+        async with asyncio.timeout(timeout):
+            item = await self._events.get()
+        if item is None:
+            self._events.put_nowait(None)
+            raise ConnectionError("connection closed")
+        return item
+
+    # --- internals ------------------------------------------------------------------------
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ConnectionError("connection closed")
+
+    async def _drain(self) -> None:
+        try:
+            await self._writer.drain()
+        except OSError as exc:
+            self._writer.close()
+            raise ConnectionError(f"connection lost: {exc}") from exc
+
+    async def _send(self, message: Message) -> None:
+        self._check_open()
+        self._writer.write(encode(message) + self._terminator)
+        await self._drain()
+
+    async def _exchange(self, request: Message, key: int) -> Message:
+        self._check_open()
+        future: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
+        self._waiting.setdefault(key, deque()).append(future)
+        await self._send(request)
+        return await future
+
+    async def _request(self, request: Message, answer_type: type[_A], check: bool) -> _A:
+        tag = request.__struct_config__.tag
+        assert isinstance(tag, int)
+        return _typed(await self._exchange(request, tag), answer_type, check)
+
+    async def _chat_request(
+        self, request: OneChat | GroupChat, ref: int, answer_type: type[_A], check: bool
+    ) -> _A:
+        self._check_open()
+        key = (_CHAT_ACKS[answer_type], ref)
+        if key in self._chat_waiting:
+            raise ValueError(f"ref {ref} is already waiting for an answer")
+        future: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
+        self._chat_waiting[key] = future
+        try:
+            await self._send(request)
+            reply = await future
+        finally:
+            if self._chat_waiting.get(key) is future:
+                del self._chat_waiting[key]
+        return _typed(reply, answer_type, check)
+
+    async def _read_loop(self) -> None:
+        reason = "connection closed by the server"
+        try:
+            while True:
+                data = await self._reader.read(_READ_SIZE)
+                if not data:
+                    break
+                for frame in self._decoder.feed(data):
+                    self._dispatch(frame)
+        except OSError as exc:
+            reason = f"connection lost: {exc}"
+        except FramingError as exc:
+            reason = f"server stream unreadable: {exc}"
+            logger.warning("< %s", reason)
+        except asyncio.CancelledError:
+            reason = "connection closed"
+            raise
+        except Exception:
+            reason = "client reader failed"
+            logger.exception("< %s", reason)
+        finally:
+            self._shut(reason)
+
+    def _dispatch(self, frame: bytes) -> None:
+        try:
+            message = decode_server_message(frame)
+        except InvalidMessage as exc:
+            # Like the classic client, skip what we do not understand (newer extensions).
+            logger.debug("< skipped frame: %s", exc)
+            return
+        kind = type(message)
+        if kind in _CHAT_ACKS:
+            assert isinstance(message, OneChatAck | GroupChatAck)
+            if message.ref is not None:
+                chat_future = self._chat_waiting.pop((_CHAT_ACKS[kind], message.ref), None)
+                if chat_future is not None:
+                    if not chat_future.done():
+                        chat_future.set_result(message)
+                    return
+            self._events.put_nowait(message)
+            return
+        key = message.req if isinstance(message, Error) else _ANSWERS.get(kind)
+        if key is not None:
+            if isinstance(message, Error) and key in _CHAT_ACKS.values():
+                if self._resolve_oldest_chat(key, message):
+                    return
+            else:
+                waiters = self._waiting.get(key)
+                if waiters:
+                    future = waiters.popleft()
+                    if not future.done():  # a cancelled caller still consumes its answer
+                        future.set_result(message)
+                    return
+        self._events.put_nowait(message)
+
+    def _resolve_oldest_chat(self, msgid: int, error: Error) -> bool:
+        for key, future in self._chat_waiting.items():
+            if key[0] == msgid:
+                del self._chat_waiting[key]
+                if not future.done():
+                    future.set_result(error)
+                return True
+        return False
+
+    def _shut(self, reason: str) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._writer.close()
+        failure = ConnectionError(reason)
+        for waiters in self._waiting.values():
+            for future in waiters:
+                if not future.done():
+                    future.set_exception(failure)
+        self._waiting.clear()
+        for future in self._chat_waiting.values():
+            if not future.done():
+                future.set_exception(failure)
+        self._chat_waiting.clear()
+        self._events.put_nowait(None)
+
+
+def _errmsg(answer: Answer) -> str:
+    if answer.errmsg:
+        return answer.errmsg
+    try:
+        return ErrorCode(answer.errno).name.lower().replace("_", " ")
+    except ValueError:
+        return f"error {answer.errno}"
+
+
+def _typed(reply: Message, answer_type: type[_A], check: bool) -> _A:
+    if isinstance(reply, Error):
+        reply = answer_type(errno=reply.errno, errmsg=reply.errmsg)
+    if not isinstance(reply, answer_type):  # pragma: no cover - the dispatch tables forbid it
+        raise TypeError(f"expected {answer_type.__name__}, got {type(reply).__name__}")
+    if check and reply.errno != 0:
+        raise ChatClientError(reply.errno, _errmsg(reply), reply)
+    return reply

@@ -1,0 +1,243 @@
+"""``clusterchat up``: a whole local cluster in the foreground.
+
+Starts, in order, a private ``redis-server`` on a free loopback port, N chat
+nodes on free ports (all sharing one database and that Redis), and ``nginx``
+balancing TCP connections on the public port across the nodes. Prints a table
+of what runs where, then supervises: a child that dies is reported and
+restarted (a node on its old port, so nginx finds it again). On SIGINT or
+SIGTERM it stops everything it started, by pid, front door first: nginx,
+then the nodes (each closes its sessions and flushes what it must store),
+then Redis.
+"""
+
+import signal
+import sys
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+
+from clusterchat.cluster.nginx import NGINX_PACKAGES, STREAM_MODULE, nginx_argv, render_nginx_conf
+from clusterchat.cluster.ports import free_port
+from clusterchat.cluster.processes import (
+    Child,
+    MissingDependency,
+    find_executable,
+    log_tail,
+    spawn,
+    stop,
+    wait_for_log,
+    wait_for_port,
+)
+from clusterchat.cluster.redis import REDIS_PACKAGE, redis_argv
+
+__all__ = ["Cluster", "ClusterSpec", "run_cluster"]
+
+_READY = "listening on"
+
+
+@dataclass(frozen=True)
+class ClusterSpec:
+    """What ``clusterchat up`` starts.
+
+    Attributes:
+        nodes: How many chat nodes.
+        port: The public TCP port (nginx).
+        dir: Working directory: database, logs, configs.
+        db: Database URL shared by all nodes (default: SQLite in ``dir``).
+        host: Loopback address everything binds to.
+        redis_persistence: Keep Redis snapshots (off: Redis is only a bus).
+        node_args: Extra ``clusterchat node`` arguments for every node.
+        ready_timeout: Seconds each child may take to become ready.
+    """
+
+    nodes: int = 2
+    port: int = 8000
+    dir: Path = Path("clusterchat-run")
+    db: str | None = None
+    host: str = "127.0.0.1"
+    redis_persistence: bool = False
+    node_args: Sequence[str] = ()
+    ready_timeout: float = 30.0
+
+
+@dataclass
+class _Slot:
+    """One supervised child and how to start it again."""
+
+    name: str
+    port: int
+    start: Callable[["_Slot"], Child]
+    child: Child | None = None
+    restarts: int = 0
+
+
+@dataclass
+class Cluster:
+    """Starts, supervises and stops the children of one local cluster."""
+
+    spec: ClusterSpec
+    redis: _Slot | None = None
+    nodes: list[_Slot] = field(default_factory=list)
+    nginx: _Slot | None = None
+
+    @property
+    def redis_url(self) -> str:
+        assert self.redis is not None
+        return f"redis://{self.spec.host}:{self.redis.port}/0"
+
+    @property
+    def db_url(self) -> str:
+        return self.spec.db or f"sqlite:///{self.spec.dir.resolve() / 'clusterchat.db'}"
+
+    def check_dependencies(self) -> None:
+        """Raises ``MissingDependency`` naming the Debian package to install."""
+        find_executable("redis-server", REDIS_PACKAGE)
+        find_executable("nginx", NGINX_PACKAGES)
+        if not STREAM_MODULE.exists():
+            raise MissingDependency(
+                f"nginx stream module not found: apt-get install {NGINX_PACKAGES}"
+            )
+
+    def start(self) -> None:
+        """Start Redis, the nodes and nginx, each ready before the next."""
+        self.check_dependencies()
+        spec = self.spec
+        spec.dir.mkdir(parents=True, exist_ok=True)
+        self.redis = _Slot("redis", free_port(spec.host), self._start_redis)
+        self._launch(self.redis)
+        for index in range(1, spec.nodes + 1):
+            slot = _Slot(f"node{index}", free_port(spec.host), self._start_node)
+            self.nodes.append(slot)
+            self._launch(slot)
+        self.nginx = _Slot("nginx", spec.port, self._start_nginx)
+        self._launch(self.nginx)
+
+    @staticmethod
+    def _launch(slot: _Slot) -> None:
+        slot.child = slot.start(slot)
+
+    def _start_redis(self, slot: _Slot) -> Child:
+        redis_dir = self.spec.dir / "redis"
+        redis_dir.mkdir(exist_ok=True)
+        argv = redis_argv(
+            slot.port,
+            redis_dir.resolve(),
+            host=self.spec.host,
+            persistence=self.spec.redis_persistence,
+        )
+        child = spawn("redis", argv, log_path=self.spec.dir / "redis.log")
+        wait_for_port(self.spec.host, slot.port, self.spec.ready_timeout, child)
+        return child
+
+    def _start_node(self, slot: _Slot) -> Child:
+        argv = [
+            sys.executable,
+            "-m",
+            "clusterchat",
+            "node",
+            "--host",
+            self.spec.host,
+            "--port",
+            str(slot.port),
+            "--db",
+            self.db_url,
+            "--redis",
+            self.redis_url,
+            "--node-id",
+            slot.name,
+            *self.spec.node_args,
+        ]
+        child = spawn(slot.name, argv, log_path=self.spec.dir / f"{slot.name}.log")
+        wait_for_log(child, _READY, self.spec.ready_timeout)
+        return child
+
+    def _start_nginx(self, slot: _Slot) -> Child:
+        prefix = (self.spec.dir / "nginx").resolve()
+        prefix.mkdir(exist_ok=True)
+        conf = render_nginx_conf(
+            prefix,
+            listen=(self.spec.host, self.spec.port),
+            upstreams=[(self.spec.host, node.port) for node in self.nodes],
+        )
+        (prefix / "nginx.conf").write_text(conf)
+        child = spawn("nginx", nginx_argv(prefix), log_path=self.spec.dir / "nginx.log")
+        wait_for_port(self.spec.host, slot.port, self.spec.ready_timeout, child)
+        return child
+
+    def slots(self) -> list[_Slot]:
+        return [s for s in (self.redis, *self.nodes, self.nginx) if s is not None]
+
+    def table(self) -> str:
+        """What runs where, for people."""
+        rows = [("process", "pid", "address", "log")]
+        for slot in self.slots():
+            pid = str(slot.child.pid) if slot.child else "-"
+            log = str(slot.child.log_path) if slot.child else "-"
+            rows.append((slot.name, pid, f"{self.spec.host}:{slot.port}", log))
+        widths = [max(len(row[i]) for row in rows) for i in range(4)]
+        lines = [
+            "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)) for row in rows
+        ]
+        lines.append(f"chat on {self.spec.host}:{self.spec.port}   database {self.db_url}")
+        lines.append(f"try:  clusterchat client {self.spec.host} {self.spec.port}")
+        return "\n".join(lines)
+
+    def supervise_once(self) -> list[str]:
+        """Restart every child that died; return what happened, for the log."""
+        events = []
+        for slot in self.slots():
+            child = slot.child
+            if child is None or child.alive():
+                continue
+            events.append(
+                f"{slot.name} (pid {child.pid}) exited with {child.returncode}; restarting\n"
+                + log_tail(child, 10)
+            )
+            slot.restarts += 1
+            try:
+                slot.child = slot.start(slot)
+            except Exception as exc:  # reported, retried on the next round
+                events.append(f"restarting {slot.name} failed: {exc}")
+        return events
+
+    def stop(self) -> None:
+        """Stop every child by pid: nginx, then the nodes, then Redis."""
+        for slot in [s for s in (self.nginx, *self.nodes, self.redis) if s is not None]:
+            if slot.child is not None:
+                stop(slot.child, timeout=15.0)
+
+    def pids(self) -> list[int]:
+        return [slot.child.pid for slot in self.slots() if slot.child is not None]
+
+
+def run_cluster(spec: ClusterSpec) -> int:
+    """Run a cluster until SIGINT/SIGTERM; return the exit status."""
+    cluster = Cluster(spec)
+    stopping = threading.Event()
+
+    def request_stop(signum: int, _frame: FrameType | None) -> None:
+        stopping.set()
+
+    previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        try:
+            cluster.start()
+        except MissingDependency as exc:
+            print(f"clusterchat up: {exc}", file=sys.stderr)
+            return 1
+        except Exception as exc:
+            print(f"clusterchat up: could not start the cluster: {exc}", file=sys.stderr)
+            return 1
+        print(cluster.table(), file=sys.stderr, flush=True)
+        print("cluster ready (Ctrl-C stops it)", file=sys.stderr, flush=True)
+        while not stopping.wait(0.5):
+            for event in cluster.supervise_once():
+                print(f"clusterchat up: {event}", file=sys.stderr, flush=True)
+        print("clusterchat up: stopping", file=sys.stderr, flush=True)
+        return 0
+    finally:
+        cluster.stop()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)

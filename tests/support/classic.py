@@ -1,0 +1,69 @@
+"""A client that behaves like the original C++ ChatClient, for compatibility tests.
+
+It sends each request as JSON followed by one NUL byte and reads the way the
+original does: one ``recv`` of at most 1024 bytes, parsed as a C string (up to
+the first NUL). To see *every* frame the server sent (the original would lose
+the second of two frames arriving in one read), ``frames()`` splits the whole
+byte stream on NUL as well, and checks that each frame would have fitted the
+original's buffer.
+"""
+
+import json
+import socket
+from typing import Any
+
+from tests.support.timing import seconds
+
+__all__ = ["ClassicClient"]
+
+_CLASSIC_BUFFER = 1024
+
+
+class ClassicClient:
+    """A blocking classic-protocol peer (use from sync tests only)."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.sock = socket.create_connection((host, port), timeout=seconds(10))
+        self._pending = b""
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def send(self, message: dict[str, Any]) -> None:
+        self.sock.sendall(json.dumps(message, ensure_ascii=False).encode() + b"\0")
+
+    def send_raw(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def frame(self) -> bytes:
+        """The next NUL-terminated frame, raw (without the NUL). Asserts the classic size limit."""
+        while b"\0" not in self._pending:
+            chunk = self.sock.recv(_CLASSIC_BUFFER)
+            if not chunk:
+                raise ConnectionError("server closed the connection")
+            self._pending += chunk
+        frame, _, self._pending = self._pending.partition(b"\0")
+        assert len(frame) + 1 < _CLASSIC_BUFFER, f"frame of {len(frame) + 1} bytes"
+        return frame
+
+    def receive(self) -> dict[str, Any]:
+        """The next frame, parsed."""
+        value = json.loads(self.frame())
+        assert isinstance(value, dict)
+        return value
+
+    def request(self, message: dict[str, Any]) -> dict[str, Any]:
+        self.send(message)
+        return self.receive()
+
+    def closed_by_server(self) -> bool:
+        """True once the server has closed the connection (after draining what it sent)."""
+        try:
+            while True:
+                chunk = self.sock.recv(65536)
+                if not chunk:
+                    return True
+        except (ConnectionResetError, BrokenPipeError):
+            return True
+        except TimeoutError:
+            return False

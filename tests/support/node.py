@@ -1,0 +1,140 @@
+"""Fixture plugin: real ``clusterchat node`` processes on free loopback ports.
+
+``node_factory`` starts ``python -m clusterchat node`` as a child process (in
+its own session, output in ``tmp_path``), waits for its "listening on" line,
+and at teardown stops every node it started by pid and checks that each one
+is gone. The factory is synchronous: from an async test call it through
+``asyncio.to_thread`` (its waits poll with ``time.sleep``).
+"""
+
+import contextlib
+import itertools
+import os
+import signal
+import sys
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import pytest
+
+from clusterchat.cluster.errors import ChildFailed
+from clusterchat.cluster.ports import free_port
+from clusterchat.cluster.processes import Child, log_tail, spawn, stop, wait_for_log
+from tests.support.timing import seconds
+
+__all__ = ["FAST_HASHING", "NodeFactory", "NodeHandle", "node_factory"]
+
+HOST = "127.0.0.1"
+
+#: Cheap argon2 parameters, so that registering and logging in stay fast in tests.
+FAST_HASHING: Mapping[str, str] = {
+    "CLUSTERCHAT_ARGON2_TIME_COST": "1",
+    "CLUSTERCHAT_ARGON2_MEMORY_KIB": "1024",
+}
+
+_START_ATTEMPTS = 3
+
+
+@dataclass
+class NodeHandle:
+    """A running node started by ``node_factory``.
+
+    Attributes:
+        host: The address it listens on.
+        port: Its TCP port.
+        child: The process, for signals and log reading.
+    """
+
+    host: str
+    port: int
+    child: Child
+
+    def stop(self, sig: int = signal.SIGTERM) -> int | None:
+        """Stop the node with ``sig`` (SIGKILL after a grace period) and reap it.
+
+        Returns:
+            Its exit status (negative: killed by that signal).
+        """
+        return stop(self.child, timeout=seconds(10), sig=sig)
+
+
+class NodeFactory(Protocol):
+    """Starts a node and returns once it accepts connections."""
+
+    def __call__(
+        self,
+        db_url: str | None = None,
+        extra_args: Sequence[str] = (),
+        env: Mapping[str, str] | None = None,
+    ) -> NodeHandle:
+        """Start a node.
+
+        Args:
+            db_url: Database URL; None uses ``sqlite:///<tmp_path>/chat.db``,
+                shared by every node of the test.
+            extra_args: More command-line arguments for ``clusterchat node``.
+            env: Environment variables added to ours (and to ``FAST_HASHING``).
+
+        Returns:
+            The ready node.
+
+        Raises:
+            ChildFailed: The node exited or did not become ready in time.
+        """
+        ...
+
+
+def _gone(child: Child) -> bool:
+    """Whether the child is reaped and nothing is left in its process group."""
+    if child.returncode is None:
+        return False
+    try:
+        os.killpg(child.pid, 0)
+    except ProcessLookupError:
+        return True
+    return False
+
+
+@pytest.fixture
+def node_factory(tmp_path: Path) -> Iterator[NodeFactory]:
+    """Start real nodes on demand; stop each by pid at teardown and check it is gone."""
+    started: list[NodeHandle] = []
+    numbers = itertools.count(1)
+
+    def start(
+        db_url: str | None = None,
+        extra_args: Sequence[str] = (),
+        env: Mapping[str, str] | None = None,
+    ) -> NodeHandle:
+        number = next(numbers)
+        url = db_url or f"sqlite:///{tmp_path / 'chat.db'}"
+        child_env = {**os.environ, **FAST_HASHING, **(env or {})}
+        for attempt in range(1, _START_ATTEMPTS + 1):
+            port = free_port(HOST)
+            argv = [sys.executable, "-m", "clusterchat", "node"]
+            argv += ["--host", HOST, "--port", str(port), "--db", url, *extra_args]
+            log_path = tmp_path / f"node-{number}.log"
+            child = spawn(f"node-{number}", argv, log_path=log_path, env=child_env)
+            handle = NodeHandle(HOST, port, child)
+            started.append(handle)
+            try:
+                wait_for_log(child, f"listening on {HOST}:{port}", timeout=seconds(30))
+            except ChildFailed:
+                # Another process may have taken the port between free_port() and bind.
+                taken = "address already in use" in log_tail(child).lower()
+                if not taken or attempt == _START_ATTEMPTS:
+                    raise
+                handle.stop()
+                continue
+            return handle
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    yield start
+
+    for handle in reversed(started):
+        with contextlib.suppress(Exception):
+            handle.stop()
+    leftovers = [h.child.pid for h in started if not _gone(h.child)]
+    assert not leftovers, f"node processes still running: {leftovers}"
