@@ -1,0 +1,224 @@
+"""Real nodes joined by a real redis-server, some behind a real nginx (the cluster issue)."""
+
+import json
+import signal
+import time
+from collections import Counter
+from typing import Any
+
+import pytest
+
+from tests.support.classic import ClassicClient
+from tests.support.nginx import NginxFactory
+from tests.support.node import NodeFactory, NodeHandle
+from tests.support.redis import RedisServer
+from tests.support.timing import seconds
+
+pytestmark = pytest.mark.integration
+
+
+def _cluster(node_factory: NodeFactory, redis: RedisServer, count: int) -> list[NodeHandle]:
+    return [
+        node_factory(extra_args=["--redis", redis.url, "--node-id", f"n{i}"])
+        for i in range(1, count + 1)
+    ]
+
+
+def _register(node: NodeHandle, *names: str) -> list[int]:
+    client = ClassicClient(node.host, node.port)
+    try:
+        ids = []
+        for name in names:
+            answer = client.request({"msgid": 4, "name": name, "password": "pw"})
+            assert answer["errno"] == 0, answer
+            ids.append(int(answer["id"]))
+        return ids
+    finally:
+        client.close()
+
+
+def _login(node: NodeHandle, user_id: int) -> tuple[ClassicClient, dict[str, Any]]:
+    client = ClassicClient(node.host, node.port)
+    answer = client.request({"msgid": 1, "id": user_id, "password": "pw"})
+    assert answer["errno"] == 0, answer
+    return client, answer
+
+
+def _sync(client: ClassicClient) -> None:
+    """Round-trip a ping: everything sent before it has been handled."""
+    assert client.request({"msgid": 120, "ref": 99})["msgid"] == 121
+
+
+def _receive_texts(client: ClassicClient, count: int) -> list[str]:
+    texts: list[str] = []
+    while len(texts) < count:
+        message = client.receive()
+        assert message["msgid"] in (6, 10), message
+        texts.append(message["msg"])
+    return texts
+
+
+def _offline_texts(answer: dict[str, Any]) -> list[str]:
+    return [json.loads(text)["msg"] for text in answer.get("offlinemsg", [])]
+
+
+def test_users_on_two_nodes_chat_both_ways(
+    node_factory: NodeFactory, redis_server: RedisServer
+) -> None:
+    """Alice on node 1 and bob on node 2 exchange messages through Redis."""
+    n1, n2 = _cluster(node_factory, redis_server, 2)
+    alice, bob = _register(n1, "alice", "bob")
+    a, _ = _login(n1, alice)
+    b, _ = _login(n2, bob)
+    for i in range(20):
+        a.send({"msgid": 6, "toid": bob, "msg": f"a{i}"})
+        b.send({"msgid": 6, "toid": alice, "msg": f"b{i}"})
+    assert _receive_texts(b, 20) == [f"a{i}" for i in range(20)]
+    assert _receive_texts(a, 20) == [f"b{i}" for i in range(20)]
+    a.close()
+    b.close()
+
+
+def test_user_on_two_nodes_gets_each_message_once_per_session(
+    node_factory: NodeFactory, redis_server: RedisServer
+) -> None:
+    """Bob's phone (node 1) and laptop (node 2) each get every message exactly once."""
+    n1, n2 = _cluster(node_factory, redis_server, 2)
+    alice, bob = _register(n1, "alice", "bob")
+    a, _ = _login(n1, alice)
+    phone, _ = _login(n1, bob)
+    laptop, _ = _login(n2, bob)
+    for i in range(30):
+        a.send({"msgid": 6, "toid": bob, "msg": f"m{i}"})
+    _sync(a)
+    expected = [f"m{i}" for i in range(30)]
+    assert _receive_texts(phone, 30) == expected
+    assert _receive_texts(laptop, 30) == expected
+    # Nothing more is pending for either (no duplicates).
+    _sync(phone)
+    _sync(laptop)
+    for client in (a, phone, laptop):
+        client.close()
+
+
+def test_group_chat_reaches_members_on_every_node_and_offline_ones_later(
+    node_factory: NodeFactory, redis_server: RedisServer
+) -> None:
+    """A group spread over three nodes: online members live, offline member at next login."""
+    n1, n2, n3 = _cluster(node_factory, redis_server, 3)
+    ann, ben, cat, dan = _register(n1, "ann", "ben", "cat", "dan")
+    a, _ = _login(n1, ann)
+    group = a.request({"msgid": 8, "groupname": "tea", "groupdesc": "tea lovers"})["groupid"]
+    b, _ = _login(n2, ben)
+    c, _ = _login(n3, cat)
+    d, _ = _login(n3, dan)
+    for client in (b, c, d):
+        assert client.request({"msgid": 9, "groupid": group})["errno"] == 0
+    d.send({"msgid": 3})
+    assert d.receive()["msgid"] == 103
+    for i in range(10):
+        a.send({"msgid": 10, "groupid": group, "msg": f"g{i}"})
+    expected = [f"g{i}" for i in range(10)]
+    assert _receive_texts(b, 10) == expected
+    assert _receive_texts(c, 10) == expected
+    relogin = d.request({"msgid": 1, "id": dan, "password": "pw"})
+    got = _offline_texts(relogin)
+    got += _receive_texts(d, 10 - len(got))
+    assert got == expected
+    # Ben posts from node 2: ann (node 1) gets it, ben does not get his own.
+    b.send({"msgid": 10, "groupid": group, "msg": "from ben"})
+    assert _receive_texts(a, 1) == ["from ben"]
+    _sync(b)
+    for client in (a, b, c, d):
+        client.close()
+
+
+def test_clients_through_nginx_land_on_different_nodes(
+    node_factory: NodeFactory, redis_server: RedisServer, nginx_factory: NginxFactory
+) -> None:
+    """nginx spreads logins over both nodes, and they chat with each other."""
+    nodes = _cluster(node_factory, redis_server, 2)
+    front = nginx_factory([(n.host, n.port) for n in nodes])
+    names = [f"u{i}" for i in range(6)]
+    ids = _register(nodes[0], *names)
+    clients = []
+    for user_id in ids:
+        client = ClassicClient("127.0.0.1", front.port)
+        assert client.request({"msgid": 1, "id": user_id, "password": "pw"})["errno"] == 0
+        clients.append(client)
+    placed: Counter[int] = Counter()
+    for node in nodes:
+        log = node.child.log_path.read_text()
+        placed[node.port] = sum(f"user {uid} logged in" in log for uid in ids)
+    assert sorted(placed.values()) == [3, 3]
+    for i, client in enumerate(clients):
+        client.send({"msgid": 6, "toid": ids[(i + 1) % 6], "msg": f"ring {i}"})
+    for i, client in enumerate(clients):
+        assert _receive_texts(client, 1) == [f"ring {(i - 1) % 6}"]
+    for client in clients:
+        client.close()
+
+
+def test_node_killed_messages_wait_for_next_login(
+    node_factory: NodeFactory, redis_server: RedisServer
+) -> None:
+    """SIGKILL bob's node: what alice sends meanwhile reaches bob at next login, exactly once."""
+    n1, n2 = _cluster(node_factory, redis_server, 2)
+    alice, bob = _register(n1, "alice", "bob")
+    a, _ = _login(n1, alice)
+    b, _ = _login(n2, bob)
+    a.send({"msgid": 6, "toid": bob, "msg": "before"})
+    assert _receive_texts(b, 1) == ["before"]
+    n2.stop(signal.SIGKILL)
+    assert b.closed_by_server()
+    b.close()
+    sent = [f"while dead {i}" for i in range(50)]
+    for text in sent:
+        a.send({"msgid": 6, "toid": bob, "msg": text})
+    _sync(a)
+    # Bob logs in again at once, through the surviving node.
+    b2, answer = _login(n1, bob)
+    got = _offline_texts(answer)
+    while len(got) < len(sent):
+        got += _receive_texts(b2, 1)
+    assert got == sent
+    _sync(b2)  # and nothing more arrives
+    a.close()
+    b2.close()
+
+
+def test_redis_outage_loses_nothing(node_factory: NodeFactory, redis_server: RedisServer) -> None:
+    """Redis stops: local chat goes on; cross-node messages arrive once it is back."""
+    n1, n2 = _cluster(node_factory, redis_server, 2)
+    alice, carol, bob = _register(n1, "alice", "carol", "bob")
+    a, _ = _login(n1, alice)
+    c, _ = _login(n1, carol)
+    b, _ = _login(n2, bob)
+    a.send({"msgid": 6, "toid": bob, "msg": "warm-up"})
+    assert _receive_texts(b, 1) == ["warm-up"]
+
+    redis_server.stop()
+    cross = [f"outage {i}" for i in range(40)]
+    for text in cross:
+        a.send({"msgid": 6, "toid": bob, "msg": text})
+    a.send({"msgid": 6, "toid": carol, "msg": "local during outage"})
+    assert _receive_texts(c, 1) == ["local during outage"]
+    _sync(a)
+
+    redis_server.start()
+    b.sock.settimeout(seconds(30))
+    assert _receive_texts(b, len(cross)) == cross
+    # Presence recovers: bob reads online again in alice's friend list.
+    assert a.request({"msgid": 7, "friendid": bob})["errno"] == 0
+    deadline = time.monotonic() + seconds(15)
+    while True:
+        again, answer = _login(n1, alice)
+        again.close()
+        states = {json.loads(t)["id"]: json.loads(t)["state"] for t in answer["friends"]}
+        if states.get(bob) == "online":
+            break
+        assert time.monotonic() < deadline, "bob never came back online in presence"
+        time.sleep(0.2)
+    _sync(b)
+    for client in (a, b, c):
+        client.close()

@@ -1,0 +1,122 @@
+"""`clusterchat up`: a whole cluster from one command, nothing left behind (cluster issue)."""
+
+import os
+import signal
+import sys
+from pathlib import Path
+
+import pytest
+
+from clusterchat.cluster import processes
+from clusterchat.cluster.ports import free_port
+from tests.support.classic import ClassicClient
+from tests.support.timing import seconds
+
+pytestmark = pytest.mark.integration
+
+_FAST_HASHING = {"CLUSTERCHAT_ARGON2_TIME_COST": "1", "CLUSTERCHAT_ARGON2_MEMORY_KIB": "1024"}
+
+
+def _pids_from_table(log: str) -> dict[str, int]:
+    """The ``process pid address log`` rows that ``up`` prints."""
+    pids = {}
+    for line in log.splitlines():
+        cells = line.split()
+        if (
+            len(cells) >= 2
+            and cells[1].isdigit()
+            and cells[0] in {"redis", "nginx"} | {f"node{i}" for i in range(1, 10)}
+        ):
+            pids[cells[0]] = int(cells[1])
+    return pids
+
+
+def _gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    # A zombie still answers kill(0); it is gone for our purpose once reaped by its parent.
+    status = Path(f"/proc/{pid}/status")
+    return status.exists() and "State:\tZ" in status.read_text()
+
+
+def test_up_serves_chat_and_ctrl_c_leaves_nothing(tmp_path: Path) -> None:
+    """`clusterchat up` runs redis, two nodes and nginx; chat works; SIGINT stops every pid."""
+    port = free_port()
+    log_path = tmp_path / "up.log"
+    up = processes.spawn(
+        "up",
+        [
+            sys.executable,
+            "-m",
+            "clusterchat",
+            "up",
+            "--port",
+            str(port),
+            "--dir",
+            str(tmp_path / "run"),
+        ],
+        log_path=log_path,
+        env={**os.environ, **_FAST_HASHING},
+    )
+    try:
+        processes.wait_for_log(up, "cluster ready", seconds(60))
+        pids = _pids_from_table(log_path.read_text())
+        assert set(pids) == {"redis", "node1", "node2", "nginx"}
+
+        register = ClassicClient("127.0.0.1", port)
+        ids = [
+            register.request({"msgid": 4, "name": name, "password": "pw"})["id"]
+            for name in ("ann", "bob")
+        ]
+        register.close()
+        ann = ClassicClient("127.0.0.1", port)
+        bob = ClassicClient("127.0.0.1", port)
+        assert ann.request({"msgid": 1, "id": ids[0], "password": "pw"})["errno"] == 0
+        assert bob.request({"msgid": 1, "id": ids[1], "password": "pw"})["errno"] == 0
+        ann.send({"msgid": 6, "toid": ids[1], "msg": "through nginx"})
+        assert bob.receive()["msg"] == "through nginx"
+        ann.close()
+        bob.close()
+
+        os.kill(up.pid, signal.SIGINT)
+        assert processes.stop(up, timeout=seconds(30), sig=signal.SIGINT) == 0
+        for name, pid in pids.items():
+            assert _gone(pid), f"{name} (pid {pid}) survived clusterchat up"
+    finally:
+        processes.kill(up)
+
+
+def test_up_restarts_a_node_that_dies(tmp_path: Path) -> None:
+    """A node killed under `up` is reported and restarted on its port."""
+    port = free_port()
+    log_path = tmp_path / "up.log"
+    up = processes.spawn(
+        "up",
+        [
+            sys.executable,
+            "-m",
+            "clusterchat",
+            "up",
+            "--nodes",
+            "1",
+            "--port",
+            str(port),
+            "--dir",
+            str(tmp_path / "run"),
+        ],
+        log_path=log_path,
+        env={**os.environ, **_FAST_HASHING},
+    )
+    try:
+        processes.wait_for_log(up, "cluster ready", seconds(60))
+        node = _pids_from_table(log_path.read_text())["node1"]
+        os.kill(node, signal.SIGKILL)
+        processes.wait_for_log(up, "node1 (pid", seconds(30))
+        client = ClassicClient("127.0.0.1", port)
+        deadline_answer = client.request({"msgid": 4, "name": "after", "password": "pw"})
+        assert deadline_answer["errno"] == 0
+        client.close()
+    finally:
+        processes.stop(up, timeout=seconds(30), sig=signal.SIGINT)
