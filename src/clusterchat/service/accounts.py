@@ -48,7 +48,11 @@ async def login(ctx: Context, state: SessionState, request: Login) -> None:
 
     state.begin_login(user.id, user.name)
     ctx.users.remember(user.id, user.name)
-    await ctx.registry.add(state)
+    try:
+        await ctx.registry.add(state)
+    except BaseException:
+        state.end()  # not registered: this connection must not act as logged in
+        raise
 
     friends = await ctx.store.friends_of(user.id)
     groups = await ctx.store.groups_of(user.id)
@@ -92,12 +96,23 @@ async def login(ctx: Context, state: SessionState, request: Login) -> None:
         ],
     )
     if not state.session.send(Outbound.of(answer)):
-        return  # the session went away: the stored messages stay stored
+        # The session went away: the stored messages stay stored, and what was
+        # held for it (counted as delivered) is stored too.
+        _keep(ctx, user.id, state.fail_login())
+        return
     await ctx.store.remove(message.seq for message in stored)
-    if not state.finish_login():
+    if refused := state.finish_login():
+        _keep(ctx, user.id, refused)
         return
     if len(stored) >= ctx.policy.offline_batch:
         await ctx.delivery.drain([user.id])
+
+
+def _keep(ctx: Context, user_id: int, refused: list[tuple[str | None, Outbound]]) -> None:
+    """Store pushes held for a login that the session then refused."""
+    for mid, message in refused:
+        if mid is not None:
+            ctx.delivery.writer.add(user_id, mid, message.json)
 
 
 async def logout(ctx: Context, state: SessionState, request: Logout) -> None:

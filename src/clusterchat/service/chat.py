@@ -253,7 +253,7 @@ class ChatService:
             # Our own envelopes come back too: the sessions that had the message
             # locally drop it by id, and a session that logged in here between
             # the local push and the publish gets it now (docs/delivery.md).
-            self.ctx.delivery.received(user_id, envelope.mid, bytes(envelope.body))
+            self.ctx.delivery.received(user_id, envelope.mid, bytes(envelope.body), own=own)
         elif envelope.kind == Kind.DRAIN and not own and self.ctx.registry.has(user_id):
             self.ctx.delivery.spawn_drain([user_id])
 

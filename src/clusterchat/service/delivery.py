@@ -156,10 +156,15 @@ class Delivery:
 
     # --- receiving ------------------------------------------------------------------
 
-    def received(self, user_id: int, mid: str, body: bytes) -> None:
-        """An envelope from another node for ``user_id``: push it locally, or store it."""
+    def received(self, user_id: int, mid: str, body: bytes, *, own: bool = False) -> None:
+        """An envelope for ``user_id`` from the bus: push it locally, or store it.
+
+        ``own`` marks this node's own publication coming back: ``deliver`` already
+        decided whether to store it (``_published``), so it is pushed, never stored
+        a second time.
+        """
         delivered, refused = self._push_local(user_id, Outbound(body), mid)
-        if refused or not delivered:
+        if not own and (refused or not delivered):
             self.writer.add(user_id, mid, body)
 
     def broadcast(self, channel: str, payload: bytes) -> None:
@@ -174,9 +179,7 @@ class Delivery:
         for user_id in user_ids:
             self.broadcast(user_channel(user_id), notice)
         # A user whose sessions are all still logging in gets these in the login answer.
-        local = [
-            uid for uid in user_ids if any(state.ready for state in self._registry.local(uid))
-        ]
+        local = [uid for uid in user_ids if any(state.ready for state in self._registry.local(uid))]
         if local:
             self.spawn_drain(local)
 

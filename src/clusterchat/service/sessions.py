@@ -75,14 +75,18 @@ class RecentIds:
 class SessionState:
     """The service's view of one connection."""
 
-    __slots__ = ("_held", "classic", "name", "recent", "session", "user_id")
+    __slots__ = ("_held", "_refused", "classic", "name", "recent", "session", "user_id")
 
     def __init__(self, session: Session) -> None:
         self.session = session
         self.user_id: int | None = None
         self.name = ""
         self.recent: RecentIds | None = None
-        self._held: list[Outbound] | None = None
+        self._held: list[tuple[str | None, Outbound]] | None = None
+        # Set once the session refused a message: it is closing (Session.send),
+        # so it takes nothing more, and its ``recent`` ids must not make a drain
+        # count a message as had.
+        self._refused = False
 
     @property
     def logged_in(self) -> bool:
@@ -100,10 +104,30 @@ class SessionState:
         self.recent = RecentIds()
         self._held = []
 
-    def finish_login(self) -> bool:
-        """Release the pushes held during login. False if the session refused them."""
+    def finish_login(self) -> list[tuple[str | None, Outbound]]:
+        """Release the pushes held during login.
+
+        Returns:
+            The ``(mid, push)`` pairs the session refused (empty if it took them
+            all). They were counted as delivered when held, so the caller must
+            store them.
+        """
         held, self._held = self._held or [], None
-        return all(self.session.send(message) for message in held)
+        for index, (_, message) in enumerate(held):
+            if not self.session.send(message):
+                self._refused = True
+                return held[index:]
+        return []
+
+    def fail_login(self) -> list[tuple[str | None, Outbound]]:
+        """The session refused its login answer: it takes nothing more.
+
+        Returns:
+            The ``(mid, push)`` pairs held for it, which the caller must store.
+        """
+        self._refused = True
+        held, self._held = self._held or [], None
+        return held
 
     def end(self) -> None:
         self.user_id = None
@@ -114,15 +138,19 @@ class SessionState:
         """Send a chat push at most once per ``mid``.
 
         Returns:
-            True if the session has it (now or earlier), False if it refused.
+            True if the session has it (now or earlier), False if it refused
+            (now or earlier: a session that refused once takes nothing more).
         """
-        recent = self.recent if mid is not None else None
-        if recent is not None and mid in recent:
+        if self._refused:
+            return False
+        recent = self.recent
+        if mid is not None and recent is not None and mid in recent:
             return True
         if self._held is not None:
-            self._held.append(message)
+            self._held.append((mid, message))
         elif not self.session.send(message):
-            return False  # not remembered: a later drain must not count it as had
+            self._refused = True
+            return False
         if recent is not None and mid is not None:
             recent.add(mid)
         return True

@@ -1,0 +1,396 @@
+"""Fixture plugin: in-process chat nodes and recording clients for the service tests.
+
+A ``ChatCluster`` (fixture ``chat_cluster``) is one test's little cluster: a
+shared ``LocalHub`` (the bus), a shared ``LocalPresence`` and one SQLite file.
+``await chat_cluster.node()`` starts a ``ChatService`` on its own ``SqlStore``
+engine over that file, as a separate node process would. Every node's store
+is an ``InstrumentedStore``: the real ``SqlStore`` behind a proxy that counts
+calls and can hold a method at a gate, for tests about query counts and
+interleavings. Nothing here mocks a backend.
+
+A ``RecordingSession`` is a client stand-in: it implements the service's
+``Session`` protocol, decodes and keeps everything the service sends, and can
+refuse (a full outbound queue) like a slow client. ``Client`` pairs one with
+its node and ``SessionState``.
+
+Waiting: ``settle`` waits until the nodes are quiet (publishes completed, the
+undelivered writer flushed, drains finished), polling the event loop's tasks
+against a deadline built from ``seconds()``; tests never sleep to synchronise.
+"""
+
+import asyncio
+import contextlib
+import itertools
+from collections import Counter
+from collections.abc import AsyncIterator, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TypeVar
+
+import pytest
+
+from clusterchat.bus.local import LocalBus, LocalHub
+from clusterchat.presence.local import LocalPresence
+from clusterchat.protocol import (
+    Login,
+    LoginAck,
+    Outbound,
+    RegAck,
+    Register,
+    Request,
+    ServerMessage,
+    decode_server_message,
+)
+from clusterchat.service.chat import ChatService
+from clusterchat.service.context import Policy
+from clusterchat.service.passwords import PasswordHasher
+from clusterchat.service.sessions import SessionState
+from clusterchat.store.base import Group, Member, Store, StoredMessage, User
+from clusterchat.store.sql import SqlStore
+from tests.support.timing import seconds
+
+__all__ = [
+    "PASSWORD",
+    "ChatCluster",
+    "ChatNode",
+    "Client",
+    "Gate",
+    "InstrumentedStore",
+    "RecordingSession",
+    "chat_cluster",
+    "run",
+    "settle",
+]
+
+#: The password every test user gets unless a test says otherwise.
+PASSWORD = "secret"
+
+M = TypeVar("M")
+
+_peers = itertools.count(1)
+
+
+# --- a client stand-in ---------------------------------------------------------------------
+
+
+class RecordingSession:
+    """Implements ``Session``: records what the service sends, decoded.
+
+    Attributes:
+        peer: A name for logs.
+        raw: Every accepted message as the JSON bytes the service encoded.
+        received: The same messages, decoded as a client would.
+        refusing: While True, ``send`` refuses like a full outbound queue and
+            the session closes itself (a slow consumer).
+        closed_reason: Why the session closed, or None while open.
+    """
+
+    def __init__(self, peer: str | None = None) -> None:
+        self.peer = peer or f"test-peer-{next(_peers)}"
+        self.raw: list[bytes] = []
+        self.received: list[ServerMessage] = []
+        self.refusing = False
+        self.closed_reason: str | None = None
+
+    def send(self, message: Outbound) -> bool:
+        """Record ``message``; False (and close) when refusing or closed."""
+        if self.closed_reason is not None:
+            return False
+        if self.refusing:
+            self.closed_reason = "slow consumer"
+            return False
+        self.raw.append(message.json)
+        self.received.append(decode_server_message(message.json))
+        return True
+
+    def close(self, reason: str) -> None:
+        """Close (idempotent); later sends are refused."""
+        if self.closed_reason is None:
+            self.closed_reason = reason
+
+    def of_type(self, kind: type[M]) -> list[M]:
+        """The received messages of one type, in order."""
+        return [message for message in self.received if isinstance(message, kind)]
+
+    def clear(self) -> None:
+        """Forget what was received so far."""
+        self.raw.clear()
+        self.received.clear()
+
+
+# --- an instrumented real store ------------------------------------------------------------
+
+
+class Gate:
+    """Holds calls of one store method until released."""
+
+    def __init__(self) -> None:
+        self.arrived = asyncio.Event()
+        self.opened = asyncio.Event()
+
+    async def reached(self) -> None:
+        """Wait until a call is held at the gate."""
+        async with asyncio.timeout(seconds(5)):
+            await self.arrived.wait()
+
+    def release(self) -> None:
+        """Let held and later calls through."""
+        self.opened.set()
+
+
+class InstrumentedStore:
+    """A ``Store`` that delegates to a real one, counting calls and honouring gates.
+
+    Attributes:
+        inner: The real store.
+        calls: How many times each method was called.
+    """
+
+    def __init__(self, inner: Store) -> None:
+        self.inner = inner
+        self.calls: Counter[str] = Counter()
+        self._gates: dict[str, Gate] = {}
+
+    @property
+    def total(self) -> int:
+        """Calls of every method so far."""
+        return sum(self.calls.values())
+
+    def hold(self, method: str) -> Gate:
+        """Hold the next calls of ``method`` until the returned gate is released."""
+        gate = self._gates[method] = Gate()
+        return gate
+
+    async def _enter(self, method: str) -> None:
+        self.calls[method] += 1
+        gate = self._gates.get(method)
+        if gate is not None:
+            gate.arrived.set()
+            await gate.opened.wait()
+
+    async def create_schema(self) -> None:
+        await self._enter("create_schema")
+        await self.inner.create_schema()
+
+    async def close(self) -> None:
+        await self.inner.close()
+
+    async def create_user(self, name: str, password_hash: str) -> int:
+        await self._enter("create_user")
+        return await self.inner.create_user(name, password_hash)
+
+    async def get_user(self, user_id: int) -> User | None:
+        await self._enter("get_user")
+        return await self.inner.get_user(user_id)
+
+    async def add_friendship(self, user_id: int, friend_id: int) -> bool:
+        await self._enter("add_friendship")
+        return await self.inner.add_friendship(user_id, friend_id)
+
+    async def friends_of(self, user_id: int) -> list[User]:
+        await self._enter("friends_of")
+        return await self.inner.friends_of(user_id)
+
+    async def create_group(self, name: str, description: str, creator_id: int) -> int:
+        await self._enter("create_group")
+        return await self.inner.create_group(name, description, creator_id)
+
+    async def get_group(self, group_id: int) -> Group | None:
+        await self._enter("get_group")
+        return await self.inner.get_group(group_id)
+
+    async def add_member(self, group_id: int, user_id: int, role: str = "normal") -> bool:
+        await self._enter("add_member")
+        return await self.inner.add_member(group_id, user_id, role)
+
+    async def members(self, group_id: int) -> list[Member]:
+        await self._enter("members")
+        return await self.inner.members(group_id)
+
+    async def groups_of(self, user_id: int) -> list[tuple[Group, list[Member]]]:
+        await self._enter("groups_of")
+        return await self.inner.groups_of(user_id)
+
+    async def store_messages(self, items: Sequence[tuple[int, str, bytes]]) -> None:
+        await self._enter("store_messages")
+        await self.inner.store_messages(items)
+
+    async def pending(
+        self, user_ids: Iterable[int], limit: int, after: int = 0
+    ) -> list[StoredMessage]:
+        await self._enter("pending")
+        return await self.inner.pending(user_ids, limit, after)
+
+    async def remove(self, seqs: Iterable[int]) -> None:
+        await self._enter("remove")
+        await self.inner.remove(seqs)
+
+
+_: type[Store] = InstrumentedStore
+
+
+# --- driving the service -------------------------------------------------------------------
+
+
+async def run(service: ChatService, state: SessionState, request: Request) -> None:
+    """Handle one request as the transport does: await the coroutine if one comes back."""
+    pending = service.handle(state, request)
+    if pending is not None:
+        await pending
+
+
+async def settle(
+    services: Iterable[ChatService], *, ignore: Iterable["asyncio.Task[object]"] = ()
+) -> None:
+    """Wait until the nodes are quiet: publishes done, messages stored, drains finished.
+
+    Args:
+        services: The nodes to flush.
+        ignore: Tasks the test itself keeps pending (e.g. a login held at a gate).
+
+    Raises:
+        AssertionError: something is still running after the deadline.
+    """
+    nodes = list(services)
+    skip = set(ignore)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + seconds(5)
+    while True:
+        for service in nodes:
+            await service.ctx.delivery.close()
+        current = asyncio.current_task()
+        busy = {t for t in asyncio.all_tasks() if t is not current and t not in skip}
+        if not busy and not any(len(s.ctx.delivery.writer) for s in nodes):
+            return
+        remaining = deadline - loop.time()
+        if remaining <= 0:
+            raise AssertionError(f"nodes did not settle: {busy}")
+        if busy:
+            await asyncio.wait(busy, timeout=remaining)
+        else:
+            await asyncio.sleep(0)  # a writer batch is about to be picked up
+
+
+@dataclass
+class Client:
+    """One connection to a node: the recording session and the service's state for it."""
+
+    node: "ChatNode"
+    session: RecordingSession
+    state: SessionState
+
+    async def send(self, request: Request) -> None:
+        """Send one request and wait until the node has handled it."""
+        await run(self.node.service, self.state, request)
+
+    async def login(self, user_id: int, password: str = PASSWORD) -> LoginAck:
+        """Log in; return the login answer."""
+        await self.send(Login(id=user_id, password=password))
+        answers = self.session.of_type(LoginAck)
+        assert answers, "no login answer"
+        return answers[-1]
+
+    async def close(self) -> None:
+        """The connection ends (as when the transport sees it close)."""
+        self.session.close("client went away")
+        await self.node.service.closed(self.state)
+
+
+@dataclass
+class ChatNode:
+    """A node of the test cluster."""
+
+    service: ChatService
+    store: InstrumentedStore
+    bus: LocalBus
+
+    def connect(self) -> Client:
+        """Open a new connection to this node."""
+        session = RecordingSession()
+        return Client(self, session, self.service.open(session))
+
+    async def login(self, user_id: int, password: str = PASSWORD) -> Client:
+        """Open a connection and log ``user_id`` in on it (asserting success)."""
+        client = self.connect()
+        ack = await client.login(user_id, password)
+        assert ack.errno == 0, ack
+        return client
+
+    async def register(self, name: str, password: str = PASSWORD) -> int:
+        """Register a user over a throwaway connection; return the new id."""
+        client = self.connect()
+        await client.send(Register(name=name, password=password))
+        ack = client.session.of_type(RegAck)[-1]
+        assert ack.errno == 0, ack
+        assert ack.id is not None
+        await client.close()
+        return ack.id
+
+
+@dataclass
+class ChatCluster:
+    """Nodes sharing one hub, one presence and one database file."""
+
+    db_url: str
+    hub: LocalHub = field(default_factory=LocalHub)
+    presence: LocalPresence = field(default_factory=LocalPresence)
+    passwords: PasswordHasher = field(
+        default_factory=lambda: PasswordHasher(time_cost=1, memory_kib=1024)
+    )
+    nodes: list[ChatNode] = field(default_factory=list)
+
+    async def node(self, policy: Policy | None = None) -> ChatNode:
+        """Start one more node (its own SqlStore engine on the shared file)."""
+        # Building an engine resolves the file path (os.path.abspath): done once, at
+        # start-up, off the loop so that blockbuster watches only the serving path.
+        store = InstrumentedStore(await asyncio.to_thread(SqlStore, self.db_url))
+        await store.create_schema()
+        bus = LocalBus(self.hub)
+        service = ChatService(
+            node_id=f"n{len(self.nodes) + 1}",
+            store=store,
+            bus=bus,
+            presence=self.presence,
+            passwords=self.passwords,
+            policy=policy,
+        )
+        await service.start()
+        node = ChatNode(service, store, bus)
+        self.nodes.append(node)
+        return node
+
+    async def settle(self, *, ignore: Iterable["asyncio.Task[object]"] = ()) -> None:
+        """``settle`` every node of the cluster."""
+        await settle((n.service for n in self.nodes), ignore=ignore)
+
+    def outage(self) -> None:
+        """The bus goes down: every publish fails."""
+        self.hub.down = True
+
+    def restore(self) -> None:
+        """The bus comes back: each node resubscribes and drains."""
+        self.hub.down = False
+        for node in self.nodes:
+            node.bus.restore()
+
+    async def stored_for(self, user_id: int) -> list[StoredMessage]:
+        """What the undelivered store holds for ``user_id`` (read directly)."""
+        return await self.nodes[0].store.inner.pending([user_id], 10_000)
+
+    async def close(self) -> None:
+        """Shut every node down, then release the databases."""
+        self.hub.down = False
+        for node in self.nodes:
+            await node.service.shutdown()
+        for node in self.nodes:
+            with contextlib.suppress(Exception):
+                await node.bus.close()
+            await node.store.close()
+
+
+@pytest.fixture
+async def chat_cluster(tmp_path: Path) -> AsyncIterator[ChatCluster]:
+    """An empty test cluster; nodes are added with ``await chat_cluster.node()``."""
+    cluster = ChatCluster(db_url=f"sqlite:///{tmp_path}/chat.db")
+    yield cluster
+    await cluster.close()

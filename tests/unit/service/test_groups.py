@@ -1,0 +1,207 @@
+"""Groups through ChatService: create, join, group chat across nodes (docs/protocol.md §2.6-2.8)."""
+
+import msgspec
+
+from clusterchat.protocol import (
+    AddGroup,
+    AddGroupAck,
+    CreateGroup,
+    CreateGroupAck,
+    ErrorCode,
+    GroupChat,
+    GroupChatAck,
+    GroupEntry,
+    MemberEntry,
+)
+from tests.support.service import ChatCluster, Client
+
+
+async def _create(client: Client, name: str) -> int:
+    await client.send(CreateGroup(groupname=name, groupdesc=f"about {name}"))
+    ack = client.session.of_type(CreateGroupAck)[-1]
+    assert ack.errno == 0, ack
+    assert ack.groupid is not None
+    return ack.groupid
+
+
+async def _join(client: Client, group_id: int) -> None:
+    await client.send(AddGroup(groupid=group_id))
+    ack = client.session.of_type(AddGroupAck)[-1]
+    assert ack == AddGroupAck(errno=0, groupid=group_id), ack
+
+
+def _texts(client: Client) -> list[str]:
+    return [push.msg for push in client.session.of_type(GroupChat)]
+
+
+async def test_create_group_answers_with_its_id(chat_cluster: ChatCluster) -> None:
+    """Creating a group answers errno 0 with the new id; the creator is its member."""
+    node = await chat_cluster.node()
+    alice = await node.register("alice")
+    a = await node.login(alice)
+    a.session.clear()
+    await a.send(CreateGroup(groupname="team", groupdesc="d"))
+    [ack] = a.session.received
+    assert isinstance(ack, CreateGroupAck)
+    assert (ack.errno, ack.groupname) == (0, "team")
+    assert ack.groupid is not None
+    login = await node.connect().login(alice)
+    [entry] = [msgspec.json.decode(g, type=GroupEntry) for g in login.groups]
+    assert entry.id == ack.groupid
+    assert [msgspec.json.decode(u, type=MemberEntry).role for u in entry.users] == ["creator"]
+
+
+async def test_create_group_with_a_taken_name_is_refused(chat_cluster: ChatCluster) -> None:
+    """A second group of the same name gets errno 34 and no id."""
+    node = await chat_cluster.node()
+    alice = await node.register("alice")
+    bob = await node.register("bob")
+    a, b = await node.login(alice), await node.login(bob)
+    await _create(a, "team")
+    await b.send(CreateGroup(groupname="team"))
+    ack = b.session.of_type(CreateGroupAck)[-1]
+    assert ack.errno == 34
+    assert ack.groupid is None
+
+
+async def test_join_group(chat_cluster: ChatCluster) -> None:
+    """Joining answers errno 0; the new member appears with role "normal"."""
+    node = await chat_cluster.node()
+    alice = await node.register("alice")
+    bob = await node.register("bob")
+    a, b = await node.login(alice), await node.login(bob)
+    group = await _create(a, "team")
+    await _join(b, group)
+    login = await node.connect().login(bob)
+    [entry] = [msgspec.json.decode(g, type=GroupEntry) for g in login.groups]
+    members = [msgspec.json.decode(u, type=MemberEntry) for u in entry.users]
+    assert [(m.id, m.role) for m in members] == [(alice, "creator"), (bob, "normal")]
+
+
+async def test_join_unknown_group_is_refused(chat_cluster: ChatCluster) -> None:
+    """Joining a group id nobody created gets errno 31."""
+    node = await chat_cluster.node()
+    alice = await node.register("alice")
+    a = await node.login(alice)
+    await a.send(AddGroup(groupid=4242))
+    assert a.session.of_type(AddGroupAck)[-1].errno == 31
+
+
+async def test_join_a_group_twice_is_refused(chat_cluster: ChatCluster) -> None:
+    """A member joining again (the creator included) gets errno 35."""
+    node = await chat_cluster.node()
+    alice = await node.register("alice")
+    bob = await node.register("bob")
+    a, b = await node.login(alice), await node.login(bob)
+    group = await _create(a, "team")
+    await _join(b, group)
+    await b.send(AddGroup(groupid=group))
+    await a.send(AddGroup(groupid=group))
+    assert b.session.of_type(AddGroupAck)[-1].errno == 35
+    assert a.session.of_type(AddGroupAck)[-1].errno == ErrorCode.ALREADY_MEMBER
+
+
+async def test_group_chat_reaches_every_member_session_on_every_node(
+    chat_cluster: ChatCluster,
+) -> None:
+    """Each member but the sender gets a group message once per session, on both nodes."""
+    first, second = await chat_cluster.node(), await chat_cluster.node()
+    alice = await first.register("alice")
+    bob = await first.register("bob")
+    carol = await first.register("carol")
+    a = await first.login(alice)
+    a_elsewhere = await second.login(alice)
+    b = await first.login(bob)
+    c1, c2, c3 = await first.login(carol), await second.login(carol), await second.login(carol)
+    group = await _create(a, "team")
+    await _join(b, group)
+    await _join(c2, group)
+    await chat_cluster.settle()
+    for client in (a, a_elsewhere, b, c1, c2, c3):
+        client.session.clear()
+
+    for text in ("one", "two", "three"):
+        await a.send(GroupChat(groupid=group, msg=text))
+    await chat_cluster.settle()
+
+    for client in (b, c1, c2, c3):
+        assert _texts(client) == ["one", "two", "three"], client.node.service.node_id
+        pushes = client.session.of_type(GroupChat)
+        assert {(p.id, p.name, p.groupid) for p in pushes} == {(alice, "alice", group)}
+        assert len({p.mid for p in pushes}) == 3
+    assert _texts(a) == _texts(a_elsewhere) == []  # the sender is excluded (rule 8)
+    assert await chat_cluster.stored_for(bob) == await chat_cluster.stored_for(carol) == []
+
+
+async def test_offline_member_gets_group_messages_at_next_login(
+    chat_cluster: ChatCluster,
+) -> None:
+    """A member who is offline finds the group's messages, in order, in the next login answer."""
+    first, second = await chat_cluster.node(), await chat_cluster.node()
+    alice = await first.register("alice")
+    dave = await first.register("dave")
+    a = await first.login(alice)
+    group = await _create(a, "team")
+    d = await second.login(dave)
+    await _join(d, group)
+    await d.close()
+    for text in ("one", "two"):
+        await a.send(GroupChat(groupid=group, msg=text))
+    await chat_cluster.settle()
+    ack = await second.connect().login(dave)
+    pushes = [msgspec.json.decode(m, type=GroupChat) for m in ack.offlinemsg]
+    assert [(p.msg, p.id, p.groupid) for p in pushes] == [
+        ("one", alice, group),
+        ("two", alice, group),
+    ]
+    assert await chat_cluster.stored_for(dave) == []
+
+
+async def test_non_member_cannot_post(chat_cluster: ChatCluster) -> None:
+    """A user outside the group gets errno 36 and the members get nothing."""
+    node = await chat_cluster.node()
+    alice = await node.register("alice")
+    eve = await node.register("eve")
+    a, e = await node.login(alice), await node.login(eve)
+    group = await _create(a, "team")
+    a.session.clear()
+    for _ in range(2):  # the second attempt takes the cached path
+        await e.send(GroupChat(groupid=group, msg="let me in", ref=5))
+        reply = e.session.of_type(GroupChatAck)[-1]
+        assert (reply.errno, reply.ref) == (ErrorCode.NOT_A_MEMBER, 5)
+        assert reply.errno == 36
+    await chat_cluster.settle()
+    assert a.session.received == []
+
+
+async def test_group_chat_to_unknown_group_is_refused(chat_cluster: ChatCluster) -> None:
+    """A message to a group id nobody created gets errno 31."""
+    node = await chat_cluster.node()
+    alice = await node.register("alice")
+    a = await node.login(alice)
+    await a.send(GroupChat(groupid=4242, msg="hello?"))
+    assert a.session.of_type(GroupChatAck)[-1].errno == ErrorCode.UNKNOWN_GROUP
+
+
+async def test_member_who_joins_on_another_node_gets_the_next_message(
+    chat_cluster: ChatCluster,
+) -> None:
+    """Joining on node B invalidates node A's cached members through the bus."""
+    first, second = await chat_cluster.node(), await chat_cluster.node()
+    alice = await first.register("alice")
+    bob = await first.register("bob")
+    carol = await first.register("carol")
+    a, b = await first.login(alice), await first.login(bob)
+    group = await _create(a, "team")
+    await _join(b, group)
+    await a.send(GroupChat(groupid=group, msg="before"))  # node A caches the members
+    assert first.service.ctx.groups.cached(group) == frozenset({alice, bob})
+
+    c = await second.login(carol)
+    await _join(c, group)
+    await chat_cluster.settle()
+    await a.send(GroupChat(groupid=group, msg="after"))
+    await chat_cluster.settle()
+
+    assert _texts(c) == ["after"]
+    assert _texts(b) == ["before", "after"]
