@@ -162,7 +162,8 @@ class Cluster:
             upstreams=[(self.spec.host, node.port) for node in self.nodes],
         )
         (prefix / "nginx.conf").write_text(conf)
-        child = spawn("nginx", nginx_argv(prefix), log_path=self.spec.dir / "nginx.log")
+        # nginx writes its own errors to <prefix>/error.log (-e): read that one on failure.
+        child = spawn("nginx", nginx_argv(prefix), log_path=prefix / "error.log")
         wait_for_port(self.spec.host, slot.port, self.spec.ready_timeout, child)
         return child
 

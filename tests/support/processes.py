@@ -1,0 +1,64 @@
+"""Checks that processes a test started are really gone, and a polling wait.
+
+A process counts as gone when it no longer exists or is a zombie: in a
+container whose init does not reap orphans, a killed grandchild can stay a
+zombie forever, yet it holds no sockets and runs no code.
+"""
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from clusterchat.cluster.processes import Child
+
+__all__ = ["assert_stopped", "group_gone", "pid_gone", "process_state", "wait_until"]
+
+
+def process_state(pid: int) -> str | None:
+    """The one-letter state of ``pid`` from /proc (``R``, ``S``, ``T``, ``Z``...), or None."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    # The command name is in parentheses and may contain spaces: split after it.
+    return stat.rsplit(")", 1)[1].split()[0]
+
+
+def pid_gone(pid: int) -> bool:
+    """True if no running process has this pid (zombies count as gone)."""
+    return process_state(pid) in (None, "Z", "X")
+
+
+def group_gone(pgid: int) -> bool:
+    """True if no running process belongs to process group ``pgid``."""
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        state, pgrp = fields[0], int(fields[2])
+        if pgrp == pgid and state not in ("Z", "X"):
+            return False
+    return True
+
+
+def wait_until(condition: Callable[[], bool], timeout: float, interval: float = 0.01) -> bool:
+    """Poll ``condition`` until it holds or ``timeout`` seconds pass; return its last value.
+
+    For synchronous code only (fixtures, sync tests); it sleeps between polls.
+    """
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() >= deadline:
+            return condition()
+        time.sleep(interval)
+    return True
+
+
+def assert_stopped(child: Child) -> None:
+    """Assert that ``child`` was reaped and nothing of its process group still runs."""
+    assert child.popen.returncode is not None, f"{child.name} (pid {child.pid}) not reaped"
+    assert pid_gone(child.pid), f"{child.name} (pid {child.pid}) still running"
+    assert group_gone(child.pid), f"{child.name}'s process group {child.pid} still running"
