@@ -2,6 +2,8 @@
 
 import json
 import signal
+import subprocess
+import sys
 import time
 from collections import Counter
 from typing import Any
@@ -222,3 +224,64 @@ def test_redis_outage_loses_nothing(node_factory: NodeFactory, redis_server: Red
     _sync(b)
     for client in (a, b, c):
         client.close()
+
+
+def test_sigterm_on_a_node_moves_its_clients_without_loss(
+    node_factory: NodeFactory, redis_server: RedisServer, nginx_factory: NginxFactory
+) -> None:
+    """A node stopped with SIGTERM: its clients reconnect through nginx and lose nothing."""
+    nodes = _cluster(node_factory, redis_server, 2)
+    front = nginx_factory([(n.host, n.port) for n in nodes])
+    alice, bob = _register(nodes[0], "alice", "bob")
+    a = ClassicClient("127.0.0.1", front.port)
+    assert a.request({"msgid": 1, "id": alice, "password": "pw"})["errno"] == 0
+    b = ClassicClient("127.0.0.1", front.port)
+    assert b.request({"msgid": 1, "id": bob, "password": "pw"})["errno"] == 0
+    bobs_node = next(n for n in nodes if f"user {bob} logged in" in n.child.log_path.read_text())
+    assert f"user {alice} logged in" not in bobs_node.child.log_path.read_text()
+
+    assert bobs_node.stop(signal.SIGTERM) == 0
+    assert b.closed_by_server()
+    b.close()
+    sent = [f"during the move {i}" for i in range(25)]
+    for text in sent:
+        a.send({"msgid": 6, "toid": bob, "msg": text})
+    _sync(a)
+    b2 = ClassicClient("127.0.0.1", front.port)  # nginx skips the stopped node
+    answer = b2.request({"msgid": 1, "id": bob, "password": "pw"})
+    assert answer["errno"] == 0
+    got = _offline_texts(answer)
+    got += _receive_texts(b2, len(sent) - len(got))
+    assert got == sent
+    _sync(b2)
+    a.close()
+    b2.close()
+
+
+def test_status_lists_live_nodes_and_their_users(
+    node_factory: NodeFactory, redis_server: RedisServer
+) -> None:
+    """`clusterchat status` shows each live node with its online users."""
+    n1, n2 = _cluster(node_factory, redis_server, 2)
+    alice, bob = _register(n1, "alice", "bob")
+    a, _ = _login(n1, alice)
+    b, _ = _login(n2, bob)
+    deadline = time.monotonic() + seconds(15)
+    while True:
+        result = subprocess.run(
+            [sys.executable, "-m", "clusterchat", "status", "--redis", redis_server.url],
+            capture_output=True,
+            text=True,
+            timeout=seconds(30),
+            check=True,
+        )
+        lines = result.stdout.splitlines()
+        if f"    online: {alice}" in lines and f"    online: {bob}" in lines:
+            break
+        assert time.monotonic() < deadline, result.stdout
+        time.sleep(0.2)
+    assert any(line.startswith("n1 ") for line in lines)
+    assert any(line.startswith("n2 ") for line in lines)
+    assert "2 live node(s), 2 online user(s)" in lines
+    a.close()
+    b.close()
