@@ -29,6 +29,8 @@ __all__ = ["Node", "run_node"]
 
 log = logging.getLogger("clusterchat.node")
 
+_STRAGGLER_TIMEOUT = 5.0
+
 
 class Node:
     """A chat node: store, bus, presence, service and TCP listener, started and stopped in order."""
@@ -84,12 +86,31 @@ class Node:
         return self.address
 
     async def stop(self) -> None:
+        """Stop accepting, close the sessions, then release the backends.
+
+        Work still running after the sessions are closed (a login that was
+        half-way, a drain) is cancelled and awaited *before* the database
+        engine is disposed: a task cancelled after that would wait forever for
+        a connection thread that is gone, and the process would not exit.
+        """
         self.tcp.stop_accepting()
         await self.service.shutdown()
         await self.tcp.close()
         await self.bus.close()
         await self.presence.close()
+        await _cancel_other_tasks()
         await self.store.close()
+
+
+async def _cancel_other_tasks() -> None:
+    current = asyncio.current_task()
+    others = [task for task in asyncio.all_tasks() if task is not current]
+    for task in others:
+        task.cancel()
+    if others:
+        _, stuck = await asyncio.wait(others, timeout=_STRAGGLER_TIMEOUT)
+        for task in stuck:
+            log.warning("task still running at shutdown: %r", task)
 
 
 async def run_node(settings: Settings) -> int:

@@ -15,6 +15,7 @@ which is what keeps its pid (and so the group id) from being reused.
 """
 
 import contextlib
+import ctypes
 import os
 import shutil
 import signal
@@ -42,6 +43,7 @@ __all__ = [
     "wait_for_port",
 ]
 
+_PR_SET_PDEATHSIG = 1
 _POLL_INTERVAL = 0.02
 _TAIL_LINES = 40
 # Debian installs servers in sbin, which is not on an ordinary user's PATH.
@@ -105,6 +107,19 @@ def find_executable(name: str, debian_package: str) -> str:
     return os.path.abspath(found)
 
 
+def _die_with_parent() -> None:
+    """In the child, before exec: get SIGTERM when the parent dies (Linux prctl).
+
+    The children live in sessions of their own (so a Ctrl-C meant for the
+    parent does not hit them first); this keeps a parent that is SIGKILLed
+    (``clusterchat up``, a test run) from leaving them behind. The signal comes
+    when the *thread* that spawned the child exits, so spawn from a thread that
+    lives as long as the child should.
+    """
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
 def spawn(
     name: str,
     argv: Sequence[str],
@@ -140,6 +155,7 @@ def spawn(
             cwd=cwd,
             start_new_session=True,
             close_fds=True,
+            preexec_fn=_die_with_parent,
         )
     return Child(name=name, argv=list(argv), popen=popen, log_path=log_path, log_start=start)
 

@@ -168,11 +168,17 @@ class Outbound:
 def split_classic(json: bytes) -> list[bytes]:
     """Split an encoded server message into encoded messages that each fit a classic frame.
 
-    A chat push is cut into several pushes that carry consecutive parts of
-    ``msg``; a login answer keeps the entries that fit and moves the remaining
-    offline messages into pushes of their own. Any other message is small by
-    construction.
+    A message that fits is returned as is. A chat push is cut into several
+    pushes that carry consecutive parts of ``msg``; a login answer keeps the
+    longest prefix of each list (friends, groups, offline messages) that fits,
+    and the offline messages after that prefix follow, in order, as pushes of
+    their own. Any other message is small by construction.
+
+    Raises:
+        ValueError: the message does not fit and cannot be split.
     """
+    if len(json) + 1 <= CLASSIC_FRAME_MAX:
+        return [json]
     message = _SERVER_DECODER.decode(json)
     if isinstance(message, OneChat | GroupChat):
         return [encode(part) for part in _split_chat(message)]
@@ -205,20 +211,19 @@ def _split_chat(message: OneChat | GroupChat) -> list[OneChat | GroupChat]:
 
 
 def _split_login(message: LoginAck) -> list[bytes]:
-    fitted = msgspec.structs.replace(message, offlinemsg=[], friends=[], groups=[])
-    size = len(encode(fitted)) + 1  # + NUL
     kept: dict[str, list[str]] = {"friends": [], "groups": [], "offlinemsg": []}
     overflow: list[str] = []
     for key in ("friends", "groups", "offlinemsg"):
         items: list[str] = getattr(message, key)
-        for item in items:
-            # key, quotes, colon and comma; then the escaped JSON string.
-            cost = len(_ENCODER.encode(item)) + 1 + (len(key) + 3 if not kept[key] else 0)
-            if size + cost < CLASSIC_FRAME_MAX:
-                kept[key].append(item)
-                size += cost
-            elif key == "offlinemsg":
-                overflow.append(item)
+        for index, item in enumerate(items):
+            trial = {**kept, key: [*kept[key], item]}
+            if len(encode(msgspec.structs.replace(message, **trial))) + 1 > CLASSIC_FRAME_MAX:
+                # Keep a prefix only: offline messages must stay in order, and
+                # friends or groups past this point cannot reach a classic client.
+                if key == "offlinemsg":
+                    overflow = items[index:]
+                break
+            kept = trial
     frames = [encode(msgspec.structs.replace(message, **kept))]
     for item in overflow:
         frames.extend(split_classic(item.encode()))

@@ -13,22 +13,67 @@ does not parse JSON (the codec does that), so a frame it returns may still be
 malformed JSON. It fails only with ``FramingError``, for a value larger than
 ``max_frame`` bytes or nested deeper than ``max_depth``; after that the stream
 cannot be trusted and the connection must be closed.
+
+Theory of operation. The rules, applied as if one byte at a time (so the result
+never depends on how the stream was chunked):
+
+* between frames, space, tab, CR, LF and NUL are skipped; a NUL marks the peer
+  as a classic client;
+* a frame starting with ``{`` or ``[`` ends at the bracket (either kind) that
+  brings the nesting back to zero, brackets inside strings not counting; inside
+  strings a backslash escapes the next byte, whatever it is;
+* a frame starting with ``"`` is a top-level string, ending at its closing quote;
+* any other frame is a bare scalar (or garbage) that ends before the next
+  whitespace, NUL, bracket or quote, once that byte has arrived;
+* the first violation in the stream is the one reported: an opener past
+  ``max_depth`` (TOO_DEEP) or a frame's byte number ``max_frame + 1``
+  (FRAME_TOO_LARGE), the nesting being checked first when both fall on one byte.
+
+Two scanners implement these rules. The fast one matches a whole frame at a
+time with one regular expression, for frames that are complete in the bytes at
+hand and nested at most ``_FAST_DEPTH`` levels (every classic message). The
+general one walks a frame from bracket to bracket, skipping whole strings, and
+keeps its state (depth, inside a string or not, how far it got) across feeds;
+it takes over whenever the fast one does not match, so it alone handles split,
+deep, scalar and garbage frames. Both use possessive quantifiers only, whose
+alternatives never start with the same byte, so no match ever backtracks and
+every byte is looked at a bounded number of times.
 """
 
 import re
+from functools import cache
 
 from clusterchat.protocol.errors import ErrorCode, FramingError
 from clusterchat.protocol.limits import CLASSIC_FRAME_MAX, Limits
 
 __all__ = ["JsonStreamDecoder", "classic_frame", "ndjson_line"]
 
-_NEXT_IN_VALUE = re.compile(rb'[{}\[\]"]')
-_NEXT_IN_STRING = re.compile(rb'["\\]')
+_SEPARATOR_RUN = re.compile(rb"[ \t\r\n\x00]*+")
 _SCALAR_END = re.compile(rb'[\s\x00{}\[\]"]')
-_SEPARATORS = frozenset(b" \t\r\n\x00")
-_OPEN = frozenset(b"{[")
+# Everything up to the next bracket, whole strings included; stops at the quote
+# of a string that is not complete in the bytes at hand.
+_TO_NEXT_BRACKET = re.compile(rb'(?:[^"{}\[\]]++|"[^"\\]*+(?:\\.[^"\\]*+)*+")*+', re.DOTALL)
+# The rest of a string up to its closing quote (excluded), or up to the end of
+# the bytes at hand, or up to a final backslash whose escaped byte is missing.
+_STRING_BODY = re.compile(rb'[^"\\]*+(?:\\.[^"\\]*+)*+', re.DOTALL)
+# An object with no bracket and no backslash inside: it ends at the first "}",
+# provided the quotes before it are paired (checked by the caller).
+_PLAIN_OBJECT = re.compile(rb"[ \t\r\n\x00]*+(\{[^{}\[\]\\]*+\})[ \t\r\n\x00]*+")
+_FAST_DEPTH = 3
+_OPENERS = b"{["
 _QUOTE = ord('"')
-_NUL = 0
+
+
+@cache
+def _fast_frame(depth: int) -> re.Pattern[bytes]:
+    """A complete object or array nested at most ``depth`` levels, with separators around it."""
+    string = rb'"[^"\\]*+(?:\\.[^"\\]*+)*+"'
+    between = rb'[^"{}\[\]]*+'
+    value = rb"[{\[]" + between + rb"(?:" + string + between + rb")*+[}\]]"
+    for _ in range(depth - 1):
+        inner = rb"(?:" + string + rb"|" + value + rb")"
+        value = rb"[{\[]" + between + rb"(?:" + inner + between + rb")*+[}\]]"
+    return re.compile(rb"[ \t\r\n\x00]*+(" + value + rb")[ \t\r\n\x00]*+", re.DOTALL)
 
 
 class JsonStreamDecoder:
@@ -47,9 +92,12 @@ class JsonStreamDecoder:
         limits = limits or Limits()
         self._max_frame = limits.max_frame
         self._max_depth = limits.max_depth
-        self._buf = bytearray()
-        self._pos = 0  # next byte to scan
-        self._start = -1  # start of the frame being scanned, -1 between frames
+        # Nesting of the first bracket is never checked, so depth 1 is always safe.
+        self._fast = _fast_frame(max(1, min(_FAST_DEPTH, limits.max_depth))).match
+        # The frame in progress, from its first byte, and the general scanner's
+        # state for it: where to resume, nesting depth, inside a string or not.
+        self._partial = bytearray()
+        self._resume = 0
         self._depth = 0
         self._in_string = False
         self._error: FramingError | None = None
@@ -58,7 +106,7 @@ class JsonStreamDecoder:
     @property
     def buffered(self) -> int:
         """Bytes held for a frame that is not complete yet."""
-        return len(self._buf)
+        return len(self._partial)
 
     def feed(self, data: bytes) -> list[bytes]:
         """Add received bytes; return the frames they complete, in order.
@@ -70,99 +118,153 @@ class JsonStreamDecoder:
         """
         if self._error is not None:
             raise self._error
-        self._buf += data
+        if type(data) is not bytes:
+            data = bytes(data)
+        frames: list[bytes] = []
         try:
-            return self._scan()
+            if self._partial:  # continue the frame in progress
+                held = len(self._partial)
+                buf = self._partial
+                buf += data
+                stop = self._advance(buf, 0, self._resume)
+                if stop < 0:
+                    if len(buf) > self._max_frame:
+                        raise self._too_large()
+                    return frames
+                if stop > self._max_frame:
+                    raise self._too_large()
+                frames.append(bytes(buf[:stop]))
+                buf.clear()
+                self._scan(data, stop - held, frames)  # it cannot end in bytes scanned before
+            else:
+                self._scan(data, 0, frames)
         except FramingError as exc:
             self._error = exc
-            self._buf.clear()
+            self._partial.clear()
             raise
+        return frames
 
-    def _scan(self) -> list[bytes]:
-        buf = self._buf
+    def _scan(self, data: bytes, pos: int, frames: list[bytes]) -> None:
+        """Cut ``data[pos:]`` into frames; keep a trailing incomplete one in ``_partial``."""
+        end = len(data)
+        max_frame = self._max_frame
+        plain = _PLAIN_OBJECT.match
+        fast = self._fast
+        quotes = data.count
+        find = data.find
+        append = frames.append
+        nul = self.nul_terminated
+        while pos < end:
+            match = plain(data, pos)
+            if match is not None:
+                start, stop = match.span(1)
+                if quotes(b'"', start, stop) & 1:  # the "}" is inside a string
+                    match = None
+            if match is None:
+                match = fast(data, pos)
+                if match is None:  # not a complete shallow object or array
+                    pos = self._scan_one(data, pos, frames)
+                    nul = self.nul_terminated
+                    continue
+                start, stop = match.span(1)
+            if start != pos and not nul and find(0, pos, start) >= 0:
+                nul = self.nul_terminated = True
+            if stop - start > max_frame:
+                raise self._too_large()
+            append(data[start:stop])
+            pos = match.end()  # past the separators that follow the frame
+            if pos != stop and not nul and find(0, stop, pos) >= 0:
+                nul = self.nul_terminated = True
+
+    def _scan_one(self, data: bytes, pos: int, frames: list[bytes]) -> int:
+        """Skip separators and walk one frame with the general scanner; return where it ends.
+
+        An incomplete frame is kept in ``_partial`` and ``len(data)`` returned.
+        """
+        end = len(data)
+        run = _SEPARATOR_RUN.match(data, pos)
+        start = run.end() if run is not None else pos
+        if start != pos and not self.nul_terminated and data.find(0, pos, start) >= 0:
+            self.nul_terminated = True
+        if start == end:
+            return end
+        stop = self._begin(data, start)
+        if stop < 0:
+            if end - start > self._max_frame:
+                raise self._too_large()
+            self._partial += memoryview(data)[start:]
+            self._resume -= start
+            return end
+        if stop - start > self._max_frame:
+            raise self._too_large()
+        frames.append(data[start:stop])
+        return stop
+
+    def _begin(self, buf: bytes | bytearray, start: int) -> int:
+        """Start the general scanner on the frame at ``buf[start]``; see ``_advance``."""
+        first = buf[start]
+        self._depth = 1 if first in _OPENERS else 0
+        self._in_string = first == _QUOTE
+        return self._advance(buf, start, start + 1)
+
+    def _advance(self, buf: bytes | bytearray, start: int, pos: int) -> int:
+        """Scan the frame that began at ``buf[start]`` from ``pos`` on.
+
+        Returns:
+            The index just past the frame's end, or -1 when ``buf`` ends first,
+            in which case the scanner's state is saved for the next feed (with
+            ``_resume`` relative to ``buf``).
+
+        Raises:
+            FramingError: an opener past ``max_depth``, or FRAME_TOO_LARGE if the
+                frame was already too large before that opener.
+        """
         end = len(buf)
-        pos = self._pos
-        start = self._start
         depth = self._depth
         in_string = self._in_string
-        frames: list[bytes] = []
-        while pos < end:
-            if start < 0:
-                byte = buf[pos]
-                if byte in _SEPARATORS:
-                    if byte == _NUL:
-                        self.nul_terminated = True
-                    pos += 1
-                    continue
-                start = pos
-                pos += 1
-                if byte in _OPEN:
-                    depth = 1
-                elif byte == _QUOTE:
-                    in_string = True
-                continue
-            if depth == 0 and not in_string:
-                # A bare scalar (number, literal or garbage) runs to a separator.
-                match = _SCALAR_END.search(buf, pos)
-                if match is None:
-                    pos = end
-                    break
-                pos = match.start()
-                frames.append(self._take(start, pos))
-                start = -1
-                continue
+        if depth == 0 and not in_string:  # a bare scalar runs to the next delimiter
+            delimiter = _SCALAR_END.search(buf, pos)
+            if delimiter is not None:
+                return delimiter.start()
+            self._resume = end
+            return -1
+        while True:
             if in_string:
-                match = _NEXT_IN_STRING.search(buf, pos)
-                if match is None:
-                    pos = end
+                body = _STRING_BODY.match(buf, pos)
+                if body is not None:  # always: the pattern matches the empty string
+                    pos = body.end()
+                if pos == end or buf[pos] != _QUOTE:  # no closing quote, or "\" + nothing yet
                     break
-                if match[0] == b"\\":
-                    pos = match.end() + 1  # skip the escaped byte, even if not received yet
-                    continue
+                pos += 1
                 in_string = False
-                pos = match.end()
                 if depth == 0:  # a top-level string is a complete value
-                    frames.append(self._take(start, pos))
-                    start = -1
-                continue
-            match = _NEXT_IN_VALUE.search(buf, pos)
-            if match is None:
-                pos = end
+                    return pos
+            skipped = _TO_NEXT_BRACKET.match(buf, pos)
+            if skipped is not None:  # always: the pattern matches the empty string
+                pos = skipped.end()
+            if pos == end:
                 break
-            pos = match.end()
-            char = match[0]
-            if char == b'"':
+            char = buf[pos]
+            pos += 1
+            if char == _QUOTE:
                 in_string = True
-            elif char in (b"{", b"["):
+            elif char in _OPENERS:
                 depth += 1
                 if depth > self._max_depth:
+                    if pos - 1 - start > self._max_frame:
+                        raise self._too_large()
                     raise FramingError(
                         ErrorCode.TOO_DEEP, f"nesting deeper than {self._max_depth} levels"
                     )
             else:
                 depth -= 1
                 if depth == 0:
-                    frames.append(self._take(start, pos))
-                    start = -1
-        if start >= 0 and end - start > self._max_frame:
-            raise FramingError(ErrorCode.FRAME_TOO_LARGE, self._too_large())
-        # Drop what has been consumed; keep the partial frame at the front.
-        keep_from = start if start >= 0 else min(pos, end)
-        if keep_from:
-            del buf[:keep_from]
-            pos -= keep_from
-            if start >= 0:
-                start = 0
-        self._pos, self._start, self._depth, self._in_string = pos, start, depth, in_string
-        return frames
+                    return pos
+        self._depth, self._in_string, self._resume = depth, in_string, pos
+        return -1
 
-    def _take(self, start: int, stop: int) -> bytes:
-        if stop - start > self._max_frame:
-            raise FramingError(ErrorCode.FRAME_TOO_LARGE, self._too_large())
-        return bytes(self._buf[start:stop])
-
-    def _too_large(self) -> str:
-        return f"frame larger than {self._max_frame} bytes"
+    def _too_large(self) -> FramingError:
+        return FramingError(ErrorCode.FRAME_TOO_LARGE, f"frame larger than {self._max_frame} bytes")
 
 
 def ndjson_line(json: bytes) -> bytes:
@@ -175,7 +277,7 @@ def classic_frame(json: bytes) -> bytes:
 
     Raises:
         ValueError: the message does not fit; the caller must split it first
-            (see ``codec.classic_frames``).
+            (see ``codec.split_classic``).
     """
     if len(json) + 1 > CLASSIC_FRAME_MAX:
         raise ValueError(f"classic frame of {len(json) + 1} bytes exceeds {CLASSIC_FRAME_MAX}")

@@ -105,6 +105,7 @@ class Delivery:
         self._store = store
         self.writer = UndeliveredWriter(store, self._stored)
         self._inflight: set[asyncio.Future[int]] = set()
+        self._drains: set[asyncio.Task[None]] = set()
 
     # --- sending --------------------------------------------------------------------
 
@@ -186,6 +187,8 @@ class Delivery:
     def spawn_drain(self, user_ids: Iterable[int]) -> None:
         """Drain in the background (used by bus callbacks, which must not block)."""
         task = asyncio.get_running_loop().create_task(self.drain(list(user_ids)))
+        self._drains.add(task)
+        task.add_done_callback(self._drains.discard)
         task.add_done_callback(_log_failure)
 
     async def drain(self, user_ids: Iterable[int]) -> None:
@@ -218,6 +221,8 @@ class Delivery:
         """Let publishes in flight complete (and store what failed), then flush the store."""
         if self._inflight:
             await asyncio.wait(list(self._inflight), timeout=5)
+        if self._drains:
+            await asyncio.wait(list(self._drains), timeout=5)
         await self.writer.flush()
 
 

@@ -103,9 +103,13 @@ class TcpConnection(asyncio.Protocol):
         self._server.connections.discard(self)
         if self._login_timer is not None:
             self._login_timer.cancel()
-        if self._worker is not None:
-            self._worker.cancel()
         log.info("[%d] = connection from %s closed", self.id, self.peer)
+        # A request still running (a login half-way) is not cancelled: it
+        # finishes against a closed session, then the worker tells the service.
+        if self._worker is None:
+            self._end_session()
+
+    def _end_session(self) -> None:
         if self.state is not None:
             self._server.spawn(self._service.closed(self.state))
 
@@ -143,17 +147,22 @@ class TcpConnection(asyncio.Protocol):
         assert self.state is not None
         pending = self._service.handle(self.state, request)
         if pending is not None:
-            self._worker = asyncio.get_running_loop().create_task(self._work(pending))
+            self._worker = self._server.spawn(self._work(pending))
 
     async def _work(self, pending: Coroutine[Any, Any, None]) -> None:
         assert self.state is not None
-        await pending
-        while self._backlog and not self._closed:
-            request = self._backlog.popleft()
-            more = self._service.handle(self.state, request)
-            if more is not None:
-                await more
-        self._worker = None
+        try:
+            await pending
+            while self._backlog and not self._closed:
+                request = self._backlog.popleft()
+                more = self._service.handle(self.state, request)
+                if more is not None:
+                    await more
+        finally:
+            self._worker = None
+        if self._closed:
+            self._end_session()
+            return
         if self.state.logged_in and self._login_timer is not None:
             self._login_timer.cancel()
             self._login_timer = None
@@ -242,7 +251,9 @@ class TcpServer:
         while self._tasks:
             await asyncio.gather(*list(self._tasks), return_exceptions=True)
 
-    def spawn(self, work: Coroutine[Any, Any, None]) -> None:
+    def spawn(self, work: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        """Run ``work`` as a task that ``close()`` waits for."""
         task = asyncio.get_running_loop().create_task(work)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        return task
