@@ -64,7 +64,9 @@ class Node:
             ),
             limits=limits,
             policy=Policy(
-                single_session=settings.single_session, offline_batch=settings.offline_batch
+                single_session=settings.single_session,
+                offline_batch=settings.offline_batch,
+                sweep_interval=settings.sweep_interval,
             ),
         )
         self.tcp = TcpServer(

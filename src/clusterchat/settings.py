@@ -34,6 +34,7 @@ class Settings:
     max_burst: float = 1000.0
     login_timeout: float = 120.0
     offline_batch: int = 1000
+    sweep_interval: float = 30.0
     argon2_time_cost: int = 2
     argon2_memory_kib: int = 19 * 1024
     log_level: str = "INFO"

@@ -41,7 +41,7 @@ from clusterchat.protocol import (
     ServerMessage,
     decode_server_message,
 )
-from clusterchat.service.chat import ChatService
+from clusterchat.service.chat import SWEEPER_TASK, ChatService
 from clusterchat.service.context import Policy
 from clusterchat.service.passwords import PasswordHasher
 from clusterchat.service.sessions import SessionState
@@ -259,7 +259,11 @@ async def settle(
         for service in nodes:
             await service.ctx.delivery.close()
         current = asyncio.current_task()
-        busy = {t for t in asyncio.all_tasks() if t is not current and t not in skip}
+        busy = {
+            t
+            for t in asyncio.all_tasks()
+            if t is not current and t not in skip and t.get_name() != SWEEPER_TASK
+        }
         if not busy and not any(len(s.ctx.delivery.writer) for s in nodes):
             return
         remaining = deadline - loop.time()

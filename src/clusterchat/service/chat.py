@@ -14,6 +14,7 @@ exception is a bug: logged with its traceback, answered with errno 50, and the
 connection lives on.
 """
 
+import asyncio
 import logging
 from collections.abc import Coroutine, Iterable
 from typing import Any
@@ -50,11 +51,14 @@ from clusterchat.service.passwords import PasswordHasher
 from clusterchat.service.sessions import Session, SessionRegistry, SessionState
 from clusterchat.store.base import Store
 
-__all__ = ["ChatService"]
+__all__ = ["SWEEPER_TASK", "ChatService"]
 
 log = logging.getLogger("clusterchat.service")
 
 Pending = Coroutine[Any, Any, None]
+
+#: The name of the periodic-drain task, which runs for the node's whole life.
+SWEEPER_TASK = "clusterchat-sweep"
 _USER_PREFIX = "user:"
 
 
@@ -85,6 +89,7 @@ class ChatService:
             policy=policy or Policy(),
         )
         self._states: set[SessionState] = set()
+        self._sweeper: asyncio.Task[None] | None = None
 
     @property
     def node_id(self) -> str:
@@ -100,9 +105,25 @@ class ChatService:
         """Connect to the bus and listen for membership changes."""
         await self.ctx.bus.start(self)
         await self.ctx.bus.subscribe(groups.GROUPS_CHANNEL)
+        if self.ctx.policy.sweep_interval > 0:
+            self._sweeper = asyncio.get_running_loop().create_task(
+                self._sweep(), name=SWEEPER_TASK
+            )
+
+    async def _sweep(self) -> None:
+        """Drain the store for every local user now and then (see ``Policy.sweep_interval``)."""
+        while True:
+            await asyncio.sleep(self.ctx.policy.sweep_interval)
+            try:
+                await self.ctx.delivery.drain(self.ctx.registry.users())
+            except Exception:
+                log.exception("periodic drain failed; trying again next time")
 
     async def shutdown(self) -> None:
         """Close every session (their users go offline) and flush what must be stored."""
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            await asyncio.wait([self._sweeper])
         for state in list(self._states):
             state.session.close("server shutting down")
         for state in list(self._states):

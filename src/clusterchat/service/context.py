@@ -25,10 +25,14 @@ class Policy:
             cluster (classic behaviour, errno 2) instead of allowing devices.
         offline_batch: Stored messages carried in one login answer; the rest
             follow as pushes.
+        sweep_interval: Seconds between two drains of the store for every
+            user online on this node, a safety net for stored messages whose
+            DRAIN notice was lost (docs/delivery.md). 0 turns it off.
     """
 
     single_session: bool = False
     offline_batch: int = 1000
+    sweep_interval: float = 30.0
 
 
 @dataclass(slots=True)

@@ -306,3 +306,21 @@ async def test_session_that_refused_its_login_answer_takes_no_stored_message(
 
     ack = await node.connect().login(bob)
     assert _offline_texts(ack) == ["first", "second"]
+
+
+async def test_periodic_sweep_delivers_a_message_whose_drain_notice_was_lost(
+    chat_cluster: ChatCluster,
+) -> None:
+    """A message stored for an online user with no DRAIN notice arrives with the next sweep."""
+    node = await chat_cluster.node(Policy(sweep_interval=0.05))
+    alice = await node.register("alice")
+    bob = await node.register("bob")
+    b = await node.login(bob)
+    # As if another node stored it while its notice could not be published.
+    payload = OneChat(toid=bob, msg="found by the sweep", id=alice, name="alice", mid="x-1")
+    await node.store.inner.store_messages([(bob, "x-1", msgspec.json.encode(payload))])
+    deadline = asyncio.get_running_loop().time() + 5
+    while "found by the sweep" not in _texts(b):
+        assert asyncio.get_running_loop().time() < deadline, "the sweep never delivered it"
+        await asyncio.sleep(0.02)
+    assert await chat_cluster.stored_for(bob) == []
