@@ -126,6 +126,9 @@ class Cluster:
             redis_dir.resolve(),
             host=self.spec.host,
             persistence=self.spec.redis_persistence,
+            # A subscriber Redis disconnects for a full output buffer loses what
+            # was queued for it (counted as received): give bursts room.
+            extra=["--client-output-buffer-limit", "pubsub 256mb 128mb 60"],
         )
         child = spawn("redis", argv, log_path=self.spec.dir / "redis.log")
         wait_for_port(self.spec.host, slot.port, self.spec.ready_timeout, child)
