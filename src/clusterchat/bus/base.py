@@ -21,7 +21,7 @@ Channel names here are bare (``user:42``); an implementation adds its own
 prefix so that several clusters can share one backend.
 """
 
-from collections.abc import Iterable
+from collections.abc import Awaitable, Iterable
 from typing import Protocol
 
 __all__ = ["Bus", "BusError", "BusHandler"]
@@ -59,13 +59,19 @@ class Bus(Protocol):
     async def unsubscribe(self, channel: str) -> None:
         """Stop receiving ``channel``."""
 
-    async def publish(self, channel: str, payload: bytes) -> int:
+    def publish(self, channel: str, payload: bytes) -> Awaitable[int]:
         """Send ``payload`` to every node subscribed to ``channel``.
 
+        A plain method returning an awaitable, so that an implementation can
+        hand back a future without creating a task per message; everything
+        published in one event-loop turn leaves in publication order.
+
         Returns:
-            How many nodes received it (this one included, if subscribed).
+            An awaitable of how many nodes received it (this one included, if
+            subscribed).
 
         Raises:
-            BusError: the backend is unreachable; nobody received it.
+            BusError: (from the awaitable) the backend is unreachable; nobody
+                received it.
         """
         ...

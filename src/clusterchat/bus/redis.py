@@ -308,16 +308,14 @@ class RedisBus:
         if full != self._node_channel:
             await self._write_subscription(self._cmd_unsub, full)
 
-    async def publish(self, channel: str, payload: bytes) -> int:
-        """Publish through the pipelining flusher; see ``Bus.publish``.
+    def publish(self, channel: str, payload: bytes) -> asyncio.Future[int]:
+        """Publish through the pipelined publisher; see ``Bus.publish``.
 
         Returns:
-            The PUBLISH reply: how many subscriber connections received it.
-
-        Raises:
-            BusError: Redis unreachable, too slow (``publish_timeout``), or the bus is closed.
+            A future: the PUBLISH reply (how many subscriber connections received
+            it), or ``BusError`` (Redis unreachable, too slow, or the bus closed).
         """
-        return await self._publisher.publish(self._names.full(channel), payload)
+        return self._publisher.publish(self._names.full(channel), payload)
 
     # -- subscriptions ---------------------------------------------------------------
 

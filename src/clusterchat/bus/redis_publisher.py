@@ -1,34 +1,42 @@
-"""RedisPublisher: one pipelined round trip per event-loop turn, over one connection.
+"""RedisPublisher: PUBLISH pipelined on one connection, with no round trip to wait for.
 
 The publishing half of ``RedisBus`` (see the theory of operation in
-``clusterchat.bus.redis``). ``publish()`` appends to a queue and awaits its
-own future. The first publish of a loop turn starts the **flusher** task; by
-the time it runs, every publish of that turn is queued, and it sends them all
-as one pipeline (``transaction=False``). Publishes made while a pipeline is in
-flight form the next one. A lone publish waits for nothing but its own round
-trip. Each caller gets its own reply (the receiver count).
+``clusterchat.bus.redis``), written against the wire because the hot path of
+the whole chat server runs through it (docs/performance.md):
 
-Only the flusher touches the client, and batches never overlap, so one
-connection suffices: no pool to exhaust (FIELD-NOTES: redis-py's 100-connection
-limit). A failed or timed-out round trip fails every publish of its batch with
-``BusError`` and drops the client (``aclose()``, no leaked socket); the next
-batch connects afresh. No retries: a PUBLISH may have been delivered before
-the connection broke, and the caller stores what failed.
+* ``publish()`` is a plain function: it encodes the command (RESP, a few
+  bytes of header around the payload), appends it to this loop turn's output
+  and returns a future for the reply. The first publish of a turn schedules one
+  ``transport.write`` of everything published in that turn: one syscall per
+  turn, however many messages, and no added delay for a lone one.
+* Commands are never held back while earlier replies are outstanding: the
+  connection is a true pipeline. Redis answers in order, so replies resolve
+  the waiting futures first in, first out; hiredis parses them.
+* One connection, no pool to exhaust (FIELD-NOTES: redis-py's 100-connection
+  limit), no task per message (a future is all a caller awaits).
+* Failure: a lost connection, or a reply missing ``timeout`` seconds after its
+  command was written, fails **every** outstanding publish with ``BusError``
+  (the callers store their messages) and drops the connection; the next
+  publish connects afresh. No retries: a PUBLISH may have been delivered
+  before the connection broke, and the caller stores what failed.
 
-Also home of the small helpers the Redis bus modules share.
+redis-py is still what the subscriber and presence use; only this command,
+on this path, is written by hand. Also home of the small helpers the Redis bus
+modules share.
 """
 
 import asyncio
 import contextlib
 import importlib.util
 import logging
-from collections.abc import Iterable
-from dataclasses import dataclass
-from typing import Any
+import socket
+from collections import deque
+from collections.abc import Callable, Iterable
+from typing import Any, cast
 
+import hiredis
 from redis.asyncio import Redis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
+from redis.asyncio.connection import parse_url
 from redis.exceptions import RedisError
 
 from clusterchat.bus.base import BusError
@@ -48,7 +56,6 @@ NO_DRIVER_INFO: dict[str, Any] = (
 )
 """Keyword arguments for every Redis client we build."""
 
-_MAX_PIPELINE = 1000
 _CLOSE_TIMEOUT = 1.0
 
 
@@ -61,141 +68,211 @@ async def aclose_quietly(client: Redis) -> None:
         log.debug("bus: closing a client failed: %r", exc)
 
 
-@dataclass(eq=False)
-class _Outgoing:
-    """One queued publication and the future its caller awaits."""
+class _Pipeline(asyncio.Protocol):
+    """One connection to Redis: writes commands, matches replies to futures in order."""
 
-    channel: str
-    payload: bytes
-    future: asyncio.Future[int]
+    def __init__(self, on_lost: "Callable[[_Pipeline, Exception | None], None]") -> None:
+        self._on_lost = on_lost
+        self._reader = hiredis.Reader()
+        self.transport: asyncio.Transport | None = None
+        self.waiting: deque[asyncio.Future[Any]] = deque()
+        self.lost = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+
+    def data_received(self, data: bytes) -> None:
+        self._reader.feed(data)
+        while (reply := self._reader.gets()) is not False:
+            if not self.waiting:
+                self.abort(ConnectionError("reply without a command"))
+                return
+            future = self.waiting.popleft()
+            if future.done():
+                continue
+            if isinstance(reply, hiredis.ReplyError):
+                future.set_exception(BusError(f"publish refused: {reply}"))
+            else:
+                future.set_result(reply)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = True
+        self._on_lost(self, exc)
+
+    def abort(self, reason: Exception) -> None:
+        if self.transport is not None and not self.lost:
+            self.transport.abort()
+        self.lost = True
+        self._on_lost(self, reason)
+
+
+def _command(*parts: bytes) -> bytes:
+    """RESP encoding of one command (an array of bulk strings)."""
+    out = [b"*%d\r\n" % len(parts)]
+    for part in parts:
+        out.append(b"$%d\r\n%s\r\n" % (len(part), part))
+    return b"".join(out)
 
 
 class RedisPublisher:
-    """Pipelines PUBLISH (or SPUBLISH) commands, one batch per loop turn.
+    """Pipelines PUBLISH (or SPUBLISH) commands over one connection.
 
     Args:
-        url: Redis URL.
+        url: Redis URL (``redis://[[user]:password@]host[:port][/db]``).
         client_name: CLIENT SETNAME of the connection (visible in CLIENT LIST).
-        timeout: Bound on connecting plus one round trip.
+        timeout: Bound on connecting, and on waiting for any one reply.
         command: ``"PUBLISH"`` or ``"SPUBLISH"``.
     """
 
     def __init__(
         self, url: str, *, client_name: str, timeout: float, command: str = "PUBLISH"
     ) -> None:
-        self._url = url
-        self._client_name = client_name
+        options = parse_url(url)
+        if "path" in options or options.get("connection_class") is not None:
+            raise ValueError(f"the publisher speaks plain TCP only, not {url!r}")
+        self._host = str(options.get("host", "localhost"))
+        self._port = int(options.get("port", 6379))
+        self._handshake: list[bytes] = []
+        password, username = options.get("password"), options.get("username")
+        if password:
+            auth = [b"AUTH", str(password).encode()]
+            if username:
+                auth.insert(1, str(username).encode())
+            self._handshake.append(_command(*auth))
+        if int(options.get("db", 0) or 0):
+            self._handshake.append(_command(b"SELECT", str(options["db"]).encode()))
+        self._handshake.append(_command(b"CLIENT", b"SETNAME", client_name.encode()))
         self._timeout = timeout
-        self._command = command
-        self._client: Redis | None = None
-        self._pending: list[_Outgoing] = []
-        self._flusher: asyncio.Task[None] | None = None
+        self._header = b"*3\r\n$%d\r\n%s\r\n" % (len(command), command.encode())
+        self._pipe: _Pipeline | None = None
+        self._connecting: asyncio.Task[None] | None = None
+        self._backlog: list[tuple[bytes, asyncio.Future[Any]]] = []
+        self._out: list[bytes] = []
         self._closed = False
         self._failing = False
-        self._stale = False
 
-    async def publish(self, channel: str, payload: bytes) -> int:
-        """Queue one publication for this turn's pipeline and wait for its reply.
+    def publish(self, channel: str, payload: bytes) -> asyncio.Future[int]:
+        """Send one publication with this turn's write; the future gets its receiver count.
 
         Args:
             channel: The full (prefixed) channel name.
             payload: Opaque bytes.
 
         Returns:
-            The receiver count Redis replied.
-
-        Raises:
-            BusError: Redis unreachable or too slow, Redis refused it, or the publisher is closed.
+            A future resolved with the receiver count Redis replied, or failed
+            with ``BusError`` (Redis unreachable or too slow, refused, or the
+            publisher closed).
         """
-        if self._closed:
-            raise BusError("bus closed")
         loop = asyncio.get_running_loop()
-        future: asyncio.Future[int] = loop.create_future()
-        self._pending.append(_Outgoing(channel, payload, future))
-        if self._flusher is None:
-            self._flusher = loop.create_task(self._flush(), name=f"{self._client_name}-flush")
-        return await future
+        future: asyncio.Future[Any] = loop.create_future()
+        if self._closed:
+            future.set_exception(BusError("bus closed"))
+            return future
+        name = channel.encode()
+        command = b"%s$%d\r\n%s\r\n$%d\r\n%s\r\n" % (
+            self._header,
+            len(name),
+            name,
+            len(payload),
+            payload,
+        )
+        pipe = self._pipe
+        if pipe is None:
+            self._backlog.append((command, future))
+            if self._connecting is None:
+                self._connecting = loop.create_task(self._connect(), name="redis-publisher")
+            return future
+        if not self._out:
+            loop.call_soon(self._write)
+        self._out.append(command)
+        pipe.waiting.append(future)
+        return future
 
     def mark_stale(self) -> None:
-        """The connection probably died (the subscriber lost Redis): reconnect before next batch."""
-        self._stale = True
+        """The connection probably died (the subscriber lost Redis): drop it now."""
+        if self._pipe is not None:
+            self._pipe.abort(ConnectionError("marked stale"))
 
     async def close(self) -> None:
-        """Fail whatever is queued and ``aclose()`` the client."""
+        """Fail whatever is outstanding and close the connection."""
         self._closed = True
-        flusher, self._flusher = self._flusher, None
-        if flusher is not None:
-            flusher.cancel()
+        connecting, self._connecting = self._connecting, None
+        if connecting is not None:
+            connecting.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await flusher
-        self._fail_all(self._pending, "bus closed")
-        self._pending = []
-        client, self._client = self._client, None
-        if client is not None:
-            await aclose_quietly(client)
+                await connecting
+        if self._pipe is not None:
+            self._pipe.abort(ConnectionError("bus closed"))
+        self._fail([f for _, f in self._backlog], "bus closed")
+        self._backlog = []
 
-    async def _flush(self) -> None:
-        try:
-            while self._pending:
-                batch = self._pending[:_MAX_PIPELINE]
-                del self._pending[:_MAX_PIPELINE]
-                try:
-                    await self._send(batch)
-                except asyncio.CancelledError:
-                    self._fail_all(batch, "bus closed")
-                    raise
-        finally:
-            self._flusher = None
+    def _write(self) -> None:
+        """Write this turn's commands (their futures already wait on the pipeline)."""
+        pipe = self._pipe
+        if not self._out or pipe is None or pipe.transport is None:
+            return  # nothing queued, or the connection was lost and failed them
+        out, self._out = self._out, []
+        pipe.transport.write(b"".join(out))
+        # Every reply owed so far must come within the timeout: watch the newest.
+        newest = pipe.waiting[-1] if pipe.waiting else None
+        if newest is not None:
+            asyncio.get_running_loop().call_later(self._timeout, self._deadline, pipe, newest)
 
-    async def _connected(self) -> Redis:
-        client = self._client
-        if client is not None and self._stale:
-            # Batches never overlap, so the old client is idle: replace it, don't abort it.
-            self._client = None
-            await aclose_quietly(client)
-            client = None
-        self._stale = False
-        if client is None:
-            client = self._client = Redis.from_url(
-                self._url,
-                socket_timeout=self._timeout,
-                socket_connect_timeout=self._timeout,
-                socket_keepalive=True,
-                retry=Retry(NoBackoff(), 0),  # a retried PUBLISH could be delivered twice
-                client_name=self._client_name,
-                **NO_DRIVER_INFO,
-            )
-        return client
+    def _deadline(self, pipe: _Pipeline, newest: asyncio.Future[Any]) -> None:
+        if not newest.done() and not pipe.lost:
+            pipe.abort(TimeoutError(f"no reply from Redis within {self._timeout}s"))
 
-    async def _send(self, batch: list[_Outgoing]) -> None:
-        client = await self._connected()
+    async def _connect(self) -> None:
+        loop = asyncio.get_running_loop()
+        pipe: _Pipeline | None = None
         try:
             async with asyncio.timeout(self._timeout):
-                pipe = client.pipeline(transaction=False)
-                for item in batch:
-                    pipe.execute_command(self._command, item.channel, item.payload)
-                results = await pipe.execute(raise_on_error=False)
-        except FAILURES as exc:
-            if not self._failing:
-                log.warning("bus: publish failed (%r); callers store their messages", exc)
-            self._failing = True
-            self._client = None
-            await aclose_quietly(client)
-            self._fail_all(batch, f"publish failed: {exc!r}")
+                _, pipe = await loop.create_connection(
+                    lambda: _Pipeline(self._lost), self._host, self._port
+                )
+                assert pipe.transport is not None
+                sock = pipe.transport.get_extra_info("socket")
+                if sock is not None:
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+                replies = [loop.create_future() for _ in self._handshake]
+                pipe.waiting.extend(replies)
+                pipe.transport.write(b"".join(self._handshake))
+                await asyncio.gather(*replies)
+        except (OSError, BusError, ConnectionError) as exc:  # TimeoutError is an OSError
+            if pipe is not None and not pipe.lost:
+                pipe.abort(ConnectionError("handshake failed"))
+            self._connecting = None
+            self._report_failure(exc)
+            backlog, self._backlog = self._backlog, []
+            self._fail([f for _, f in backlog], f"publish failed: {exc!r}")
             return
+        self._connecting = None
         if self._failing:
             log.info("bus: publishing works again")
             self._failing = False
-        for item, result in zip(batch, results, strict=True):
-            if item.future.done():
-                continue  # its caller was cancelled
-            if isinstance(result, Exception):
-                item.future.set_exception(BusError(f"publish refused: {result}"))
-            else:
-                item.future.set_result(int(result))
+        self._pipe = pipe
+        backlog, self._backlog = self._backlog, []
+        if backlog:
+            self._out.extend(command for command, _ in backlog)
+            pipe.waiting.extend(future for _, future in backlog)
+            self._write()
+
+    def _lost(self, pipe: _Pipeline, exc: Exception | None) -> None:
+        if self._pipe is pipe:
+            self._pipe = None
+            self._out = []
+        waiting, pipe.waiting = list(pipe.waiting), deque()
+        if waiting:
+            self._report_failure(exc or ConnectionError("connection closed"))
+            self._fail(waiting, f"publish failed: {exc!r}")
+
+    def _report_failure(self, exc: BaseException) -> None:
+        if not self._failing and not self._closed:
+            log.warning("bus: publish failed (%r); callers store their messages", exc)
+        self._failing = True
 
     @staticmethod
-    def _fail_all(batch: Iterable[_Outgoing], reason: str) -> None:
-        for item in batch:
-            if not item.future.done():
-                item.future.set_exception(BusError(reason))
+    def _fail(futures: Iterable[asyncio.Future[Any]], reason: str) -> None:
+        for future in futures:
+            if not future.done():
+                future.set_exception(BusError(reason))
