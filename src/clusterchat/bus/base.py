@@ -21,7 +21,8 @@ Channel names here are bare (``user:42``); an implementation adds its own
 prefix so that several clusters can share one backend.
 """
 
-from collections.abc import Awaitable, Iterable
+import asyncio
+from collections.abc import Iterable
 from typing import Protocol
 
 __all__ = ["Bus", "BusError", "BusHandler"]
@@ -59,19 +60,19 @@ class Bus(Protocol):
     async def unsubscribe(self, channel: str) -> None:
         """Stop receiving ``channel``."""
 
-    def publish(self, channel: str, payload: bytes) -> Awaitable[int]:
+    def publish(self, channel: str, payload: bytes) -> "asyncio.Future[int]":
         """Send ``payload`` to every node subscribed to ``channel``.
 
-        A plain method returning an awaitable, so that an implementation can
-        hand back a future without creating a task per message; everything
-        published in one event-loop turn leaves in publication order.
+        A plain method returning a future, so that no task is created per
+        message and the caller can attach a callback; publications leave in
+        the order of the calls.
 
         Returns:
-            An awaitable of how many nodes received it (this one included, if
+            A future of how many nodes received it (this one included, if
             subscribed).
 
         Raises:
-            BusError: (from the awaitable) the backend is unreachable; nobody
+            BusError: (from the future) the backend is unreachable; nobody
                 received it.
         """
         ...

@@ -5,6 +5,7 @@ the service tests run multi-node scenarios without Redis. A lone node gets its
 own hub.
 """
 
+import asyncio
 from collections import defaultdict
 from collections.abc import Iterable
 
@@ -50,14 +51,17 @@ class LocalBus:
             if not subscribers:
                 del self._hub.subscribers[channel]
 
-    async def publish(self, channel: str, payload: bytes) -> int:
+    def publish(self, channel: str, payload: bytes) -> asyncio.Future[int]:
+        future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         if self._hub.down:
-            raise BusError("local hub is down")
+            future.set_exception(BusError("local hub is down"))
+            return future
         receivers = list(self._hub.subscribers.get(channel, ()))
         for bus in receivers:
             if bus._handler is not None:
                 bus._handler.on_bus_message(channel, payload)
-        return len(receivers)
+        future.set_result(len(receivers))
+        return future
 
     def restore(self) -> None:
         """Tell the handler the bus is back (for outage tests with ``LocalHub.down``)."""

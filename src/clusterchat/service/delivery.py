@@ -116,7 +116,7 @@ class Delivery:
         """
         local, refused = self._push_local(user_id, push, mid)
         subscribed_here = self._registry.has(user_id)
-        future = asyncio.ensure_future(self._bus.publish(user_channel(user_id), envelope))
+        future = self._bus.publish(user_channel(user_id), envelope)
         self._inflight.add(future)
         future.add_done_callback(
             partial(self._published, user_id, mid, push.json, local, refused, subscribed_here)
@@ -170,8 +170,7 @@ class Delivery:
 
     def broadcast(self, channel: str, payload: bytes) -> None:
         """Publish a notice that may be lost (cache invalidations); never stored."""
-        future = asyncio.ensure_future(self._bus.publish(channel, payload))
-        future.add_done_callback(_ignore_result)
+        self._bus.publish(channel, payload).add_done_callback(_ignore_result)
 
     # --- draining -------------------------------------------------------------------
 
