@@ -48,7 +48,9 @@ __all__ = [
 ]
 
 
-class Message(msgspec.Struct, tag_field="msgid", omit_defaults=True, frozen=True, kw_only=True):
+class Message(
+    msgspec.Struct, tag_field="msgid", omit_defaults=True, frozen=True, kw_only=True, gc=False
+):
     """Base of every wire message; ``msgid`` is the tag."""
 
 

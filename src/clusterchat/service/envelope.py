@@ -18,7 +18,7 @@ class Kind(IntEnum):
     GROUP_CHANGED = 3  # mid holds a group id whose membership changed
 
 
-class Envelope(msgspec.Struct, array_like=True, frozen=True):
+class Envelope(msgspec.Struct, array_like=True, frozen=True, gc=False):
     kind: int
     origin: str
     mid: str
