@@ -66,6 +66,27 @@ def _status_parser(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -
     status.add_argument("--prefix", default="clusterchat", help="key prefix (default clusterchat)")
 
 
+def _bench_parser(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+    bench = sub.add_parser("bench", help="measure a real cluster: throughput, latency, capacity")
+    bench.add_argument("--scenario", help="comma list: ceiling,connect,pairs,groups,offline,idle")
+    bench.add_argument("--nodes", type=int, help="nodes of the cluster it starts (default 2)")
+    bench.add_argument("--users", type=int, help="users of connect and pairs (default 2000)")
+    bench.add_argument("--step-seconds", type=float, help="seconds per offered rate (default 5)")
+    bench.add_argument("--drain-seconds", type=float, help="most wait after a step (default 5)")
+    bench.add_argument("--rates", help="offered msgs/s of pairs (default 1000,2000,5000,...)")
+    bench.add_argument("--groups", type=int, help="groups (default 20)")
+    bench.add_argument("--group-size", type=int, help="members per group (default 100)")
+    bench.add_argument("--group-rates", help="offered member-msgs/s of groups (10000,...)")
+    bench.add_argument("--offline", type=int, help="stored messages to fetch (default 1000)")
+    bench.add_argument("--idle", type=int, help="idle connections on one node (default 10000)")
+    bench.add_argument("--quick", action="store_true", help="every scenario small (< 1 min)")
+    bench.add_argument("--via-nginx", action="store_true", help="connect through nginx")
+    bench.add_argument("--target", help="HOST:PORT,... of a running cluster's nodes")
+    bench.add_argument("--redis", help="the running cluster's Redis URL (with --target)")
+    bench.add_argument("--out", type=Path, help="output directory (default bench-out)")
+    bench.add_argument("--workers", type=int, help="load-generator processes")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="clusterchat", description=__doc__)
     parser.add_argument("--version", action="version", version=f"clusterchat {__version__}")
@@ -74,6 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
     _client_parser(sub)
     _up_parser(sub)
     _status_parser(sub)
+    _bench_parser(sub)
     return parser
 
 
@@ -121,4 +143,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 1
         print(format_status(nodes))
         return 0
+    if args.command == "bench":
+        from clusterchat.bench import run as run_bench
+
+        return run_bench(vars(args), sys.argv if argv is None else ["clusterchat", *argv])
     raise AssertionError(args.command)

@@ -1,0 +1,13 @@
+"""``clusterchat bench``: throughput, latency and capacity of a real cluster.
+
+The coordinator (``runner``) starts or targets a cluster (``cluster``), starts
+load-generator processes (``workers`` / ``loadgen``) that drive it with
+``ChatClient`` connections, runs the scenarios (``scenarios/``) and writes the
+figures (``report``, ``plot``). ``docs/performance.md`` and
+``benchmarks/README.md`` explain what each scenario measures.
+"""
+
+from clusterchat.bench.main import run
+from clusterchat.bench.options import SCENARIOS, BenchOptions
+
+__all__ = ["SCENARIOS", "BenchOptions", "run"]

@@ -1,0 +1,94 @@
+"""CpuMeter: how busy each process of the run was during a step, from ``/proc/PID/stat``.
+
+A step's figures mean little without knowing what was saturated: a node, Redis,
+or the load generator itself. The meter reads each process's user + system
+CPU time (``utime`` + ``stime``, in clock ticks) before and after, and gives
+the share of one core each used over the wall time between (100 = one full
+core). Processes of the same name (the load generators) are summed, and a
+process's children count with it (nginx's workers with their master).
+
+The entry ``machine`` is the whole machine's busy time from ``/proc/stat``
+(everything but idle and iowait: also the kernel's network work, any other
+program, and time the hypervisor took), in the same unit: 100 x cores means
+every core was busy. ``others`` is the machine's figure minus the measured
+processes: what the rest of the machine took (other programs, the kernel's
+own threads). A large ``others`` means the run competed with something else.
+"""
+
+import os
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+__all__ = ["CpuMeter", "cpu_seconds", "machine_busy_seconds"]
+
+_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float | None:
+    """User + system CPU seconds of process ``pid`` so far (None: gone or not Linux)."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # The command name (field 2) may contain spaces: count fields after its ")".
+    fields = text[text.rindex(")") + 2 :].split()
+    return (int(fields[11]) + int(fields[12])) / _TICKS
+
+
+def machine_busy_seconds() -> float | None:
+    """CPU seconds all cores spent busy since boot (None: not Linux)."""
+    try:
+        with open("/proc/stat") as stat:
+            first = stat.readline().split()
+    except OSError:
+        return None
+    ticks = [int(value) for value in first[1:]]
+    idle = ticks[3] + (ticks[4] if len(ticks) > 4 else 0)
+    return (sum(ticks[:8]) - idle) / _TICKS
+
+
+def _family(pid: int) -> list[int]:
+    """``pid`` and its direct children (Linux ``/proc/PID/task/PID/children``)."""
+    try:
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except OSError:
+        return [pid]
+    return [pid, *(int(child) for child in children)]
+
+
+class CpuMeter:
+    """Snapshots of CPU time per named group of processes."""
+
+    def __init__(self, processes: Mapping[str, Sequence[int]]) -> None:
+        self._processes = {
+            name: [member for pid in pids for member in _family(pid)]
+            for name, pids in processes.items()
+            if pids
+        }
+        self._start = time.monotonic()
+        self._before = self._read()
+
+    def _read(self) -> dict[str, float]:
+        totals = {}
+        for name, pids in self._processes.items():
+            times = [cpu_seconds(pid) for pid in pids]
+            totals[name] = sum(t for t in times if t is not None)
+        busy = machine_busy_seconds()
+        if busy is not None:
+            totals["machine"] = busy
+        return totals
+
+    def percent(self) -> dict[str, float]:
+        """Percent of one core used by each group since the meter was made."""
+        wall = max(time.monotonic() - self._start, 1e-6)
+        after = self._read()
+        result = {
+            name: round(100 * (after[name] - self._before[name]) / wall, 1)
+            for name in after
+            if name in self._before
+        }
+        if "machine" in result:
+            ours = sum(value for name, value in result.items() if name != "machine")
+            result["others"] = round(max(0.0, result["machine"] - ours), 1)
+        return result

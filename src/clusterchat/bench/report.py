@@ -1,0 +1,149 @@
+"""The end of a run: ``bench.json`` with every figure, and the summary tables (rich).
+
+``bench.json`` holds the report's dataclasses as JSON objects, plus
+``ratios`` (sustained rates over the PUBLISH ceilings), ``targets`` (the
+issue's targets, met or not) and ``losses`` (every lost or duplicated message;
+empty on a correct run).
+"""
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from clusterchat.bench.results import BenchReport, ratios, target_checks
+from clusterchat.bench.scenarios.connect import PhaseFigures
+from clusterchat.bench.scenarios.steps import SteppedFigures, cpu_text
+
+__all__ = ["print_summary", "report_dict", "write_json"]
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value
+
+
+def report_dict(report: BenchReport) -> dict[str, Any]:
+    """Everything in the report as JSON-ready values."""
+    data = _plain(dataclasses.asdict(report))
+    data["ratios"] = ratios(report)
+    data["targets"] = [dataclasses.asdict(check) for check in target_checks(report)]
+    data["losses"] = report.losses()
+    return dict(data)
+
+
+def write_json(report: BenchReport, path: Path) -> None:
+    """Write ``bench.json``."""
+    path.write_text(json.dumps(report_dict(report), indent=2) + "\n")
+
+
+def _num(value: float | None, unit: str = "", digits: int = 0) -> str:
+    if value is None:
+        return "-"
+    return f"{value:,.{digits}f}{unit}"
+
+
+def _phase(phase: PhaseFigures) -> str:
+    failed = f", {phase.failed} failed" if phase.failed else ""
+    return f"{phase.succeeded:,} in {phase.seconds:.2f} s = {phase.per_second:,.0f}/s{failed}"
+
+
+def _steps_table(title: str, unit: str, run: SteppedFigures) -> Table:
+    table = Table(title=title, title_justify="left")
+    for column in (f"offered {unit}/s", "delivered/s", "p50 ms", "p99 ms", "max ms"):
+        table.add_column(column, justify="right")
+    for column in ("lost", "dup", "gen lag ms", "cpu % of a core", "verdict"):
+        table.add_column(column, justify="right")
+    for step in run.steps:
+        table.add_row(
+            _num(step.offered_per_s),
+            _num(step.delivered_per_s),
+            _num(step.p50_ms, digits=1),
+            _num(step.p99_ms, digits=1),
+            _num(step.max_ms, digits=1),
+            str(step.lost),
+            str(step.duplicated),
+            _num(step.generator_lag_ms, digits=1),
+            cpu_text(step.cpu_percent),
+            "ok" if step.sustainable else "; ".join(step.reasons),
+        )
+    return table
+
+
+def _summary(report: BenchReport) -> Table:
+    table = Table(title="clusterchat bench", title_justify="left")
+    table.add_column("scenario")
+    table.add_column("figure")
+    table.add_column("value", justify="right")
+    if report.ceiling is not None:
+        c = report.ceiling
+        table.add_row("ceiling", f"PUBLISH/s unpipelined ({c.method})", _num(c.unpipelined_per_s))
+        table.add_row("", f"PUBLISH/s pipelined x{c.pipeline}", _num(c.pipelined_per_s))
+    if report.connect is not None:
+        table.add_row("connect", "register", _phase(report.connect.register))
+        table.add_row("", "log in", _phase(report.connect.login))
+    shares = ratios(report)
+    for name, figures, unit in (
+        ("pairs", report.pairs, "msgs"),
+        ("groups", report.groups, "member-msgs"),
+    ):
+        if figures is None:
+            continue
+        run = figures.run
+        table.add_row(name, f"max sustainable {unit}/s", _num(run.max_sustainable_per_s))
+        share = shares[f"{name}_max_vs_unpipelined_ceiling"]
+        table.add_row("", "of unpipelined ceiling", _num(share and share * 100, "%", 1))
+        table.add_row("", "stopped", run.stopped_because)
+    if report.offline is not None:
+        o = report.offline
+        table.add_row(
+            "offline", f"last of {o.stored} after login", _num(o.seconds_to_last, " s", 3)
+        )
+        table.add_row(
+            "", "lost / duplicated / in order", f"{o.lost} / {o.duplicated} / {o.in_order}"
+        )
+    if report.idle is not None:
+        i = report.idle
+        table.add_row(
+            "idle",
+            f"RSS per connection ({i.login.succeeded:,} logged in)",
+            _num(i.bytes_per_connection, " B"),
+        )
+        table.add_row(
+            "",
+            "node RSS before / after",
+            f"{_num(i.rss_before_kib, ' KiB')} / {_num(i.rss_after_kib, ' KiB')}",
+        )
+    for name, error in report.errors.items():
+        table.add_row(name, "FAILED", error.splitlines()[-1][:80] if error else "")
+    return table
+
+
+def _targets(report: BenchReport) -> Table:
+    table = Table(title="targets (issue 5)", title_justify="left")
+    for column in ("target", "figure", "bound", "met"):
+        table.add_column(column)
+    for check in target_checks(report):
+        met = "-" if check.met is None else ("yes" if check.met else "no")
+        table.add_row(check.name, check.figure, check.target, met)
+    return table
+
+
+def print_summary(report: BenchReport, console: Console) -> None:
+    """Print the step tables, the summary and the targets."""
+    if report.pairs is not None:
+        console.print(_steps_table("pairs (cross-node one-to-one)", "msgs", report.pairs.run))
+    if report.groups is not None:
+        console.print(_steps_table("groups (fan-out)", "member-msgs", report.groups.run))
+    console.print(_summary(report))
+    console.print(_targets(report))
+    for loss in report.losses():
+        console.print(f"LOST OR DUPLICATED: {loss}", style="bold red", markup=False)
