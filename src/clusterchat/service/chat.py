@@ -106,9 +106,7 @@ class ChatService:
         await self.ctx.bus.start(self)
         await self.ctx.bus.subscribe(groups.GROUPS_CHANNEL)
         if self.ctx.policy.sweep_interval > 0:
-            self._sweeper = asyncio.get_running_loop().create_task(
-                self._sweep(), name=SWEEPER_TASK
-            )
+            self._sweeper = asyncio.get_running_loop().create_task(self._sweep(), name=SWEEPER_TASK)
 
     async def _sweep(self) -> None:
         """Drain the store for every local user now and then (see ``Policy.sweep_interval``)."""
