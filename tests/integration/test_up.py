@@ -41,25 +41,23 @@ def _gone(pid: int) -> bool:
     return status.exists() and "State:\tZ" in status.read_text()
 
 
-def test_up_serves_chat_and_ctrl_c_leaves_nothing(tmp_path: Path) -> None:
-    """`clusterchat up` runs redis, two nodes and nginx; chat works; SIGINT stops every pid."""
+def _start_up(tmp_path: Path, *args: str) -> tuple[int, Path, processes.Child]:
+    """Start `clusterchat up` on a free port in ``tmp_path`` (its children die with it)."""
     port = free_port()
     log_path = tmp_path / "up.log"
+    argv = [sys.executable, "-m", "clusterchat", "up", *args, "--port", str(port)]
     up = processes.spawn(
         "up",
-        [
-            sys.executable,
-            "-m",
-            "clusterchat",
-            "up",
-            "--port",
-            str(port),
-            "--dir",
-            str(tmp_path / "run"),
-        ],
+        [*argv, "--dir", str(tmp_path / "run")],
         log_path=log_path,
         env={**os.environ, **_FAST_HASHING},
     )
+    return port, log_path, up
+
+
+def test_up_serves_chat_and_ctrl_c_leaves_nothing(tmp_path: Path) -> None:
+    """`clusterchat up` runs redis, two nodes and nginx; chat works; SIGINT stops every pid."""
+    port, log_path, up = _start_up(tmp_path)
     try:
         processes.wait_for_log(up, "cluster ready", seconds(60))
         pids = _pids_from_table(log_path.read_text())
@@ -90,25 +88,7 @@ def test_up_serves_chat_and_ctrl_c_leaves_nothing(tmp_path: Path) -> None:
 
 def test_up_restarts_a_node_that_dies(tmp_path: Path) -> None:
     """A node killed under `up` is reported and restarted on its port."""
-    port = free_port()
-    log_path = tmp_path / "up.log"
-    up = processes.spawn(
-        "up",
-        [
-            sys.executable,
-            "-m",
-            "clusterchat",
-            "up",
-            "--nodes",
-            "1",
-            "--port",
-            str(port),
-            "--dir",
-            str(tmp_path / "run"),
-        ],
-        log_path=log_path,
-        env={**os.environ, **_FAST_HASHING},
-    )
+    port, log_path, up = _start_up(tmp_path, "--nodes", "1")
     try:
         processes.wait_for_log(up, "cluster ready", seconds(60))
         node = _pids_from_table(log_path.read_text())["node1"]
