@@ -4,42 +4,21 @@ import json
 import signal
 import socket
 import threading
-from typing import Any
 
 import pytest
 
-from tests.support.classic import ClassicClient
-from tests.support.node import NodeFactory, NodeHandle
+from tests.support.classic import PASSWORD, ClassicClient, login, register
+from tests.support.node import NodeFactory
 from tests.support.timing import seconds
 
 pytestmark = pytest.mark.integration
 
 
-def _register(node: NodeHandle, name: str, password: str = "secret") -> int:
-    client = ClassicClient(node.host, node.port)
-    try:
-        answer = client.request({"msgid": 4, "name": name, "password": password})
-    finally:
-        client.close()
-    assert answer["errno"] == 0, answer
-    return int(answer["id"])
-
-
-def _login(
-    node: NodeHandle, user_id: int, password: str = "secret"
-) -> tuple[ClassicClient, dict[str, Any]]:
-    client = ClassicClient(node.host, node.port)
-    answer = client.request({"msgid": 1, "id": user_id, "password": password})
-    assert answer["errno"] == 0, answer
-    return client, answer
-
-
 def test_classic_session_end_to_end(node_factory: NodeFactory) -> None:
     """Register, log in, befriend, group up and chat with the classic client's exact bytes."""
     node = node_factory()
-    zhang = _register(node, "张三")
-    li = _register(node, "li si")
-    a, login_a = _login(node, zhang)
+    zhang, li = register(node, "张三", "li si")
+    a, login_a = login(node, zhang)
     assert login_a == {"errno": 0, "id": zhang, "msgid": 2, "name": "张三"}
 
     assert a.request({"msgid": 7, "id": zhang, "friendid": li}) == {
@@ -56,7 +35,7 @@ def test_classic_session_end_to_end(node_factory: NodeFactory) -> None:
     a.send({"msgid": 6, "id": zhang, "name": "张三", "toid": li, "msg": "second", "time": "x"})
     assert a.request({"msgid": 120, "ref": 7}) == {"msgid": 121, "ref": 7}
     b = ClassicClient(node.host, node.port)
-    b.send({"msgid": 1, "id": li, "password": "secret"})
+    b.send({"msgid": 1, "id": li, "password": PASSWORD})
     raw = b.frame()
     login_b = json.loads(raw)
     # Byte-for-byte classic shape: compact, keys sorted, raw UTF-8.
@@ -89,7 +68,7 @@ def test_classic_session_end_to_end(node_factory: NodeFactory) -> None:
 
     # Logout is acknowledged; a second login shows the group with both members.
     assert b.request({"msgid": 3, "id": li}) == {"errno": 0, "msgid": 103}
-    relogin = b.request({"msgid": 1, "id": li, "password": "secret"})
+    relogin = b.request({"msgid": 1, "id": li, "password": PASSWORD})
     assert "offlinemsg" not in relogin
     (group_text,) = relogin["groups"]
     group = json.loads(group_text)
@@ -106,16 +85,15 @@ def test_classic_session_end_to_end(node_factory: NodeFactory) -> None:
 def test_large_login_answer_is_split_for_the_classic_buffer(node_factory: NodeFactory) -> None:
     """60 offline messages do not fit 1024 bytes: the answer carries some, pushes carry the rest."""
     node = node_factory()
-    sender = _register(node, "sender")
-    reader = _register(node, "reader")
-    a, _ = _login(node, sender)
+    sender, reader = register(node, "sender", "reader")
+    a, _ = login(node, sender)
     texts = [f"message number {i:03d} " + "x" * 40 for i in range(60)]
     for text in texts:
         a.send({"msgid": 6, "toid": reader, "msg": text})
     a.send({"msgid": 120, "ref": 1})  # the pong proves everything before it was handled
     assert a.receive() == {"msgid": 121, "ref": 1}
     b = ClassicClient(node.host, node.port)
-    b.send({"msgid": 1, "id": reader, "password": "secret"})
+    b.send({"msgid": 1, "id": reader, "password": PASSWORD})
     answer = b.receive()
     got = [json.loads(t)["msg"] for t in answer.get("offlinemsg", [])]
     assert 0 < len(got) < 60
@@ -131,10 +109,9 @@ def test_large_login_answer_is_split_for_the_classic_buffer(node_factory: NodeFa
 def test_bad_input_is_answered_and_others_are_unaffected(node_factory: NodeFactory) -> None:
     """Garbage, bad fields and oversized frames get errors; other clients keep chatting."""
     node = node_factory(extra_args=["--max-frame", "2048"])
-    alice = _register(node, "alice")
-    bob = _register(node, "bob")
-    a, _ = _login(node, alice)
-    b, _ = _login(node, bob)
+    alice, bob = register(node, "alice", "bob")
+    a, _ = login(node, alice)
+    b, _ = login(node, bob)
 
     bad = ClassicClient(node.host, node.port)
     bad.send_raw(b"{not json}\0")
@@ -195,10 +172,9 @@ def test_silent_connection_is_closed_after_the_login_timeout(node_factory: NodeF
 def test_spoofed_sender_is_refused(node_factory: NodeFactory) -> None:
     """A chat whose id names another user is refused and never delivered."""
     node = node_factory()
-    alice = _register(node, "alice")
-    bob = _register(node, "bob")
-    a, _ = _login(node, alice)
-    b, _ = _login(node, bob)
+    alice, bob = register(node, "alice", "bob")
+    a, _ = login(node, alice)
+    b, _ = login(node, bob)
     refused = a.request({"msgid": 6, "id": bob, "toid": bob, "msg": "I am bob"})
     assert (refused["msgid"], refused["errno"]) == (106, 21)
     a.send({"msgid": 6, "id": alice, "toid": bob, "msg": "honest"})
@@ -210,9 +186,8 @@ def test_spoofed_sender_is_refused(node_factory: NodeFactory) -> None:
 def test_sigterm_stops_cleanly_and_keeps_stored_messages(node_factory: NodeFactory) -> None:
     """SIGTERM exits 0; messages stored for an offline user survive a restart."""
     node = node_factory()
-    alice = _register(node, "alice")
-    bob = _register(node, "bob")
-    a, _ = _login(node, alice)
+    alice, bob = register(node, "alice", "bob")
+    a, _ = login(node, alice)
     a.send({"msgid": 6, "toid": bob, "msg": "before restart"})
     a.send({"msgid": 120})
     assert a.receive()["msgid"] == 121
@@ -221,7 +196,7 @@ def test_sigterm_stops_cleanly_and_keeps_stored_messages(node_factory: NodeFacto
     a.close()
 
     restarted = node_factory()  # same test database
-    b, answer = _login(restarted, bob)
+    b, answer = login(restarted, bob)
     assert [json.loads(t)["msg"] for t in answer["offlinemsg"]] == ["before restart"]
     b.close()
 
@@ -229,14 +204,14 @@ def test_sigterm_stops_cleanly_and_keeps_stored_messages(node_factory: NodeFacto
 def test_two_hundred_parallel_logins(node_factory: NodeFactory) -> None:
     """200 clients logging in at once all succeed (the original crashed here)."""
     node = node_factory()
-    ids = [_register(node, f"user{i}") for i in range(200)]
+    ids = register(node, *(f"user{i}" for i in range(200)))
     results: list[int] = []
     lock = threading.Lock()
 
     def login(user_id: int) -> None:
         client = ClassicClient(node.host, node.port)
         try:
-            answer = client.request({"msgid": 1, "id": user_id, "password": "secret"})
+            answer = client.request({"msgid": 1, "id": user_id, "password": PASSWORD})
         finally:
             client.close()
         with lock:

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from tests.support.classic import ClassicClient
+from tests.support.classic import PASSWORD, ClassicClient, login, register
 from tests.support.nginx import NginxFactory
 from tests.support.node import NodeFactory, NodeHandle
 from tests.support.redis import RedisServer
@@ -24,26 +24,6 @@ def _cluster(node_factory: NodeFactory, redis: RedisServer, count: int) -> list[
         node_factory(extra_args=["--redis", redis.url, "--node-id", f"n{i}"])
         for i in range(1, count + 1)
     ]
-
-
-def _register(node: NodeHandle, *names: str) -> list[int]:
-    client = ClassicClient(node.host, node.port)
-    try:
-        ids = []
-        for name in names:
-            answer = client.request({"msgid": 4, "name": name, "password": "pw"})
-            assert answer["errno"] == 0, answer
-            ids.append(int(answer["id"]))
-        return ids
-    finally:
-        client.close()
-
-
-def _login(node: NodeHandle, user_id: int) -> tuple[ClassicClient, dict[str, Any]]:
-    client = ClassicClient(node.host, node.port)
-    answer = client.request({"msgid": 1, "id": user_id, "password": "pw"})
-    assert answer["errno"] == 0, answer
-    return client, answer
 
 
 def _sync(client: ClassicClient) -> None:
@@ -69,9 +49,9 @@ def test_users_on_two_nodes_chat_both_ways(
 ) -> None:
     """Alice on node 1 and bob on node 2 exchange messages through Redis."""
     n1, n2 = _cluster(node_factory, redis_server, 2)
-    alice, bob = _register(n1, "alice", "bob")
-    a, _ = _login(n1, alice)
-    b, _ = _login(n2, bob)
+    alice, bob = register(n1, "alice", "bob")
+    a, _ = login(n1, alice)
+    b, _ = login(n2, bob)
     for i in range(20):
         a.send({"msgid": 6, "toid": bob, "msg": f"a{i}"})
         b.send({"msgid": 6, "toid": alice, "msg": f"b{i}"})
@@ -86,10 +66,10 @@ def test_user_on_two_nodes_gets_each_message_once_per_session(
 ) -> None:
     """Bob's phone (node 1) and laptop (node 2) each get every message exactly once."""
     n1, n2 = _cluster(node_factory, redis_server, 2)
-    alice, bob = _register(n1, "alice", "bob")
-    a, _ = _login(n1, alice)
-    phone, _ = _login(n1, bob)
-    laptop, _ = _login(n2, bob)
+    alice, bob = register(n1, "alice", "bob")
+    a, _ = login(n1, alice)
+    phone, _ = login(n1, bob)
+    laptop, _ = login(n2, bob)
     for i in range(30):
         a.send({"msgid": 6, "toid": bob, "msg": f"m{i}"})
     _sync(a)
@@ -108,12 +88,12 @@ def test_group_chat_reaches_members_on_every_node_and_offline_ones_later(
 ) -> None:
     """A group spread over three nodes: online members live, offline member at next login."""
     n1, n2, n3 = _cluster(node_factory, redis_server, 3)
-    ann, ben, cat, dan = _register(n1, "ann", "ben", "cat", "dan")
-    a, _ = _login(n1, ann)
+    ann, ben, cat, dan = register(n1, "ann", "ben", "cat", "dan")
+    a, _ = login(n1, ann)
     group = a.request({"msgid": 8, "groupname": "tea", "groupdesc": "tea lovers"})["groupid"]
-    b, _ = _login(n2, ben)
-    c, _ = _login(n3, cat)
-    d, _ = _login(n3, dan)
+    b, _ = login(n2, ben)
+    c, _ = login(n3, cat)
+    d, _ = login(n3, dan)
     for client in (b, c, d):
         assert client.request({"msgid": 9, "groupid": group})["errno"] == 0
     d.send({"msgid": 3})
@@ -123,7 +103,7 @@ def test_group_chat_reaches_members_on_every_node_and_offline_ones_later(
     expected = [f"g{i}" for i in range(10)]
     assert _receive_texts(b, 10) == expected
     assert _receive_texts(c, 10) == expected
-    relogin = d.request({"msgid": 1, "id": dan, "password": "pw"})
+    relogin = d.request({"msgid": 1, "id": dan, "password": PASSWORD})
     got = _offline_texts(relogin)
     got += _receive_texts(d, 10 - len(got))
     assert got == expected
@@ -142,11 +122,11 @@ def test_clients_through_nginx_land_on_different_nodes(
     nodes = _cluster(node_factory, redis_server, 2)
     front = nginx_factory([(n.host, n.port) for n in nodes])
     names = [f"u{i}" for i in range(6)]
-    ids = _register(nodes[0], *names)
+    ids = register(nodes[0], *names)
     clients = []
     for user_id in ids:
         client = ClassicClient("127.0.0.1", front.port)
-        assert client.request({"msgid": 1, "id": user_id, "password": "pw"})["errno"] == 0
+        assert client.request({"msgid": 1, "id": user_id, "password": PASSWORD})["errno"] == 0
         clients.append(client)
     placed: Counter[int] = Counter()
     for node in nodes:
@@ -161,14 +141,14 @@ def test_clients_through_nginx_land_on_different_nodes(
         client.close()
 
 
-def test_node_killed_messages_wait_for_next_login(
+def test_node_killed_messages_wait_for_nextlogin(
     node_factory: NodeFactory, redis_server: RedisServer
 ) -> None:
     """SIGKILL bob's node: what alice sends meanwhile reaches bob at next login, exactly once."""
     n1, n2 = _cluster(node_factory, redis_server, 2)
-    alice, bob = _register(n1, "alice", "bob")
-    a, _ = _login(n1, alice)
-    b, _ = _login(n2, bob)
+    alice, bob = register(n1, "alice", "bob")
+    a, _ = login(n1, alice)
+    b, _ = login(n2, bob)
     a.send({"msgid": 6, "toid": bob, "msg": "before"})
     assert _receive_texts(b, 1) == ["before"]
     n2.stop(signal.SIGKILL)
@@ -179,7 +159,7 @@ def test_node_killed_messages_wait_for_next_login(
         a.send({"msgid": 6, "toid": bob, "msg": text})
     _sync(a)
     # Bob logs in again at once, through the surviving node.
-    b2, answer = _login(n1, bob)
+    b2, answer = login(n1, bob)
     got = _offline_texts(answer)
     while len(got) < len(sent):
         got += _receive_texts(b2, 1)
@@ -192,10 +172,10 @@ def test_node_killed_messages_wait_for_next_login(
 def test_redis_outage_loses_nothing(node_factory: NodeFactory, redis_server: RedisServer) -> None:
     """Redis stops: local chat goes on; cross-node messages arrive once it is back."""
     n1, n2 = _cluster(node_factory, redis_server, 2)
-    alice, carol, bob = _register(n1, "alice", "carol", "bob")
-    a, _ = _login(n1, alice)
-    c, _ = _login(n1, carol)
-    b, _ = _login(n2, bob)
+    alice, carol, bob = register(n1, "alice", "carol", "bob")
+    a, _ = login(n1, alice)
+    c, _ = login(n1, carol)
+    b, _ = login(n2, bob)
     a.send({"msgid": 6, "toid": bob, "msg": "warm-up"})
     assert _receive_texts(b, 1) == ["warm-up"]
 
@@ -214,7 +194,7 @@ def test_redis_outage_loses_nothing(node_factory: NodeFactory, redis_server: Red
     assert a.request({"msgid": 7, "friendid": bob})["errno"] == 0
     deadline = time.monotonic() + seconds(15)
     while True:
-        again, answer = _login(n1, alice)
+        again, answer = login(n1, alice)
         again.close()
         states = {json.loads(t)["id"]: json.loads(t)["state"] for t in answer["friends"]}
         if states.get(bob) == "online":
@@ -232,11 +212,11 @@ def test_sigterm_on_a_node_moves_its_clients_without_loss(
     """A node stopped with SIGTERM: its clients reconnect through nginx and lose nothing."""
     nodes = _cluster(node_factory, redis_server, 2)
     front = nginx_factory([(n.host, n.port) for n in nodes])
-    alice, bob = _register(nodes[0], "alice", "bob")
+    alice, bob = register(nodes[0], "alice", "bob")
     a = ClassicClient("127.0.0.1", front.port)
-    assert a.request({"msgid": 1, "id": alice, "password": "pw"})["errno"] == 0
+    assert a.request({"msgid": 1, "id": alice, "password": PASSWORD})["errno"] == 0
     b = ClassicClient("127.0.0.1", front.port)
-    assert b.request({"msgid": 1, "id": bob, "password": "pw"})["errno"] == 0
+    assert b.request({"msgid": 1, "id": bob, "password": PASSWORD})["errno"] == 0
     bobs_node = next(n for n in nodes if f"user {bob} logged in" in n.child.log_path.read_text())
     assert f"user {alice} logged in" not in bobs_node.child.log_path.read_text()
 
@@ -248,7 +228,7 @@ def test_sigterm_on_a_node_moves_its_clients_without_loss(
         a.send({"msgid": 6, "toid": bob, "msg": text})
     _sync(a)
     b2 = ClassicClient("127.0.0.1", front.port)  # nginx skips the stopped node
-    answer = b2.request({"msgid": 1, "id": bob, "password": "pw"})
+    answer = b2.request({"msgid": 1, "id": bob, "password": PASSWORD})
     assert answer["errno"] == 0
     got = _offline_texts(answer)
     got += _receive_texts(b2, len(sent) - len(got))
@@ -263,9 +243,9 @@ def test_status_lists_live_nodes_and_their_users(
 ) -> None:
     """`clusterchat status` shows each live node with its online users."""
     n1, n2 = _cluster(node_factory, redis_server, 2)
-    alice, bob = _register(n1, "alice", "bob")
-    a, _ = _login(n1, alice)
-    b, _ = _login(n2, bob)
+    alice, bob = register(n1, "alice", "bob")
+    a, _ = login(n1, alice)
+    b, _ = login(n2, bob)
     deadline = time.monotonic() + seconds(15)
     while True:
         result = subprocess.run(

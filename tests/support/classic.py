@@ -10,13 +10,24 @@ original's buffer.
 
 import json
 import socket
-from typing import Any
+from typing import Any, Protocol
 
 from tests.support.timing import seconds
 
-__all__ = ["ClassicClient"]
+__all__ = ["PASSWORD", "ClassicClient", "login", "register"]
 
 _CLASSIC_BUFFER = 1024
+
+#: The password every test user gets.
+PASSWORD = "secret"
+
+
+class _Address(Protocol):
+    @property
+    def host(self) -> str: ...
+
+    @property
+    def port(self) -> int: ...
 
 
 class ClassicClient:
@@ -67,3 +78,27 @@ class ClassicClient:
             return True
         except TimeoutError:
             return False
+
+
+def register(node: _Address, *names: str, password: str = PASSWORD) -> list[int]:
+    """Register ``names`` over one classic connection; return their ids, in order."""
+    client = ClassicClient(node.host, node.port)
+    try:
+        ids = []
+        for name in names:
+            answer = client.request({"msgid": 4, "name": name, "password": password})
+            assert answer["errno"] == 0, answer
+            ids.append(int(answer["id"]))
+        return ids
+    finally:
+        client.close()
+
+
+def login(
+    node: _Address, user_id: int, password: str = PASSWORD
+) -> tuple[ClassicClient, dict[str, Any]]:
+    """A new classic connection logged in as ``user_id``, and its login answer."""
+    client = ClassicClient(node.host, node.port)
+    answer = client.request({"msgid": 1, "id": user_id, "password": password})
+    assert answer["errno"] == 0, answer
+    return client, answer

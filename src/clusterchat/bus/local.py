@@ -7,7 +7,6 @@ own hub.
 
 import asyncio
 from collections import defaultdict
-from collections.abc import Iterable
 
 from clusterchat.bus.base import Bus, BusError, BusHandler
 
@@ -69,10 +68,6 @@ class LocalBus:
             for channel in self._handler.bus_channels():
                 self._hub.subscribers[channel].add(self)
             self._handler.on_bus_restored()
-
-    @property
-    def channels(self) -> Iterable[str]:
-        return frozenset(self._channels)
 
 
 _: type[Bus] = LocalBus

@@ -70,7 +70,6 @@ class _Slot:
     port: int
     start: Callable[["_Slot"], Child]
     child: Child | None = None
-    restarts: int = 0
 
 
 @dataclass
@@ -199,7 +198,6 @@ class Cluster:
                 f"{slot.name} (pid {child.pid}) exited with {child.returncode}; restarting\n"
                 + log_tail(child, 10)
             )
-            slot.restarts += 1
             try:
                 slot.child = slot.start(slot)
             except Exception as exc:  # reported, retried on the next round
@@ -211,9 +209,6 @@ class Cluster:
         for slot in [s for s in (self.nginx, *self.nodes, self.redis) if s is not None]:
             if slot.child is not None:
                 stop(slot.child, timeout=15.0)
-
-    def pids(self) -> list[int]:
-        return [slot.child.pid for slot in self.slots() if slot.child is not None]
 
 
 def run_cluster(spec: ClusterSpec) -> int:
