@@ -18,6 +18,7 @@ from clusterchat.protocol.errors import ErrorCode, FramingError, InvalidMessage,
 from clusterchat.protocol.framing import JsonStreamDecoder, classic_frame, ndjson_line
 from clusterchat.protocol.limits import CLASSIC_FRAME_MAX, Limits
 from clusterchat.protocol.messages import (
+    Ack,
     AddFriend,
     AddFriendAck,
     AddGroup,
@@ -50,6 +51,7 @@ from clusterchat.protocol.msgid import MsgId
 
 __all__ = [
     "CLASSIC_FRAME_MAX",
+    "Ack",
     "AddFriend",
     "AddFriendAck",
     "AddGroup",

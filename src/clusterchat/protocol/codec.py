@@ -17,6 +17,7 @@ from clusterchat.protocol.limits import CLASSIC_FRAME_MAX, Limits
 from clusterchat.protocol.messages import (
     REQUEST_TYPES,
     SERVER_MESSAGE_TYPES,
+    Ack,
     AddFriend,
     AddGroup,
     CreateGroup,
@@ -105,6 +106,8 @@ def _explain(frame: bytes, exc: msgspec.DecodeError, known: frozenset[Any]) -> I
 def _check_limits(request: Request, limits: Limits) -> None:
     if isinstance(request, OneChat | GroupChat):
         _bound(request, "msg", request.msg, limits.max_message, allow_empty=False)
+        if request.cid is not None:
+            _bound(request, "cid", request.cid, limits.max_token, allow_empty=False)
     elif isinstance(request, Register):
         _bound(request, "name", request.name, limits.max_name, allow_empty=False)
         _bound(request, "password", request.password, limits.max_password, allow_empty=False)
@@ -115,6 +118,12 @@ def _check_limits(request: Request, limits: Limits) -> None:
         return
     elif isinstance(request, Login):
         _bound(request, "password", request.password, limits.max_password, allow_empty=True)
+        if request.device is not None:
+            _bound(request, "device", request.device, limits.max_token, allow_empty=False)
+        if request.after is not None and request.after < 0:
+            raise InvalidMessage(ErrorCode.INVALID_FIELD, "after must not be negative", 1)
+    elif isinstance(request, Ack) and request.cursor < 0:
+        raise InvalidMessage(ErrorCode.INVALID_FIELD, "cursor must not be negative", 130)
 
 
 def _bound(request: Message, field: str, value: str, limit: int, *, allow_empty: bool) -> None:

@@ -22,6 +22,7 @@ class Limits:
         max_group_name: Longest group name, in characters.
         max_group_desc: Longest group description, in characters.
         max_message: Longest chat message text, in characters.
+        max_token: Longest client token (``device``, ``cid``), in characters.
     """
 
     max_frame: int = 64 * 1024
@@ -31,3 +32,4 @@ class Limits:
     max_group_name: int = 64
     max_group_desc: int = 256
     max_message: int = 8192
+    max_token: int = 64

@@ -17,6 +17,7 @@ from clusterchat.protocol.msgid import MsgId
 
 __all__ = [
     "REQUEST_TYPES",
+    "Ack",
     "SERVER_MESSAGE_TYPES",
     "AddFriend",
     "AddFriendAck",
@@ -58,8 +59,18 @@ class Message(
 
 
 class Login(Message, tag=int(MsgId.LOGIN), frozen=True):
+    """Log in. ``device`` opts in to acknowledged delivery (docs/protocol.md §3.2).
+
+    A client that names its ``device`` receives pushes carrying ``cursor`` (its
+    position in the user's log), acknowledges them with ``Ack``, and a later
+    session of the same device continues after the last acknowledged cursor, or
+    after ``after`` (the last cursor the device received) when that is further.
+    """
+
     id: int
     password: str
+    device: str | None = None
+    after: int | None = None
 
 
 class Logout(Message, tag=int(MsgId.LOGOUT), frozen=True):
@@ -78,7 +89,11 @@ class OneChat(Message, tag=int(MsgId.ONE_CHAT), frozen=True):
     logged-in user. On a push the server sets ``id``, ``name`` (the real
     sender), ``time`` (server clock, ``YYYY-MM-DD HH:MM:SS``) and ``mid`` (the
     cluster-unique message id). ``ref`` is the client's own correlation number,
-    echoed in the ``OneChatAck``; it never reaches the recipient.
+    echoed in the ``OneChatAck``; it never reaches the recipient. ``cid`` is the
+    client's own message id: a retry with the same ``cid`` is answered with the
+    original message's ack and never stored or delivered twice. On a push to a
+    session that opted in to acknowledgements, ``cursor`` is the message's
+    position in the recipient's log.
     """
 
     toid: int
@@ -88,6 +103,8 @@ class OneChat(Message, tag=int(MsgId.ONE_CHAT), frozen=True):
     time: str | None = None
     mid: str | None = None
     ref: int | None = None
+    cid: str | None = None
+    cursor: int | None = None
 
 
 class AddFriend(Message, tag=int(MsgId.ADD_FRIEND), frozen=True):
@@ -116,6 +133,8 @@ class GroupChat(Message, tag=int(MsgId.GROUP_CHAT), frozen=True):
     time: str | None = None
     mid: str | None = None
     ref: int | None = None
+    cid: str | None = None
+    cursor: int | None = None
 
 
 class Ping(Message, tag=int(MsgId.PING), frozen=True):
@@ -124,8 +143,26 @@ class Ping(Message, tag=int(MsgId.PING), frozen=True):
     ref: int | None = None
 
 
+class Ack(Message, tag=int(MsgId.ACK), frozen=True):
+    """Cumulative acknowledgement (extension): the device has every push up to ``cursor``.
+
+    Only for sessions that logged in with a ``device``; not answered.
+    """
+
+    cursor: int
+
+
 Request = (
-    Login | Logout | Register | OneChat | AddFriend | CreateGroup | AddGroup | GroupChat | Ping
+    Login
+    | Logout
+    | Register
+    | OneChat
+    | AddFriend
+    | CreateGroup
+    | AddGroup
+    | GroupChat
+    | Ping
+    | Ack
 )
 REQUEST_TYPES: tuple[type[Message], ...] = (
     Login,
@@ -137,6 +174,7 @@ REQUEST_TYPES: tuple[type[Message], ...] = (
     AddGroup,
     GroupChat,
     Ping,
+    Ack,
 )
 
 ChatMessage = OneChat | GroupChat
@@ -160,6 +198,7 @@ class LoginAck(Answer, tag=int(MsgId.LOGIN_ACK), frozen=True):
     offlinemsg: list[str] = []
     friends: list[str] = []
     groups: list[str] = []
+    cursor: int | None = None
 
 
 class RegAck(Answer, tag=int(MsgId.REG_ACK), frozen=True):
@@ -171,10 +210,18 @@ class LogoutAck(Answer, tag=int(MsgId.LOGOUT_ACK), frozen=True):
 
 
 class OneChatAck(Answer, tag=int(MsgId.ONE_CHAT_ACK), frozen=True):
-    """Sent on a refused chat message, and on an accepted one that carried ``ref``."""
+    """Sent on a refused chat message, and on an accepted one that carried ``ref`` or ``cid``.
+
+    An accepted message is acknowledged once it is committed to the log: ``mid``
+    (server message id), ``seq`` (its position in the conversation), ``time``
+    (server clock), and the request's ``ref`` and ``cid``.
+    """
 
     mid: str | None = None
+    seq: int | None = None
+    time: str | None = None
     ref: int | None = None
+    cid: str | None = None
 
 
 class AddFriendAck(Answer, tag=int(MsgId.ADD_FRIEND_ACK), frozen=True):
@@ -191,8 +238,13 @@ class AddGroupAck(Answer, tag=int(MsgId.ADD_GROUP_ACK), frozen=True):
 
 
 class GroupChatAck(Answer, tag=int(MsgId.GROUP_CHAT_ACK), frozen=True):
+    """As ``OneChatAck``, for group messages (``seq`` is the position in the group)."""
+
     mid: str | None = None
+    seq: int | None = None
+    time: str | None = None
     ref: int | None = None
+    cid: str | None = None
 
 
 class Error(Answer, tag=int(MsgId.ERROR), frozen=True):

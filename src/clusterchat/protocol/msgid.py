@@ -36,3 +36,4 @@ class MsgId(IntEnum):
     GROUP_CHAT_ACK = 110
     PING = 120
     PONG = 121
+    ACK = 130

@@ -9,6 +9,7 @@ import pytest
 import clusterchat.protocol
 
 PUBLIC_NAMES = [
+    "Ack",
     "AddFriend",
     "AddFriendAck",
     "AddGroup",
