@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 from clusterchat.protocol import (
     CLASSIC_FRAME_MAX,
+    Ack,
     AddFriend,
     AddGroup,
     CreateGroup,
@@ -74,6 +75,7 @@ CLASSIC_REQUESTS: list[tuple[bytes, Message]] = [
         GroupChat(id=13, name="zhang san", groupid=1, msg="hi all", time=TIME),
     ),
     (b'{"msgid":120,"ref":5}', Ping(ref=5)),
+    (b'{"cursor":7,"msgid":130}', Ack(cursor=7)),
 ]
 
 REQUEST_IDS = [type(message).__name__ for _, message in CLASSIC_REQUESTS]
