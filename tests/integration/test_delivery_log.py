@@ -524,13 +524,13 @@ async def start_nodes(
     node_factory: NodeFactory,
     redis: RedisServer,
     count: int,
-    env: Mapping[str, str] | None = None,
+    extra_args: Sequence[str] = (),
 ) -> list[NodeHandle]:
     """``count`` nodes n1, n2... joined by ``redis``, flood limits raised."""
 
     def start(number: int) -> NodeHandle:
-        args = ["--redis", redis.url, "--node-id", f"n{number}"]
-        return node_factory(extra_args=args, env={**LOAD_ENV, **(env or {})})
+        args = ["--redis", redis.url, "--node-id", f"n{number}", *extra_args]
+        return node_factory(extra_args=args, env=LOAD_ENV)
 
     return [await asyncio.to_thread(start, number) for number in range(1, count + 1)]
 
@@ -557,7 +557,7 @@ async def test_reader_that_stops_then_reads_gets_100k_once_in_order_memory_bound
     node_factory: NodeFactory, redis_server: RedisServer, net: Net
 ) -> None:
     """A reader stops, then reads again: 100,000 messages each once, in order; node RSS bounded."""
-    (node,) = await start_nodes(node_factory, redis_server, 1, {"CLUSTERCHAT_STALL_TIMEOUT": "600"})
+    (node,) = await start_nodes(node_factory, redis_server, 1, ["--stall-timeout", "600"])
     names = ["reader", *(f"s{i}" for i in range(FLOOD_SENDERS))]
     reader_id, *sender_ids = await net.register(node, *names)
     reader = await net.login(node, reader_id, rcvbuf=64 * 1024)
@@ -611,7 +611,7 @@ async def test_reader_given_up_on_gets_the_rest_at_next_login(
     node_factory: NodeFactory, redis_server: RedisServer, net: Net
 ) -> None:
     """A reader cut for stalling gets at next login all but a small run right after what it read."""
-    (node,) = await start_nodes(node_factory, redis_server, 1, {"CLUSTERCHAT_STALL_TIMEOUT": "1"})
+    (node,) = await start_nodes(node_factory, redis_server, 1, ["--stall-timeout", "1"])
     reader_id, sender_id = await net.register(node, "reader", "sender")
     first = await net.login(node, reader_id, rcvbuf=4096)
     sender = await net.login(node, sender_id)
