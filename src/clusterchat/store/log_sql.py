@@ -32,6 +32,12 @@ __all__ = ["append", "last_positions", "save_cursors"]
 _IN_BATCH = 500
 #: Bound parameters per statement (SQLite's limit is 32,766; MySQL's 65,535).
 _MAX_PARAMETERS = 30_000
+#: How each dialect's cursor upsert keeps the larger position (fast path).
+_CURSOR_UPSERT_TAIL = {
+    "sqlite": " ON CONFLICT (user_id, device) DO UPDATE SET pos = max(pos, excluded.pos)",
+    "mysql": " ON DUPLICATE KEY UPDATE pos = GREATEST(pos, VALUES(pos))",
+    "mariadb": " ON DUPLICATE KEY UPDATE pos = GREATEST(pos, VALUES(pos))",
+}
 #: The placeholder of each positional paramstyle the fast insert path speaks.
 _MARKERS = {"qmark": "?", "format": "%s"}
 #: ``messages`` without ``created_at`` (filled by the database).
@@ -50,7 +56,7 @@ _JSON_OBJECT_AGG = {
 
 
 def _cursor_upsert(dialect: str, rows: list[dict[str, Any]]) -> Executable:
-    """INSERT cursors, or move existing ones forward (never back)."""
+    """INSERT cursors, or move existing ones forward (never back), built by SQLAlchemy."""
     if dialect == "sqlite":
         lite = sqlite_insert(cursors).values(rows)
         return lite.on_conflict_do_update(
@@ -289,6 +295,17 @@ def save_cursors(conn: Connection, items: Sequence[tuple[int, str, int]]) -> Non
         {"user_id": user_id, "device": device, "pos": pos}
         for (user_id, device), pos in sorted(latest.items())
     ]
+    dialect = conn.dialect
+    marker = _MARKERS.get(dialect.paramstyle)
+    tail = _CURSOR_UPSERT_TAIL.get(dialect.name)
     per_statement = _MAX_PARAMETERS // 3
     for start in range(0, len(rows), per_statement):
-        conn.execute(_cursor_upsert(conn.dialect.name, rows[start : start + per_statement]))
+        chunk = rows[start : start + per_statement]
+        if marker is None or tail is None:
+            conn.execute(_cursor_upsert(dialect.name, chunk))
+            continue
+        head = _multi_row_insert(
+            dialect.name, "cursors", ("user_id", "device", "pos"), marker, len(chunk)
+        )
+        values = tuple(v for row in chunk for v in (row["user_id"], row["device"], row["pos"]))
+        conn.exec_driver_sql(head + tail, values)
