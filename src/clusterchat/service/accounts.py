@@ -145,6 +145,7 @@ async def end_session(ctx: Context, state: SessionState) -> None:
     feed = state.feed
     if feed is not None:
         feed.stop()
+        await feed.stopped()
         await ctx.cursors.save_now(feed)
     await ctx.registry.remove(state)
     state.end()

@@ -79,6 +79,7 @@ class Feed:
         "_marks",
         "_must_read",
         "_on_moved",
+        "_reading",
         "acked",
         "active",
         "device",
@@ -112,6 +113,7 @@ class Feed:
         self.handed_base = 0
         self._marks: deque[tuple[int, int]] = deque()
         self._filling: asyncio.Task[None] | None = None
+        self._reading = False
         self._must_read = False
 
     @property
@@ -168,10 +170,20 @@ class Feed:
             self._fill_soon()
 
     def stop(self) -> None:
-        """The session ended: no more pushes."""
+        """The session ended: no more pushes.
+
+        A catch-up waiting for the session is cancelled; one reading the log
+        is left to finish its read (cancelling a database call half-way can
+        leave the driver's connection stuck) and stops right after it.
+        """
         self.active = False
-        if self._filling is not None:
+        if self._filling is not None and not self._reading:
             self._filling.cancel()
+
+    async def stopped(self) -> None:
+        """Wait until the catch-up task (if any) has ended, after ``stop``."""
+        if self._filling is not None:
+            await asyncio.wait([self._filling])
 
     def offer(self, pos: int, push: Outbound) -> None:
         """A live message at ``pos`` of the user's log."""
@@ -218,7 +230,12 @@ class Feed:
                 self._must_read = False
                 if not await self.session.wait_writable() or not self.active:
                     return
-                entries = await self._log.read(self.user_id, self.next - 1, self._batch)
+                head_before = self.head
+                self._reading = True
+                try:
+                    entries = await self._log.read(self.user_id, self.next - 1, self._batch)
+                finally:
+                    self._reading = False
                 for entry in entries:
                     if entry.pos < self.next:
                         continue
@@ -230,8 +247,10 @@ class Feed:
                     self._write(entry.pos, Outbound(entry.body))
                 if len(entries) == self._batch:
                     self._must_read = True
-                elif not entries and not self._must_read:
-                    break  # head is ahead of the log we can see: the next offer retries
+                elif not entries and not self._must_read and self.head == head_before:
+                    # The head is ahead of what this node's reader sees yet
+                    # (another node's commit): the next offer or poke retries.
+                    break
         except asyncio.CancelledError:
             raise
         except Exception:
