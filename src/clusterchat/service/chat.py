@@ -16,6 +16,7 @@ connection lives on.
 """
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Callable, Coroutine, Iterable
 from typing import Any
@@ -62,6 +63,8 @@ Handler = Callable[[Context, SessionState, Any], Pending | None]
 
 #: The name of the periodic sweep task, which runs for the node's whole life.
 SWEEPER_TASK = "clusterchat-sweep"
+#: Seconds a shutdown waits for the sessions' output to reach the kernel.
+_SHUTDOWN_DRAIN = 2.0
 
 
 def _ping(ctx: Context, state: SessionState, request: Ping) -> None:
@@ -142,17 +145,41 @@ class ChatService:
                 log.exception("periodic sweep failed; trying again next time")
 
     async def shutdown(self) -> None:
-        """Commit what was accepted, close every session and save its cursor."""
+        """Commit what was accepted, save every session's exact cursor, then close them.
+
+        The cursors are saved *before* the connections close: a client that
+        reconnects to another node at once must find its position there.
+        """
         if self._sweeper is not None:
             self._sweeper.cancel()
             await asyncio.wait([self._sweeper])
         await self.ctx.writer.flush()
+        feeds = [state.feed for state in self._states if state.feed is not None]
+        for feed in feeds:
+            feed.stop()
+        for feed in feeds:
+            await feed.stopped()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(_SHUTDOWN_DRAIN):
+                await self._drain_output()
+        await self.ctx.cursors.save_all(feeds)
         for state in list(self._states):
             state.session.close("server shutting down")
         for state in list(self._states):
             await self.closed(state)
         await self.ctx.cursors.close()
         await self.ctx.delivery.close()
+
+    async def _drain_output(self) -> None:
+        """Wait until the kernel took what every open session was sent.
+
+        Polled: the kernel tells nobody when it took the last bytes.
+        """
+        while any(  # noqa: ASYNC110
+            not state.session.closed and state.session.delivered < state.session.written
+            for state in self._states
+        ):
+            await asyncio.sleep(0.01)
 
     # --- connections ------------------------------------------------------------------
 

@@ -42,6 +42,12 @@ class CursorKeeper:
         await self._save([feed])
         self._saved.pop((feed.user_id, feed.key), None)  # keep the cache to live feeds
 
+    async def save_all(self, feeds: list[Feed]) -> None:
+        """Save these feeds' positions now, in one transaction."""
+        for feed in feeds:
+            self._dirty.discard(feed)
+        await self._save(feeds)
+
     async def close(self) -> None:
         """Save everything reported so far."""
         if self._timer is not None:
