@@ -199,6 +199,14 @@ class ChatClient:
         return self._closed
 
     @property
+    def local_address(self) -> tuple[str, int] | None:
+        """This end's address of the TCP connection (host, port), or None if unknown."""
+        sockname = self._writer.get_extra_info("sockname")
+        if isinstance(sockname, tuple) and len(sockname) >= 2:
+            return str(sockname[0]), int(sockname[1])
+        return None
+
+    @property
     def acking(self) -> bool:
         """Whether a device session (acknowledged delivery) is logged in now.
 

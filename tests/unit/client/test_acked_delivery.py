@@ -361,3 +361,10 @@ async def test_login_answer_is_returned_whole(pair: Pair) -> None:
     await server.receive()
     await server.send({"msgid": 2, "errno": 0, "id": 1, "name": "a", "cursor": 0})
     assert await _within(task) == LoginAck(errno=0, id=1, name="a", cursor=0)
+
+
+async def test_local_address_is_this_ends_socket(pair: Pair) -> None:
+    """local_address names the client's side of the connection (for balancer logs)."""
+    client, server = pair
+    peer_of_server = server.writer.get_extra_info("peername")
+    assert client.local_address == (peer_of_server[0], peer_of_server[1])
