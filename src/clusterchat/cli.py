@@ -40,6 +40,21 @@ def _node_parser(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> 
     )
     node.add_argument("--max-frame", dest="max_frame", type=int, help="largest frame in bytes")
     node.add_argument("--max-rate", dest="max_rate", type=float, help="requests/s per client")
+    node.add_argument(
+        "--max-burst", dest="max_burst", type=float, help="requests at once above the rate"
+    )
+    node.add_argument(
+        "--stall-timeout",
+        dest="stall_timeout",
+        type=float,
+        help="give up on a client that reads nothing for this many seconds (default 60)",
+    )
+    node.add_argument(
+        "--sweep-interval",
+        dest="sweep_interval",
+        type=float,
+        help="seconds between two log-head checks of the local users (default 30; 0: off)",
+    )
     node.add_argument("--log-level", dest="log_level", help="DEBUG, INFO, WARNING...")
 
 

@@ -77,6 +77,7 @@ class Node:
                 max_rate=settings.max_rate,
                 max_burst=settings.max_burst,
                 login_timeout=settings.login_timeout,
+                stall_timeout=settings.stall_timeout,
             ),
         )
         self.address: tuple[str, int] | None = None
@@ -89,7 +90,7 @@ class Node:
         return self.address
 
     async def stop(self) -> None:
-        """Stop accepting, close the sessions, then release the backends.
+        """Stop accepting, commit what was accepted, close the sessions, release the backends.
 
         Work still running after the sessions are closed (a login that was
         half-way, a drain) is cancelled and awaited *before* the database

@@ -33,6 +33,7 @@ class Settings:
     max_rate: float = 200.0
     max_burst: float = 1000.0
     login_timeout: float = 120.0
+    stall_timeout: float = 60.0
     offline_batch: int = 1000
     sweep_interval: float = 30.0
     argon2_time_cost: int = 2

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from clusterchat.store.base import Group, Member, NameTaken, Store, User
+from clusterchat.store.base import Group, Member, NameTaken, NewMessage, Store, User
 from clusterchat.store.sql import SqlStore
 
 #: Each parameter turns the test's tmp_path into a database URL.
@@ -197,77 +197,89 @@ async def test_groups_of_lists_each_group_with_all_members(store: Store) -> None
     assert await store.groups_of(4242) == []
 
 
-# --- undelivered messages ----------------------------------------------------------------
+# --- the message log -------------------------------------------------------------------
 
 
-async def test_pending_returns_stored_messages_in_order(store: Store) -> None:
-    """Messages come back per recipient in the order stored, seq growing, with their mids."""
+def _msg(
+    mid: str, sender: int, recipients: tuple[int, ...], conv: str = "c", cid: str | None = None
+) -> NewMessage:
+    return NewMessage(mid, sender, conv, recipients, "2026-12-01 10:00:00", mid.encode(), cid)
+
+
+async def test_append_gives_consecutive_positions_per_recipient(store: Store) -> None:
+    """Each recipient's entries get positions 1, 2, 3... in append order; read pages them."""
     alice = await store.create_user("alice", "h")
     bob = await store.create_user("bob", "h")
-    await store.store_messages([(alice, "m1", b"one"), (bob, "m2", b"two")])
-    await store.store_messages([(alice, "m3", b"three")])
-    mine = await store.pending([alice], 10)
-    assert [(m.user_id, m.mid, m.payload) for m in mine] == [
-        (alice, "m1", b"one"),
-        (alice, "m3", b"three"),
+    carol = await store.create_user("carol", "h")
+    first = await store.append([_msg("m1", alice, (bob,)), _msg("m2", alice, (bob, carol))])
+    second = await store.append([_msg("m3", carol, (bob,))])
+    assert [r.positions for r in first + second] == [
+        ((bob, 1),),
+        ((bob, 2), (carol, 1)),
+        ((bob, 3),),
     ]
-    assert mine[0].seq < mine[1].seq
-    both = await store.pending([alice, bob], 10)
-    assert [m.mid for m in both] == ["m1", "m2", "m3"]
-    assert await store.pending([], 10) == []
+    assert [(e.pos, e.body) for e in await store.read(bob, 0, 10)] == [
+        (1, b"m1"),
+        (2, b"m2"),
+        (3, b"m3"),
+    ]
+    assert [e.pos for e in await store.read(bob, 1, 1)] == [2]
+    assert await store.read(alice, 0, 10) == []
+    assert await store.heads([alice, bob, carol, 4242]) == {alice: 0, bob: 3, carol: 1}
+    assert await store.heads([]) == {}
 
 
-async def test_pending_honours_limit_and_after(store: Store) -> None:
-    """limit caps the batch and ``after`` resumes past a seq, so batches page through all."""
-    alice = await store.create_user("alice", "h")
-    await store.store_messages([(alice, f"m{i}", str(i).encode()) for i in range(7)])
-    pages: list[list[str]] = []
-    after = 0
-    while batch := await store.pending([alice], 3, after):
-        pages.append([m.mid for m in batch])
-        after = batch[-1].seq
-    assert pages == [["m0", "m1", "m2"], ["m3", "m4", "m5"], ["m6"]]
-
-
-async def test_remove_deletes_exactly_the_given_messages(store: Store) -> None:
-    """remove deletes the given seqs only, ignores unknown ones and keeps the order of the rest."""
+async def test_append_numbers_each_conversation(store: Store) -> None:
+    """``seq`` counts per conversation, across batches."""
     alice = await store.create_user("alice", "h")
     bob = await store.create_user("bob", "h")
-    await store.store_messages([(alice, f"a{i}", b"x") for i in range(5)] + [(bob, "b0", b"y")])
-    stored = await store.pending([alice], 10)
-    await store.remove([stored[1].seq, stored[3].seq, 999_999])
-    assert [m.mid for m in await store.pending([alice], 10)] == ["a0", "a2", "a4"]
-    assert [m.mid for m in await store.pending([bob], 10)] == ["b0"]
-    await store.remove([])
-    await store.remove(m.seq for m in stored)  # any iterable; already removed ones ignored
-    assert await store.pending([alice], 10) == []
+    results = await store.append(
+        [
+            _msg("a", alice, (bob,), "x"),
+            _msg("b", alice, (bob,), "y"),
+            _msg("c", bob, (alice,), "x"),
+        ]
+    )
+    results += await store.append([_msg("d", alice, (bob,), "x")])
+    assert [(r.mid, r.seq) for r in results] == [("a", 1), ("b", 1), ("c", 2), ("d", 3)]
 
 
-async def test_messages_stored_after_a_remove_come_later(store: Store) -> None:
-    """seq keeps growing after removals, so new messages never sort before older ones."""
+async def test_a_repeated_cid_returns_the_original_and_stores_nothing(store: Store) -> None:
+    """The same (sender, cid) is stored once, in one batch or across batches."""
     alice = await store.create_user("alice", "h")
-    await store.store_messages([(alice, "old", b"1")])
-    [old] = await store.pending([alice], 10)
-    await store.store_messages([(alice, "newer", b"2")])
-    await store.remove([old.seq])
-    await store.store_messages([(alice, "newest", b"3")])
-    rest = await store.pending([alice], 10)
-    assert [m.mid for m in rest] == ["newer", "newest"]
-    assert all(m.seq > old.seq for m in rest)
-    assert [m.mid for m in await store.pending([alice], 10, after=rest[0].seq)] == ["newest"]
+    bob = await store.create_user("bob", "h")
+    [one, again] = await store.append(
+        [_msg("m1", alice, (bob,), cid="k"), _msg("m2", alice, (bob,), cid="k")]
+    )
+    [later] = await store.append([_msg("m3", alice, (bob,), cid="k")])
+    [other] = await store.append([_msg("m4", bob, (alice,), cid="k")])  # another sender
+    assert not one.duplicate
+    assert again.duplicate
+    assert later.duplicate
+    assert not other.duplicate
+    assert (again.mid, again.seq, again.time, again.positions) == (one.mid, one.seq, one.time, ())
+    assert (later.mid, later.seq) == (one.mid, one.seq)
+    assert [e.body for e in await store.read(bob, 0, 10)] == [b"m1"]
 
 
-async def test_payload_bytes_round_trip(store: Store) -> None:
-    """Payloads come back byte for byte: UTF-8 text, NUL, and bytes that are not UTF-8."""
+async def test_log_bodies_round_trip_any_bytes(store: Store) -> None:
+    """Bodies come back byte for byte (UTF-8 text, NUL and high bytes included)."""
     alice = await store.create_user("alice", "h")
-    payloads = [
-        '{"msg":"你好\uff0c世界 🙂"}'.encode(),
-        b"\x00\x01\xff\xfe not utf-8",
-        b"",
-        bytes(range(256)) * 64,
-    ]
-    await store.store_messages([(alice, f"m{i}", p) for i, p in enumerate(payloads)])
-    assert [m.payload for m in await store.pending([alice], 10)] == payloads
+    bob = await store.create_user("bob", "h")
+    bodies = ["你好 🌍".encode(), b"\x00\xff\xfe", b"x" * 20_000]
+    batch = [NewMessage(f"m{i}", alice, "c", (bob,), "t", body) for i, body in enumerate(bodies)]
+    await store.append(batch)
+    assert [e.body for e in await store.read(bob, 0, 10)] == bodies
+
+
+async def test_cursors_only_move_forward(store: Store) -> None:
+    """Saved cursors keep the larger position, per user and device."""
+    alice = await store.create_user("alice", "h")
+    assert await store.load_cursors(alice) == {}
+    await store.save_cursors([(alice, "", 5), (alice, "phone", 2), (alice, "", 3)])
+    await store.save_cursors([(alice, "", 4), (alice, "phone", 7)])
+    await store.save_cursors([])
+    assert await store.load_cursors(alice) == {"": 5, "phone": 7}
 
 
 # --- several engines on one database -----------------------------------------------------
@@ -283,7 +295,7 @@ async def test_two_engines_write_concurrently_without_loss(store_url: str) -> No
         async def write(store: SqlStore, tag: str) -> None:
             await asyncio.gather(
                 *(
-                    store.store_messages([(users[i % 4], f"{tag}-{i}", tag.encode())])
+                    store.append([_msg(f"{tag}-{i}", users[0], (users[i % 4],))])
                     for i in range(per_store)
                 ),
                 *(store.create_user(f"{tag}-new-{i}", "h") for i in range(20)),
@@ -292,8 +304,11 @@ async def test_two_engines_write_concurrently_without_loss(store_url: str) -> No
 
         await asyncio.gather(write(first, "one"), write(second, "two"))
 
-        stored = await first.pending(users, 10_000)
-        mids = [m.mid for m in stored]
+        entries = [e for user in users for e in await first.read(user, 0, 10_000)]
+        mids = [e.body.decode() for e in entries]
+        for user in users:  # positions stay consecutive under concurrent appends
+            positions = [e.pos for e in await first.read(user, 0, 10_000)]
+            assert positions == list(range(1, len(positions) + 1))
         assert len(mids) == len(set(mids)) == 2 * per_store
         assert {m.split("-")[0] for m in mids} == {"one", "two"}
         for tag in ("one", "two"):  # each engine's own rows are distinct and complete

@@ -144,7 +144,12 @@ def test_clients_through_nginx_land_on_different_nodes(
 def test_node_killed_messages_wait_for_nextlogin(
     node_factory: NodeFactory, redis_server: RedisServer
 ) -> None:
-    """SIGKILL bob's node: what alice sends meanwhile reaches bob at next login, exactly once."""
+    """SIGKILL bob's node: what alice sends meanwhile reaches bob at next login, exactly once.
+
+    "before" was handed to bob's kernel just before the kill, maybe before the
+    node saved bob's classic cursor: docs/delivery.md (crash window) allows
+    the next session to show it once more, first; nothing else may repeat.
+    """
     n1, n2 = _cluster(node_factory, redis_server, 2)
     alice, bob = register(n1, "alice", "bob")
     a, _ = login(n1, alice)
@@ -161,6 +166,8 @@ def test_node_killed_messages_wait_for_nextlogin(
     # Bob logs in again at once, through the surviving node.
     b2, answer = login(n1, bob)
     got = _offline_texts(answer)
+    if got[:1] == ["before"]:
+        got = got[1:]
     while len(got) < len(sent):
         got += _receive_texts(b2, 1)
     assert got == sent

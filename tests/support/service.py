@@ -10,12 +10,13 @@ interleavings. Nothing here mocks a backend.
 
 A ``RecordingSession`` is a client stand-in: it implements the service's
 ``Session`` protocol, decodes and keeps everything the service sends, and can
-refuse (a full outbound queue) like a slow client. ``Client`` pairs one with
-its node and ``SessionState``.
+stop reading (``stalled``: not writable, like a full socket) like a slow
+client. Everything it records counts as handed to the kernel. ``Client``
+pairs one with its node and ``SessionState``.
 
 Waiting: ``settle`` waits until the nodes are quiet (publishes completed, the
-undelivered writer flushed, drains finished), polling the event loop's tasks
-against a deadline built from ``seconds()``; tests never sleep to synchronise.
+log writer flushed, feeds caught up), polling the event loop's tasks against a
+deadline built from ``seconds()``; tests never sleep to synchronise.
 """
 
 import asyncio
@@ -43,9 +44,18 @@ from clusterchat.protocol import (
 )
 from clusterchat.service.chat import SWEEPER_TASK, ChatService
 from clusterchat.service.context import Policy
+from clusterchat.service.feed import FEED_TASK
 from clusterchat.service.passwords import PasswordHasher
 from clusterchat.service.sessions import SessionState
-from clusterchat.store.base import Group, Member, Store, StoredMessage, User
+from clusterchat.store.base import (
+    Appended,
+    Group,
+    LogEntry,
+    Member,
+    NewMessage,
+    Store,
+    User,
+)
 from clusterchat.store.sql import SqlStore
 from tests.support.timing import seconds
 
@@ -78,10 +88,8 @@ class RecordingSession:
 
     Attributes:
         peer: A name for logs.
-        raw: Every accepted message as the JSON bytes the service encoded.
+        raw: Every message as the JSON bytes the service encoded.
         received: The same messages, decoded as a client would.
-        refusing: While True, ``send`` refuses like a full outbound queue and
-            the session closes itself (a slow consumer).
         closed_reason: Why the session closed, or None while open.
     """
 
@@ -89,24 +97,62 @@ class RecordingSession:
         self.peer = peer or f"test-peer-{next(_peers)}"
         self.raw: list[bytes] = []
         self.received: list[ServerMessage] = []
-        self.refusing = False
         self.closed_reason: str | None = None
+        self._stalled = False
+        self._written = 0
+        self._waiters: list[asyncio.Future[bool]] = []
 
-    def send(self, message: Outbound) -> bool:
-        """Record ``message``; False (and close) when refusing or closed."""
-        if self.closed_reason is not None:
-            return False
-        if self.refusing:
-            self.closed_reason = "slow consumer"
-            return False
-        self.raw.append(message.json)
-        self.received.append(decode_server_message(message.json))
+    @property
+    def closed(self) -> bool:
+        return self.closed_reason is not None
+
+    @property
+    def writable(self) -> bool:
+        return not self.closed and not self._stalled
+
+    @property
+    def written(self) -> int:
+        return self._written
+
+    @property
+    def delivered(self) -> int:
+        return self._written
+
+    def stall(self, stalled: bool = True) -> None:
+        """Stop (or resume) taking pushes, like a client that does not read."""
+        self._stalled = stalled
+        if not stalled:
+            self._wake(True)
+
+    async def wait_writable(self) -> bool:
+        while not self.writable:
+            if self.closed:
+                return False
+            waiter: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+            self._waiters.append(waiter)
+            if not await waiter:
+                return False
         return True
 
+    def send(self, message: Outbound) -> None:
+        """Record ``message`` (ignored once closed)."""
+        if self.closed:
+            return
+        self.raw.append(message.json)
+        self._written += len(message.json)
+        self.received.append(decode_server_message(message.json))
+
     def close(self, reason: str) -> None:
-        """Close (idempotent); later sends are refused."""
+        """Close (idempotent); later sends are ignored."""
         if self.closed_reason is None:
             self.closed_reason = reason
+            self._wake(False)
+
+    def _wake(self, value: bool) -> None:
+        waiters, self._waiters = self._waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(value)
 
     def of_type(self, kind: type[M]) -> list[M]:
         """The received messages of one type, in order."""
@@ -211,19 +257,25 @@ class InstrumentedStore:
         await self._enter("groups_of")
         return await self.inner.groups_of(user_id)
 
-    async def store_messages(self, items: Sequence[tuple[int, str, bytes]]) -> None:
-        await self._enter("store_messages")
-        await self.inner.store_messages(items)
+    async def append(self, batch: Sequence[NewMessage]) -> list[Appended]:
+        await self._enter("append")
+        return await self.inner.append(batch)
 
-    async def pending(
-        self, user_ids: Iterable[int], limit: int, after: int = 0
-    ) -> list[StoredMessage]:
-        await self._enter("pending")
-        return await self.inner.pending(user_ids, limit, after)
+    async def read(self, user_id: int, after: int, limit: int) -> list[LogEntry]:
+        await self._enter("read")
+        return await self.inner.read(user_id, after, limit)
 
-    async def remove(self, seqs: Iterable[int]) -> None:
-        await self._enter("remove")
-        await self.inner.remove(seqs)
+    async def heads(self, user_ids: Iterable[int]) -> dict[int, int]:
+        await self._enter("heads")
+        return await self.inner.heads(user_ids)
+
+    async def load_cursors(self, user_id: int) -> dict[str, int]:
+        await self._enter("load_cursors")
+        return await self.inner.load_cursors(user_id)
+
+    async def save_cursors(self, items: Sequence[tuple[int, str, int]]) -> None:
+        await self._enter("save_cursors")
+        await self.inner.save_cursors(items)
 
 
 _: type[Store] = InstrumentedStore
@@ -262,9 +314,20 @@ async def settle(
         busy = {
             t
             for t in asyncio.all_tasks()
-            if t is not current and t not in skip and t.get_name() != SWEEPER_TASK
+            if t is not current
+            and t not in skip
+            and t.get_name() != SWEEPER_TASK
+            and not t.get_name().startswith(FEED_TASK)
         }
-        if not busy and not any(len(s.ctx.delivery.writer) for s in nodes):
+        # A feed still catching up a session that can take pushes is work in progress;
+        # one waiting for a stalled session is as quiet as it gets.
+        catching_up = any(
+            state.feed is not None and state.feed.catching_up and state.session.writable
+            for s in nodes
+            for user_id in s.registry.users()
+            for state in s.registry.local(user_id)
+        )
+        if not busy and not catching_up and not any(len(s.ctx.writer) for s in nodes):
             return
         remaining = deadline - loop.time()
         if remaining <= 0:
@@ -272,7 +335,7 @@ async def settle(
         if busy:
             await asyncio.wait(busy, timeout=remaining)
         else:
-            await asyncio.sleep(0)  # a writer batch is about to be picked up
+            await asyncio.sleep(0.001)  # a writer batch or a feed's read is on its way
 
 
 @dataclass
@@ -287,9 +350,11 @@ class Client:
         """Send one request and wait until the node has handled it."""
         await run(self.node.service, self.state, request)
 
-    async def login(self, user_id: int, password: str = PASSWORD) -> LoginAck:
+    async def login(
+        self, user_id: int, password: str = PASSWORD, *, device: str | None = None
+    ) -> LoginAck:
         """Log in; return the login answer."""
-        await self.send(Login(id=user_id, password=password))
+        await self.send(Login(id=user_id, password=password, device=device))
         answers = self.session.of_type(LoginAck)
         assert answers, "no login answer"
         return answers[-1]
@@ -313,10 +378,12 @@ class ChatNode:
         session = RecordingSession()
         return Client(self, session, self.service.open(session))
 
-    async def login(self, user_id: int, password: str = PASSWORD) -> Client:
+    async def login(
+        self, user_id: int, password: str = PASSWORD, *, device: str | None = None
+    ) -> Client:
         """Open a connection and log ``user_id`` in on it (asserting success)."""
         client = self.connect()
-        ack = await client.login(user_id, password)
+        ack = await client.login(user_id, password, device=device)
         assert ack.errno == 0, ack
         return client
 
@@ -372,14 +439,14 @@ class ChatCluster:
         self.hub.down = True
 
     def restore(self) -> None:
-        """The bus comes back: each node resubscribes and drains."""
+        """The bus comes back: each node resubscribes and reads its users' logs."""
         self.hub.down = False
         for node in self.nodes:
             node.bus.restore()
 
-    async def stored_for(self, user_id: int) -> list[StoredMessage]:
-        """What the undelivered store holds for ``user_id`` (read directly)."""
-        return await self.nodes[0].store.inner.pending([user_id], 10_000)
+    async def log_of(self, user_id: int) -> list[LogEntry]:
+        """The user's log (read directly)."""
+        return await self.nodes[0].store.inner.read(user_id, 0, 100_000)
 
     async def close(self) -> None:
         """Shut every node down, then release the databases."""

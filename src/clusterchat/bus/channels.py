@@ -13,9 +13,12 @@ Bare names may not contain ``{`` or ``}`` (they would break the hash tag), nor
 be empty.
 """
 
-__all__ = ["DEFAULT_PREFIX", "ChannelNames"]
+__all__ = ["DEFAULT_PREFIX", "GROUPS_CHANNEL", "ChannelNames"]
 
 DEFAULT_PREFIX = "clusterchat"
+
+#: The bare channel every node listens on for group membership changes.
+GROUPS_CHANNEL = "groups"
 
 
 class ChannelNames:

@@ -17,8 +17,8 @@ from clusterchat.protocol.msgid import MsgId
 
 __all__ = [
     "REQUEST_TYPES",
-    "Ack",
     "SERVER_MESSAGE_TYPES",
+    "Ack",
     "AddFriend",
     "AddFriendAck",
     "AddGroup",

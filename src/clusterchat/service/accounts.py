@@ -1,6 +1,9 @@
 """Register, log in, log out (docs/protocol.md §2.1-2.3)."""
 
+import logging
+
 from clusterchat.protocol import (
+    Ack,
     ErrorCode,
     FriendEntry,
     GroupEntry,
@@ -16,10 +19,13 @@ from clusterchat.protocol import (
 )
 from clusterchat.service.context import Context
 from clusterchat.service.errors import ChatError
+from clusterchat.service.feed import Feed
 from clusterchat.service.sessions import SessionState
 from clusterchat.store.base import NameTaken
 
-__all__ = ["login", "logout", "register"]
+__all__ = ["ack", "end_session", "login", "logout", "register"]
+
+log = logging.getLogger("clusterchat.service")
 
 _ONLINE, _OFFLINE = "online", "offline"
 
@@ -35,6 +41,13 @@ async def register(ctx: Context, state: SessionState, request: Register) -> None
 
 
 async def login(ctx: Context, state: SessionState, request: Login) -> None:
+    """Log in; the session then reads the user's log from its device's cursor.
+
+    Order matters (docs/delivery.md §Login): the session is registered (its
+    user's channel subscribed) *before* the log is read, so a message is
+    either in what is read or announced afterwards; offers that arrive
+    meanwhile only raise the feed's head.
+    """
     if state.logged_in:
         raise ChatError(ErrorCode.ALREADY_LOGGED_IN, "this connection is already logged in")
     user = await ctx.store.get_user(request.id)
@@ -46,7 +59,15 @@ async def login(ctx: Context, state: SessionState, request: Login) -> None:
     ):
         raise ChatError(ErrorCode.ALREADY_LOGGED_IN, "this account is using, input another!")
 
-    state.begin_login(user.id, user.name)
+    state.user_id, state.name, state.device = user.id, user.name, request.device
+    feed = state.feed = Feed(
+        user.id,
+        request.device,
+        state.session,
+        ctx.store,
+        batch=ctx.policy.read_batch,
+        on_moved=ctx.cursors.moved,
+    )
     ctx.users.remember(user.id, user.name)
     try:
         await ctx.registry.add(state)
@@ -58,12 +79,10 @@ async def login(ctx: Context, state: SessionState, request: Login) -> None:
     groups = await ctx.store.groups_of(user.id)
     people = {f.id for f in friends} | {m.user_id for _, ms in groups for m in ms}
     online = await ctx.presence.online(people)
-    # Messages this node is still writing to the store belong in this answer too.
-    await ctx.delivery.writer.flush()
-    stored = await ctx.store.pending([user.id], ctx.policy.offline_batch)
-    assert state.recent is not None
-    for message in stored:
-        state.recent.add(message.mid)
+    feed.begin_at(await _resume_point(ctx, user.id, feed.key, request.after))
+    stored = []
+    if request.device is None:
+        stored = await ctx.store.read(user.id, feed.next - 1, ctx.policy.offline_batch)
 
     def state_of(user_id: int) -> str:
         return _ONLINE if user_id in online or user_id == user.id else _OFFLINE
@@ -72,7 +91,7 @@ async def login(ctx: Context, state: SessionState, request: Login) -> None:
         errno=0,
         id=user.id,
         name=user.name,
-        offlinemsg=[message.payload.decode() for message in stored],
+        offlinemsg=[entry.body.decode() for entry in stored],
         friends=[
             encode_entry(FriendEntry(id=f.id, name=f.name, state=state_of(f.id))) for f in friends
         ],
@@ -94,28 +113,45 @@ async def login(ctx: Context, state: SessionState, request: Login) -> None:
             )
             for group, members in groups
         ],
+        cursor=None if request.device is None else feed.next - 1,
     )
-    if not state.session.send(Outbound.of(answer)):
-        # The session went away: the stored messages stay stored, and what was
-        # held for it (counted as delivered) is stored too.
-        _keep(ctx, user.id, state.fail_login())
-        return
-    await ctx.store.remove(message.seq for message in stored)
-    if refused := state.finish_login():
-        _keep(ctx, user.id, refused)
-        return
-    if len(stored) >= ctx.policy.offline_batch:
-        await ctx.delivery.drain([user.id])
+    state.session.send(Outbound.of(answer))
+    if stored:
+        feed.mark_written(stored[-1].pos)
+        ctx.cursors.moved(feed)
+    log.info("user %d logged in (%s)", user.id, state.session.peer)
+    # An acknowledging device gets everything after its cursor as pushes.
+    feed.start(must_read=request.device is not None or len(stored) >= ctx.policy.offline_batch)
 
 
-def _keep(ctx: Context, user_id: int, refused: list[tuple[str | None, Outbound]]) -> None:
-    """Store pushes held for a login that the session then refused."""
-    for mid, message in refused:
-        if mid is not None:
-            ctx.delivery.writer.add(user_id, mid, message.json)
+async def _resume_point(ctx: Context, user_id: int, key: str, after: int | None) -> int:
+    """Where a device's session starts: its cursor, or the furthest device's for a new one."""
+    cursors = await ctx.store.load_cursors(user_id)
+    start = cursors.get(key)
+    if start is None:
+        start = max(cursors.values(), default=0)
+    return max(start, after or 0)
+
+
+async def end_session(ctx: Context, state: SessionState) -> None:
+    """The session's login ends: save its cursor, leave the registry."""
+    feed = state.feed
+    if feed is not None:
+        feed.stop()
+        await ctx.cursors.save_now(feed)
+    await ctx.registry.remove(state)
+    state.end()
 
 
 async def logout(ctx: Context, state: SessionState, request: Logout) -> None:
-    await ctx.registry.remove(state)
-    state.end()
+    await end_session(ctx, state)
     state.session.send(Outbound.of(LogoutAck(errno=0)))
+
+
+def ack(ctx: Context, state: SessionState, request: Ack) -> None:
+    """A device acknowledged everything up to ``request.cursor``."""
+    feed = state.feed
+    if feed is None or feed.device is None:
+        raise ChatError(ErrorCode.INVALID_FIELD, "acknowledgements need a login with a device")
+    if not feed.ack(request.cursor):
+        raise ChatError(ErrorCode.INVALID_FIELD, f"cursor {request.cursor} was never sent")

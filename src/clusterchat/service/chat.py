@@ -1,10 +1,11 @@
 """ChatService: the chat rules behind one node (docs/architecture.md).
 
 The transport calls ``open`` for each connection, ``handle`` for each decoded
-request in order, and ``closed`` when the connection ends. ``handle`` does the
-common chat requests synchronously (no database, no await) and returns None;
-anything that must wait (login, a cache miss) comes back as a coroutine that
-the transport runs before it handles the connection's next request.
+request in order, and ``closed`` when the connection ends. ``handle`` looks
+the request's handler up in one table. The common requests (chat to a cached
+user or group, ping, ack) finish synchronously and return None; anything that
+must wait (login, a cache miss, a full log writer) comes back as a coroutine
+that the transport runs before it handles the connection's next request.
 
 The service is also the bus's handler: envelopes from other nodes arrive in
 ``on_bus_message``.
@@ -16,14 +17,16 @@ connection lives on.
 
 import asyncio
 import logging
-from collections.abc import Coroutine, Iterable
+from collections.abc import Callable, Coroutine, Iterable
 from typing import Any
 
 import msgspec
 
 from clusterchat.bus.base import Bus
+from clusterchat.bus.channels import GROUPS_CHANNEL, ChannelNames
 from clusterchat.presence.base import Presence
 from clusterchat.protocol import (
+    Ack,
     AddFriend,
     AddGroup,
     CreateGroup,
@@ -33,7 +36,6 @@ from clusterchat.protocol import (
     Login,
     Logout,
     OneChat,
-    OneChatAck,
     Outbound,
     Ping,
     Pong,
@@ -43,11 +45,11 @@ from clusterchat.protocol import (
 )
 from clusterchat.service import accounts, friends, groups
 from clusterchat.service.context import Context, Policy
-from clusterchat.service.delivery import Delivery, user_channel
-from clusterchat.service.envelope import Kind, decode_envelope, encode_envelope
+from clusterchat.service.delivery import Delivery
+from clusterchat.service.envelope import Kind, decode_envelope
 from clusterchat.service.errors import ChatError
-from clusterchat.service.ids import chat_time
 from clusterchat.service.passwords import PasswordHasher
+from clusterchat.service.sending import send_chat
 from clusterchat.service.sessions import Session, SessionRegistry, SessionState
 from clusterchat.store.base import Store
 
@@ -56,10 +58,32 @@ __all__ = ["SWEEPER_TASK", "ChatService"]
 log = logging.getLogger("clusterchat.service")
 
 Pending = Coroutine[Any, Any, None]
+Handler = Callable[[Context, SessionState, Any], Pending | None]
 
-#: The name of the periodic-drain task, which runs for the node's whole life.
+#: The name of the periodic sweep task, which runs for the node's whole life.
 SWEEPER_TASK = "clusterchat-sweep"
-_USER_PREFIX = "user:"
+
+
+def _ping(ctx: Context, state: SessionState, request: Ping) -> None:
+    state.session.send(Outbound.of(Pong(ref=request.ref)))
+
+
+#: Requests a connection may make before logging in.
+_OPEN: dict[type[Request], Handler] = {
+    Login: accounts.login,
+    Register: accounts.register,
+    Ping: _ping,
+}
+#: Requests of a logged-in user (their ``id``, when given, must be that user).
+_LOGGED_IN: dict[type[Request], Handler] = {
+    OneChat: send_chat,
+    GroupChat: send_chat,
+    Ack: accounts.ack,
+    Logout: accounts.logout,
+    AddFriend: friends.add_friend,
+    CreateGroup: groups.create_group,
+    AddGroup: groups.add_group,
+}
 
 
 class ChatService:
@@ -104,28 +128,30 @@ class ChatService:
     async def start(self) -> None:
         """Connect to the bus and listen for membership changes."""
         await self.ctx.bus.start(self)
-        await self.ctx.bus.subscribe(groups.GROUPS_CHANNEL)
+        await self.ctx.bus.subscribe(GROUPS_CHANNEL)
         if self.ctx.policy.sweep_interval > 0:
             self._sweeper = asyncio.get_running_loop().create_task(self._sweep(), name=SWEEPER_TASK)
 
     async def _sweep(self) -> None:
-        """Drain the store for every local user now and then (see ``Policy.sweep_interval``)."""
+        """Compare local users' log heads with their sessions now and then (``Policy``)."""
         while True:
             await asyncio.sleep(self.ctx.policy.sweep_interval)
             try:
-                await self.ctx.delivery.drain(self.ctx.registry.users())
+                await self.ctx.delivery.sweep()
             except Exception:
-                log.exception("periodic drain failed; trying again next time")
+                log.exception("periodic sweep failed; trying again next time")
 
     async def shutdown(self) -> None:
-        """Close every session (their users go offline) and flush what must be stored."""
+        """Commit what was accepted, close every session and save its cursor."""
         if self._sweeper is not None:
             self._sweeper.cancel()
             await asyncio.wait([self._sweeper])
+        await self.ctx.writer.flush()
         for state in list(self._states):
             state.session.close("server shutting down")
         for state in list(self._states):
             await self.closed(state)
+        await self.ctx.cursors.close()
         await self.ctx.delivery.close()
 
     # --- connections ------------------------------------------------------------------
@@ -142,37 +168,18 @@ class ChatService:
         self._states.discard(state)
         if state.user_id is not None:
             log.info("user %d left node %s (%s)", state.user_id, self.node_id, state.session.peer)
-        await self.ctx.registry.remove(state)
-        state.end()
+        await accounts.end_session(self.ctx, state)
 
     def handle(self, state: SessionState, request: Request) -> Pending | None:
         """Handle one request; return a coroutine to await if it cannot finish at once."""
         try:
-            if isinstance(request, OneChat):
-                self._check_sender(state, request.id)
-                return self._one_chat(state, request)
-            if isinstance(request, GroupChat):
-                self._check_sender(state, request.id)
-                if groups.group_chat(self.ctx, state, request):
-                    return None
-                return self._guard(state, request, groups.group_chat_slow(self.ctx, state, request))
-            if isinstance(request, Ping):
-                state.session.send(Outbound.of(Pong(ref=request.ref)))
-                return None
-            if isinstance(request, Login):
-                return self._guard(state, request, self._login(state, request))
-            if isinstance(request, Register):
-                return self._guard(state, request, accounts.register(self.ctx, state, request))
-            self._check_sender(state, request.id)
-            if isinstance(request, Logout):
-                return self._guard(state, request, accounts.logout(self.ctx, state, request))
-            if isinstance(request, AddFriend):
-                return self._guard(state, request, friends.add_friend(self.ctx, state, request))
-            if isinstance(request, CreateGroup):
-                return self._guard(state, request, groups.create_group(self.ctx, state, request))
-            if isinstance(request, AddGroup):
-                return self._guard(state, request, groups.add_group(self.ctx, state, request))
-            raise AssertionError(f"unhandled request {type(request).__name__}")
+            handler = _OPEN.get(type(request))
+            if handler is None:
+                handler = _LOGGED_IN[type(request)]
+                self._check_sender(state, getattr(request, "id", None))
+            pending = handler(self.ctx, state, request)
+            if pending is not None:
+                return self._guard(state, request, pending)
         except ChatError as exc:
             self._refuse(state, request, exc.code, exc.message)
         except Exception:
@@ -207,49 +214,14 @@ class ChatService:
                 f"id {claimed} is not the user logged in on this connection",
             )
 
-    async def _login(self, state: SessionState, request: Login) -> None:
-        await accounts.login(self.ctx, state, request)
-        log.info("user %d logged in on node %s (%s)", request.id, self.node_id, state.session.peer)
-
-    # --- one-to-one chat --------------------------------------------------------------
-
-    def _one_chat(self, state: SessionState, request: OneChat) -> Pending | None:
-        if self.ctx.users.name(request.toid) is None:
-            return self._guard(state, request, self._one_chat_slow(state, request))
-        self._send_one(state, request)
-        return None
-
-    async def _one_chat_slow(self, state: SessionState, request: OneChat) -> None:
-        if not await self.ctx.users.exists(request.toid):
-            raise ChatError(ErrorCode.UNKNOWN_USER, f"no user with id {request.toid}")
-        self._send_one(state, request)
-
-    def _send_one(self, state: SessionState, request: OneChat) -> None:
-        assert state.user_id is not None
-        mid = self.ctx.ids.next()
-        push = Outbound.of(
-            OneChat(
-                toid=request.toid,
-                msg=request.msg,
-                id=state.user_id,
-                name=state.name,
-                time=chat_time(),
-                mid=mid,
-            )
-        )
-        envelope = encode_envelope(Kind.DELIVER, self.node_id, mid, push.json)
-        self.ctx.delivery.deliver(request.toid, push, mid, envelope)
-        if request.ref is not None:
-            state.session.send(Outbound.of(OneChatAck(errno=0, mid=mid, ref=request.ref)))
-
     # --- registry hooks ---------------------------------------------------------------
 
     async def _first_session(self, user_id: int) -> None:
-        await self.ctx.bus.subscribe(user_channel(user_id))
+        await self.ctx.bus.subscribe(ChannelNames.user(user_id))
         await self.ctx.presence.user_online(user_id)
 
     async def _last_session(self, user_id: int) -> None:
-        await self.ctx.bus.unsubscribe(user_channel(user_id))
+        await self.ctx.bus.unsubscribe(ChannelNames.user(user_id))
         await self.ctx.presence.user_offline(user_id)
 
     # --- BusHandler -------------------------------------------------------------------
@@ -260,30 +232,25 @@ class ChatService:
         except msgspec.DecodeError:
             log.warning("ignoring a malformed bus payload on %s", channel)
             return
-        own = envelope.origin == self.node_id
-        if envelope.kind == Kind.GROUP_CHANGED:
-            if not own:
-                self.ctx.groups.invalidate(int(envelope.mid))
+        if envelope.origin == self.node_id:
+            # This node offered its own messages to its feeds when they were
+            # committed; a feed that could not take one then reads the log.
             return
-        if not channel.startswith(_USER_PREFIX):
-            return
-        user_id = int(channel[len(_USER_PREFIX) :])
         if envelope.kind == Kind.DELIVER:
-            # Our own envelopes come back too: the sessions that had the message
-            # locally drop it by id, and a session that logged in here between
-            # the local push and the publish gets it now (docs/delivery.md).
-            self.ctx.delivery.received(user_id, envelope.mid, bytes(envelope.body), own=own)
-        elif envelope.kind == Kind.DRAIN and not own and self.ctx.registry.has(user_id):
-            self.ctx.delivery.spawn_drain([user_id])
+            self.ctx.delivery.offer(envelope.user, envelope.pos, Outbound(bytes(envelope.body)))
+        elif envelope.kind == Kind.GROUP_CHANGED:
+            self.ctx.groups.invalidate(envelope.group)
 
     def bus_channels(self) -> Iterable[str]:
-        yield groups.GROUPS_CHANNEL
+        yield GROUPS_CHANNEL
         for user_id in self.ctx.registry.users():
-            yield user_channel(user_id)
+            yield ChannelNames.user(user_id)
 
     def on_bus_restored(self) -> None:
         log.info(
-            "bus restored on node %s: draining for %d users", self.node_id, len(self.ctx.registry)
+            "bus restored on node %s: reading the logs of %d users",
+            self.node_id,
+            len(self.ctx.registry),
         )
         self.ctx.groups.clear()
-        self.ctx.delivery.spawn_drain(self.ctx.registry.users())
+        self.ctx.delivery.restored()

@@ -1,27 +1,31 @@
-"""What the service publishes on the bus: an envelope around an encoded push.
+"""What the service publishes on the bus: small envelopes, each field its own.
 
 The bus sees opaque bytes; this module is the only one that knows their shape:
-a compact JSON array ``[kind, origin, mid, body]`` where ``body`` is the push
-exactly as it will be written to clients (kept raw: never re-encoded).
+a compact JSON array ``[kind, origin, user, pos, group, body]``.
+
+* ``DELIVER``: ``user``'s log has the entry ``pos``; ``body`` is the push
+  exactly as it is written to clients (kept raw, never re-encoded).
+* ``GROUP_CHANGED``: the membership of ``group`` changed (drop cached members).
 """
 
 from enum import IntEnum
 
 import msgspec
 
-__all__ = ["Envelope", "Kind", "decode_envelope", "encode_envelope"]
+__all__ = ["Envelope", "Kind", "decode_envelope", "encode_deliver", "encode_group_changed"]
 
 
 class Kind(IntEnum):
-    DELIVER = 1  # body is a push for the channel's user
-    DRAIN = 2  # something was stored for the channel's user: drain it if online here
-    GROUP_CHANGED = 3  # mid holds a group id whose membership changed
+    DELIVER = 1
+    GROUP_CHANGED = 3
 
 
 class Envelope(msgspec.Struct, array_like=True, frozen=True, gc=False):
     kind: int
     origin: str
-    mid: str
+    user: int
+    pos: int
+    group: int
     body: msgspec.Raw
 
 
@@ -30,10 +34,12 @@ _encoder = msgspec.json.Encoder()
 _decoder = msgspec.json.Decoder(Envelope)
 
 
-def encode_envelope(kind: Kind, origin: str, mid: str = "", body: bytes | None = None) -> bytes:
-    return _encoder.encode(
-        Envelope(int(kind), origin, mid, _NULL if body is None else msgspec.Raw(body))
-    )
+def encode_deliver(origin: str, user: int, pos: int, body: bytes) -> bytes:
+    return _encoder.encode(Envelope(Kind.DELIVER, origin, user, pos, 0, msgspec.Raw(body)))
+
+
+def encode_group_changed(origin: str, group: int) -> bytes:
+    return _encoder.encode(Envelope(Kind.GROUP_CHANGED, origin, 0, 0, group, _NULL))
 
 
 def decode_envelope(payload: bytes) -> Envelope:

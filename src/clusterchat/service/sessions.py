@@ -1,29 +1,33 @@
 """Sessions on this node, and the registry that maps users to them.
 
-Theory of operation (ARCHITECTURE.md rules 1, 2, 9):
+Theory of operation (ARCHITECTURE.md rules 3, 4, 9):
 
-* The transport owns a connection and implements ``Session`` (send bytes,
-  close). The service keeps one ``SessionState`` per connection: who is logged
-  in on it and which message ids it was recently sent.
+* The transport owns a connection and implements ``Session``: it queues
+  bytes, says whether more pushes may go out now (``writable``: its output
+  is below the high-water mark), and counts the bytes it was given
+  (``written``) and the bytes the kernel took (``delivered``). It never
+  refuses a message: a client that does not read is throttled (pushes wait
+  in the log, its requests are not read), never cut for memory.
+* The service keeps one ``SessionState`` per connection: who is logged in on
+  it and its ``Feed`` (its reader of the user's log).
 * ``SessionRegistry`` maps user id -> that user's logged-in states on this
   node. The first state of a user triggers ``on_first`` (subscribe to the
   user's channel, mark online); the last one leaving triggers ``on_last``.
   Both run under a per-user lock (striped), held across the registry change
   and the awaited backend call, so a quick logout and a new login of the same
   user cannot interleave into "registered but unsubscribed".
-* A state is *not ready* between login and its login answer: pushes for it are
-  held back in order and released right after the answer, because a classic
-  client expects the answer first.
 """
 
 import asyncio
-from collections import deque
 from collections.abc import Awaitable, Callable, Iterator
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from clusterchat.protocol import Outbound
 
-__all__ = ["RecentIds", "Session", "SessionRegistry", "SessionState"]
+if TYPE_CHECKING:
+    from clusterchat.service.feed import Feed
+
+__all__ = ["Session", "SessionRegistry", "SessionState"]
 
 
 class Session(Protocol):
@@ -34,126 +38,60 @@ class Session(Protocol):
         """Who is at the other end (for logs)."""
         ...
 
-    def send(self, message: Outbound) -> bool:
-        """Queue a message for the client.
+    @property
+    def closed(self) -> bool:
+        """The connection is closed or closing: it takes nothing more."""
+        ...
 
-        Returns:
-            False if the session cannot take it: it is closed, or its outbound
-            queue is full, in which case it closes itself as a slow consumer.
-            The caller must then keep the message for later delivery.
-        """
+    @property
+    def writable(self) -> bool:
+        """Output is below the high-water mark: a push may be queued now."""
+        ...
+
+    @property
+    def written(self) -> int:
+        """Bytes queued for the client since the connection opened."""
+        ...
+
+    @property
+    def delivered(self) -> int:
+        """Bytes of ``written`` known to be handed to the kernel (never more than true)."""
+        ...
+
+    def send(self, message: Outbound) -> None:
+        """Queue a message for the client (ignored once the connection is closed)."""
+
+    async def wait_writable(self) -> bool:
+        """Wait until ``writable``; False if the connection closed meanwhile."""
         ...
 
     def close(self, reason: str) -> None:
         """Close the connection (idempotent)."""
 
 
-class RecentIds:
-    """The last ``size`` message ids sent to one session, to never send one twice."""
-
-    __slots__ = ("_order", "_seen", "_size")
-
-    def __init__(self, size: int = 512) -> None:
-        self._size = size
-        self._order: deque[str] = deque()
-        self._seen: set[str] = set()
-
-    def __contains__(self, mid: str) -> bool:
-        return mid in self._seen
-
-    def add(self, mid: str) -> bool:
-        """Remember ``mid``; False if it was already there."""
-        if mid in self._seen:
-            return False
-        self._seen.add(mid)
-        self._order.append(mid)
-        if len(self._order) > self._size:
-            self._seen.discard(self._order.popleft())
-        return True
-
-
 class SessionState:
     """The service's view of one connection."""
 
-    __slots__ = ("_held", "_refused", "classic", "name", "recent", "session", "user_id")
+    __slots__ = ("device", "feed", "name", "session", "user_id")
 
     def __init__(self, session: Session) -> None:
         self.session = session
         self.user_id: int | None = None
         self.name = ""
-        self.recent: RecentIds | None = None
-        self._held: list[tuple[str | None, Outbound]] | None = None
-        # Set once the session refused a message: it is closing (Session.send),
-        # so it takes nothing more, and its ``recent`` ids must not make a drain
-        # count a message as had.
-        self._refused = False
+        self.device: str | None = None
+        self.feed: Feed | None = None
 
     @property
     def logged_in(self) -> bool:
         return self.user_id is not None
 
-    @property
-    def ready(self) -> bool:
-        """Logged in and past the login answer (pushes go straight out)."""
-        return self.user_id is not None and self._held is None
-
-    def begin_login(self, user_id: int, name: str) -> None:
-        """Become the session of ``user_id``; hold pushes until ``finish_login``."""
-        self.user_id = user_id
-        self.name = name
-        self.recent = RecentIds()
-        self._held = []
-
-    def finish_login(self) -> list[tuple[str | None, Outbound]]:
-        """Release the pushes held during login.
-
-        Returns:
-            The ``(mid, push)`` pairs the session refused (empty if it took them
-            all). They were counted as delivered when held, so the caller must
-            store them.
-        """
-        held, self._held = self._held or [], None
-        for index, (_, message) in enumerate(held):
-            if not self.session.send(message):
-                self._refused = True
-                return held[index:]
-        return []
-
-    def fail_login(self) -> list[tuple[str | None, Outbound]]:
-        """The session refused its login answer: it takes nothing more.
-
-        Returns:
-            The ``(mid, push)`` pairs held for it, which the caller must store.
-        """
-        self._refused = True
-        held, self._held = self._held or [], None
-        return held
-
     def end(self) -> None:
+        """Forget the login (after logout or when the connection ended)."""
+        if self.feed is not None:
+            self.feed.stop()
         self.user_id = None
-        self.recent = None
-        self._held = None
-
-    def push(self, message: Outbound, mid: str | None) -> bool:
-        """Send a chat push at most once per ``mid``.
-
-        Returns:
-            True if the session has it (now or earlier), False if it refused
-            (now or earlier: a session that refused once takes nothing more).
-        """
-        if self._refused:
-            return False
-        recent = self.recent
-        if mid is not None and recent is not None and mid in recent:
-            return True
-        if self._held is not None:
-            self._held.append((mid, message))
-        elif not self.session.send(message):
-            self._refused = True
-            return False
-        if recent is not None and mid is not None:
-            recent.add(mid)
-        return True
+        self.device = None
+        self.feed = None
 
 
 _STRIPES = 256

@@ -7,11 +7,16 @@ Contract (tests/contract/test_store.py runs it against every dialect):
 * Friendship is symmetric: ``add_friendship(a, b)`` makes each the friend of
   the other and returns False if they already were.
 * ``add_member`` returns False if the user already is a member.
-* The undelivered store keeps messages per recipient in the order they were
-  stored (``seq`` grows); ``pending`` returns them in that order and
-  ``remove`` deletes exactly the given ones. A message is removed only after
-  it was handed to a session, so a crash in between re-delivers (never loses);
-  sessions drop repeats by message id.
+* The message log (``MessageLog``): ``append`` commits a batch in one
+  transaction, or nothing. Each recipient's entries get consecutive positions
+  (``pos`` 1, 2, 3... per user, no holes, in batch order); each message gets
+  the next ``seq`` of its conversation. Positions are allocated so that two
+  messages that share recipients are in the same order in every recipient's
+  log. A message whose ``(sender_id, cid)`` exists already is not stored
+  again: its result is the original one, marked ``duplicate``.
+* ``read`` returns a user's entries after a position, in order; ``heads``
+  the last position of each user's log. Cursors only move forward
+  (``save_cursors`` keeps the larger of the stored and the given position).
 """
 
 from collections.abc import Iterable, Sequence
@@ -19,12 +24,14 @@ from dataclasses import dataclass
 from typing import Protocol
 
 __all__ = [
+    "Appended",
     "Group",
+    "LogEntry",
     "Member",
+    "MessageLog",
     "NameTaken",
+    "NewMessage",
     "Store",
-    "StoredMessage",
-    "UndeliveredStore",
     "User",
 ]
 
@@ -55,31 +62,78 @@ class Member:
 
 
 @dataclass(frozen=True, slots=True)
-class StoredMessage:
-    seq: int
-    user_id: int
+class NewMessage:
+    """A message to append to the log.
+
+    Attributes:
+        mid: Its server message id (cluster-unique).
+        sender_id: Who sent it.
+        conversation: The key of its pair or group (``seq`` counts per key).
+        recipients: The users whose logs get an entry.
+        time: Server time, ``YYYY-MM-DD HH:MM:SS``.
+        body: The push as clients receive it.
+        cid: The sender's own message id, or None.
+    """
+
     mid: str
-    payload: bytes
+    sender_id: int
+    conversation: str
+    recipients: tuple[int, ...]
+    time: str
+    body: bytes
+    cid: str | None = None
 
 
-class UndeliveredStore(Protocol):
-    """Messages waiting for a recipient that no session could take."""
+@dataclass(frozen=True, slots=True)
+class Appended:
+    """The outcome of appending one ``NewMessage``.
 
-    async def store_messages(self, items: Sequence[tuple[int, str, bytes]]) -> None:
-        """Store ``(user_id, mid, payload)`` items, in this order, in one transaction."""
+    Attributes:
+        mid, seq, time, body: The message as stored (for a duplicate: the
+            original's).
+        positions: ``(user_id, pos)`` of each new log entry (empty for a duplicate).
+        duplicate: An earlier message had the same ``(sender_id, cid)``.
+    """
 
-    async def pending(
-        self, user_ids: Iterable[int], limit: int, after: int = 0
-    ) -> list[StoredMessage]:
-        """Up to ``limit`` stored messages of these users with ``seq > after``, oldest first."""
+    mid: str
+    seq: int
+    time: str
+    body: bytes
+    positions: tuple[tuple[int, int], ...]
+    duplicate: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class LogEntry:
+    pos: int
+    body: bytes
+
+
+class MessageLog(Protocol):
+    """Every accepted message, and each user's log of the messages for them."""
+
+    async def append(self, batch: Sequence[NewMessage]) -> list[Appended]:
+        """Append a batch in one transaction; one result per message, in order."""
         ...
 
-    async def remove(self, seqs: Iterable[int]) -> None:
-        """Delete the given stored messages (missing ones are ignored)."""
+    async def read(self, user_id: int, after: int, limit: int) -> list[LogEntry]:
+        """Up to ``limit`` entries of the user's log with ``pos > after``, in order."""
+        ...
+
+    async def heads(self, user_ids: Iterable[int]) -> dict[int, int]:
+        """The last position of each user's log (0 when empty; unknown users left out)."""
+        ...
+
+    async def load_cursors(self, user_id: int) -> dict[str, int]:
+        """device -> position, for every device of the user that has a cursor."""
+        ...
+
+    async def save_cursors(self, items: Sequence[tuple[int, str, int]]) -> None:
+        """Move ``(user_id, device, pos)`` cursors forward (never back) in one transaction."""
 
 
-class Store(UndeliveredStore, Protocol):
-    """Users, friends, groups and undelivered messages."""
+class Store(MessageLog, Protocol):
+    """Users, friends, groups and the message log."""
 
     async def create_schema(self) -> None:
         """Create the tables if they do not exist."""

@@ -13,16 +13,26 @@ from sqlalchemy import (
     MetaData,
     String,
     Table,
+    UniqueConstraint,
     func,
 )
 
-__all__ = ["chat_groups", "friends", "group_members", "metadata", "undelivered", "users"]
+__all__ = [
+    "chat_groups",
+    "conversations",
+    "cursors",
+    "friends",
+    "group_members",
+    "inbox",
+    "messages",
+    "metadata",
+    "users",
+]
 
 metadata = MetaData()
 
 # MySQL/MariaDB: utf8mb4 so that any Unicode name or message round-trips.
 _MYSQL: dict[str, Any] = {"mysql_charset": "utf8mb4", "mysql_engine": "InnoDB"}
-_SEQ = BigInteger().with_variant(Integer(), "sqlite")  # SQLite autoincrements INTEGER only
 
 users = Table(
     "users",
@@ -30,6 +40,7 @@ users = Table(
     Column("id", Integer, primary_key=True, autoincrement=True),
     Column("name", String(64), nullable=False, unique=True),
     Column("password_hash", String(255), nullable=False),
+    Column("log_head", BigInteger, nullable=False, default=0, server_default="0"),
     Column("created_at", DateTime, nullable=False, server_default=func.now()),
     **_MYSQL,
 )
@@ -62,14 +73,52 @@ group_members = Table(
     **_MYSQL,
 )
 
-undelivered = Table(
-    "undelivered",
+# --- the message log (docs/delivery.md) ------------------------------------------------
+#
+# ``messages`` holds each accepted message once (its body is the push as written
+# to clients); ``inbox`` is every recipient's log: one small row per recipient
+# and message, at consecutive positions (``users.log_head`` is the last one
+# given). ``conversations`` numbers the messages of each pair or group (``seq``).
+# ``cursors`` remembers how far each device of a user has read its log.
+
+messages = Table(
+    "messages",
     metadata,
-    Column("seq", _SEQ, primary_key=True, autoincrement=True),
-    Column("user_id", Integer, ForeignKey("users.id"), nullable=False),
-    Column("mid", String(64), nullable=False),
-    Column("payload", LargeBinary, nullable=False),
+    Column("mid", String(64), primary_key=True),
+    Column("conversation", String(32), nullable=False),
+    Column("seq", BigInteger, nullable=False),
+    Column("sender_id", Integer, ForeignKey("users.id"), nullable=False),
+    Column("cid", String(64), nullable=True),
+    Column("time", String(19), nullable=False),
+    Column("body", LargeBinary, nullable=False),
     Column("created_at", DateTime, nullable=False, server_default=func.now()),
-    Index("ix_undelivered_user_seq", "user_id", "seq"),
+    UniqueConstraint("conversation", "seq", name="uq_messages_conversation_seq"),
+    UniqueConstraint("sender_id", "cid", name="uq_messages_sender_cid"),
+    **_MYSQL,
+)
+
+inbox = Table(
+    "inbox",
+    metadata,
+    Column("user_id", Integer, ForeignKey("users.id"), primary_key=True),
+    Column("pos", BigInteger, primary_key=True, autoincrement=False),
+    Column("mid", String(64), ForeignKey("messages.mid"), nullable=False),
+    **_MYSQL,
+)
+
+conversations = Table(
+    "conversations",
+    metadata,
+    Column("key", String(32), primary_key=True),
+    Column("last_seq", BigInteger, nullable=False),
+    **_MYSQL,
+)
+
+cursors = Table(
+    "cursors",
+    metadata,
+    Column("user_id", Integer, ForeignKey("users.id"), primary_key=True),
+    Column("device", String(64), primary_key=True),
+    Column("pos", BigInteger, nullable=False),
     **_MYSQL,
 )

@@ -10,14 +10,29 @@ Error handling at the edge (STYLE.md §3):
 
 * ``FramingError`` (frame too large, nesting too deep): error answer, close.
 * ``InvalidMessage`` (malformed JSON, bad field, unknown msgid): error answer.
-* A client over its request rate (flooding) or whose unread output exceeds the
-  outbound limit (slow consumer) is disconnected; others are unaffected.
+* A client over its request rate (flooding) is disconnected; others are
+  unaffected.
 * A connection that does not log in within ``login_timeout`` is closed.
+
+Output and slow readers (docs/delivery.md §Slow readers): outgoing messages
+are coalesced into one write per event-loop turn. Above ``high_water`` bytes
+of unsent output the connection is not ``writable``: chat pushes wait in the
+log (the service's feed writes them when the output drains) and the
+connection's requests are not read, so a client that does not read costs the
+node at most about ``high_water`` bytes, and is never cut for it. Only a
+connection whose output makes no progress at all for ``stall_timeout``
+seconds is given up (closed); what it had not been handed stays in the log.
+``written`` and ``delivered`` count the bytes queued and the bytes the kernel
+took (a lower bound), so that the service knows which pushes a connection
+that died really had. The kernel's own send buffer is bounded
+(``send_buffer``), which bounds what a dying connection can take with it.
 """
 
 import asyncio
+import contextlib
 import itertools
 import logging
+import socket
 from collections import deque
 from collections.abc import Coroutine
 from dataclasses import dataclass
@@ -52,14 +67,24 @@ class ConnectionLimits:
     Attributes:
         max_rate: Sustained requests per second before the client counts as flooding.
         max_burst: Requests allowed at once above the sustained rate.
-        max_outbound: Bytes of unsent output before the client counts as too slow.
+        high_water: Bytes of unsent output above which pushes wait and
+            requests are not read.
+        max_outbound: Bytes of unsent output (answers only: pushes stop at
+            ``high_water``) above which the connection is given up.
+        stall_timeout: Seconds without any output progress after which a
+            connection that is above ``high_water`` is given up.
+        send_buffer: The kernel's send buffer per connection (``SO_SNDBUF``;
+            Linux doubles it); 0 keeps the kernel's default.
         max_backlog: Requests queued behind a slow request before reading pauses.
         login_timeout: Seconds a connection may stay without logging in.
     """
 
     max_rate: float = 200.0
     max_burst: float = 1000.0
+    high_water: int = 64 * 1024
     max_outbound: int = 4 * 1024 * 1024
+    stall_timeout: float = 60.0
+    send_buffer: int = 64 * 1024
     max_backlog: int = 256
     login_timeout: float = 120.0
 
@@ -76,9 +101,16 @@ class TcpConnection(asyncio.Protocol):
         self._transport: asyncio.Transport | None = None
         self._backlog: deque[Request] = deque()
         self._worker: asyncio.Task[None] | None = None
-        self._paused = False
+        self._backlog_full = False
+        self._reading = True
         self._out: list[bytes] = []
         self._out_size = 0
+        self._written = 0
+        self._flushed = 0
+        self._delivered = 0
+        self._write_paused = False
+        self._stall_timer: asyncio.TimerHandle | None = None
+        self._waiters: list[asyncio.Future[bool]] = []
         self._closed = False
         self._login_timer: asyncio.TimerHandle | None = None
         self.id = next(_ids)
@@ -89,6 +121,13 @@ class TcpConnection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
+        self._transport.set_write_buffer_limits(
+            high=self._limits.high_water, low=self._limits.high_water // 4
+        )
+        sock = transport.get_extra_info("socket")
+        if self._limits.send_buffer > 0 and sock is not None:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, self._limits.send_buffer)
         peer = transport.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
         self.state = self._service.open(self)
@@ -99,15 +138,37 @@ class TcpConnection(asyncio.Protocol):
         log.info("[%d] = connection from %s", self.id, self.peer)
 
     def connection_lost(self, exc: Exception | None) -> None:
+        # ``_delivered`` stays as last observed: the transport may have dropped
+        # its buffer already, so asking it now could count lost bytes as handed.
         self._closed = True
         self._server.connections.discard(self)
-        if self._login_timer is not None:
-            self._login_timer.cancel()
+        for timer in (self._login_timer, self._stall_timer):
+            if timer is not None:
+                timer.cancel()
+        self._wake(False)
         log.info("[%d] = connection from %s closed", self.id, self.peer)
         # A request still running (a login half-way) is not cancelled: it
         # finishes against a closed session, then the worker tells the service.
         if self._worker is None:
             self._end_session()
+
+    def pause_writing(self) -> None:
+        self._write_paused = True
+        self._update_reading()
+        if self._stall_timer is None and not self._closed:
+            self._stall_timer = asyncio.get_running_loop().call_later(
+                self._limits.stall_timeout, self._stalled
+            )
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        self._observe()
+        if self._stall_timer is not None:
+            self._stall_timer.cancel()
+            self._stall_timer = None
+        self._update_reading()
+        if self.writable:
+            self._wake(True)
 
     def _end_session(self) -> None:
         if self.state is not None:
@@ -134,12 +195,23 @@ class TcpConnection(asyncio.Protocol):
                 continue
             if self._worker is not None:
                 self._backlog.append(request)
-                if len(self._backlog) >= self._limits.max_backlog and not self._paused:
-                    self._paused = True
-                    assert self._transport is not None
-                    self._transport.pause_reading()
+                if len(self._backlog) >= self._limits.max_backlog and not self._backlog_full:
+                    self._backlog_full = True
+                    self._update_reading()
                 continue
             self._run(request)
+
+    def _update_reading(self) -> None:
+        """Read requests only while their answers can go out and the backlog has room."""
+        if self._transport is None or self._closed:
+            return
+        want = not self._backlog_full and not self._write_paused
+        if want != self._reading:
+            self._reading = want
+            if want:
+                self._transport.resume_reading()
+            else:
+                self._transport.pause_reading()
 
     # --- request processing ----------------------------------------------------------
 
@@ -166,10 +238,9 @@ class TcpConnection(asyncio.Protocol):
         if self.state.logged_in and self._login_timer is not None:
             self._login_timer.cancel()
             self._login_timer = None
-        if self._paused and not self._closed:
-            self._paused = False
-            assert self._transport is not None
-            self._transport.resume_reading()
+        if self._backlog_full:
+            self._backlog_full = False
+            self._update_reading()
 
     def _login_expired(self) -> None:
         if self.state is not None and self.state.logged_in:
@@ -177,36 +248,102 @@ class TcpConnection(asyncio.Protocol):
         self._reply_error(None, ErrorCode.NOT_LOGGED_IN, "login timeout: disconnected")
         self.close("login timeout")
 
+    def _stalled(self) -> None:
+        self._stall_timer = None
+        log.warning(
+            "[%d] %s read nothing for %.0f s: giving up on it",
+            self.id,
+            self.peer,
+            self._limits.stall_timeout,
+        )
+        self._give_up()
+
+    def _give_up(self) -> None:
+        """Drop the connection at once; what it was not handed stays in the log."""
+        if self._closed or self._transport is None:
+            return
+        self._observe()
+        self._closed = True
+        self._out.clear()
+        self._transport.abort()
+
     # --- Session ---------------------------------------------------------------------
 
-    def send(self, message: Outbound) -> bool:
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    @property
+    def writable(self) -> bool:
+        return (
+            not self._closed and not self._write_paused and self._out_size < self._limits.high_water
+        )
+
+    @property
+    def written(self) -> int:
+        return self._written
+
+    @property
+    def delivered(self) -> int:
+        if not self._closed:
+            self._observe()
+        return self._delivered
+
+    async def wait_writable(self) -> bool:
+        while not self.writable:
+            if self._closed:
+                return False
+            waiter: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+            self._waiters.append(waiter)
+            if not await waiter:
+                return False
+        return True
+
+    def send(self, message: Outbound) -> None:
         if self._closed:
-            return False
+            return
         data = message.classic if self._decoder.nul_terminated else message.line
         assert self._transport is not None
-        if self._out_size + self._transport.get_write_buffer_size() > self._limits.max_outbound:
-            log.warning("[%d] slow consumer %s: disconnecting", self.id, self.peer)
-            self._closed = True
-            self._transport.abort()
-            return False
         if not self._out:
             asyncio.get_running_loop().call_soon(self._flush)
         self._out.append(data)
         self._out_size += len(data)
-        return True
+        self._written += len(data)
+        if self._out_size + self._transport.get_write_buffer_size() > self._limits.max_outbound:
+            log.warning("[%d] %s does not read its answers: giving up on it", self.id, self.peer)
+            self._give_up()
 
     def _flush(self) -> None:
-        if self._out and self._transport is not None and not self._transport.is_closing():
-            self._transport.write(b"".join(self._out) if len(self._out) > 1 else self._out[0])
+        transport = self._transport
+        if self._out and transport is not None and not self._closed:
+            transport.write(b"".join(self._out) if len(self._out) > 1 else self._out[0])
+            self._flushed += self._out_size
+            self._observe()
         self._out.clear()
         self._out_size = 0
+        if self._waiters and self.writable:
+            self._wake(True)
+
+    def _observe(self) -> None:
+        """Note how many bytes the kernel has taken (the transport's buffer only shrinks)."""
+        if self._transport is not None:
+            done = self._flushed - self._transport.get_write_buffer_size()
+            if done > self._delivered:
+                self._delivered = done
+
+    def _wake(self, value: bool) -> None:
+        waiters, self._waiters = self._waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(value)
 
     def close(self, reason: str) -> None:
         if self._closed or self._transport is None:
             return
-        self._closed = True
         log.info("[%d] closing %s: %s", self.id, self.peer, reason)
         self._flush()
+        self._closed = True
+        self._wake(False)
         self._transport.close()
 
     def _reply_error(self, request_msgid: int | None, code: ErrorCode, message: str) -> None:

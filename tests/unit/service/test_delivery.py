@@ -1,17 +1,16 @@
-"""Delivery through ChatService: offline storage, drains, several sessions, several nodes.
+"""Delivery through ChatService: the log, feeds, cursors, several sessions and nodes.
 
-ARCHITECTURE.md delivery rules 1-10; src/clusterchat/service/delivery.py has the
-theory of operation these tests hold it to.
+ARCHITECTURE.md delivery rules; src/clusterchat/service/feed.py and
+delivery.py have the theory of operation these tests hold them to.
 """
 
 import asyncio
 
 import msgspec
 
-from clusterchat.protocol import Login, LoginAck, OneChat
+from clusterchat.protocol import Ack, Error, LoginAck, OneChat, OneChatAck
 from clusterchat.service.context import Policy
-from clusterchat.service.delivery import user_channel
-from tests.support.service import PASSWORD, ChatCluster, Client
+from tests.support.service import ChatCluster, Client
 
 
 def _texts(client: Client) -> list[str]:
@@ -22,8 +21,17 @@ def _offline_texts(ack: LoginAck) -> list[str]:
     return [msgspec.json.decode(m, type=OneChat).msg for m in ack.offlinemsg]
 
 
-async def test_offline_recipient_gets_everything_at_next_login(chat_cluster: ChatCluster) -> None:
-    """Messages to an offline user come in order in the next login answer, then are deleted."""
+async def _until(condition: object, what: str) -> None:
+    deadline = asyncio.get_running_loop().time() + 5
+    while not callable(condition) or not condition():
+        assert asyncio.get_running_loop().time() < deadline, what
+        await asyncio.sleep(0.01)
+
+
+async def test_offline_recipient_gets_everything_at_next_login_once(
+    chat_cluster: ChatCluster,
+) -> None:
+    """Messages to an offline user come in order in the next login answer, and only there."""
     node = await chat_cluster.node()
     alice = await node.register("alice")
     bob = await node.register("bob")
@@ -32,6 +40,7 @@ async def test_offline_recipient_gets_everything_at_next_login(chat_cluster: Cha
     for text in texts:
         await a.send(OneChat(toid=bob, msg=text))
     await chat_cluster.settle()
+    assert len(await chat_cluster.log_of(bob)) == 5
 
     b = node.connect()
     ack = await b.login(bob)
@@ -39,20 +48,17 @@ async def test_offline_recipient_gets_everything_at_next_login(chat_cluster: Cha
     stored = [msgspec.json.decode(m, type=OneChat) for m in ack.offlinemsg]
     assert {(m.id, m.name, m.toid) for m in stored} == {(alice, "alice", bob)}
     assert all(m.mid for m in stored)
-    assert b.session.received == [ack]
     raw = msgspec.json.decode(b.session.raw[0])
     assert all(isinstance(item, str) for item in raw["offlinemsg"])  # JSON texts, classic
-    assert await chat_cluster.stored_for(bob) == []
+    await b.close()  # the cursor is saved when the session ends
 
     again = await node.connect().login(bob)
     assert again.offlinemsg == []
 
 
-async def test_stored_messages_beyond_one_batch_follow_the_login_answer(
-    chat_cluster: ChatCluster,
-) -> None:
+async def test_log_beyond_one_batch_follows_the_login_answer(chat_cluster: ChatCluster) -> None:
     """Past ``offline_batch``, the rest come as pushes after the answer: in order, once each."""
-    node = await chat_cluster.node(Policy(offline_batch=3))
+    node = await chat_cluster.node(Policy(offline_batch=3, read_batch=2))
     alice = await node.register("alice")
     bob = await node.register("bob")
     a = await node.login(alice)
@@ -68,12 +74,10 @@ async def test_stored_messages_beyond_one_batch_follow_the_login_answer(
     assert b.session.received[0] is ack
     assert _texts(b) == texts[3:]
     assert len(b.session.received) == 1 + 5
-    assert await chat_cluster.stored_for(bob) == []
-    assert (await node.connect().login(bob)).offlinemsg == []
 
 
 async def test_push_during_login_waits_for_the_login_answer(chat_cluster: ChatCluster) -> None:
-    """A message arriving while a login is in progress is sent right after the LoginAck."""
+    """A message arriving while a login is in progress is sent right after the LoginAck, once."""
     node = await chat_cluster.node()
     alice = await node.register("alice")
     bob = await node.register("bob")
@@ -92,9 +96,8 @@ async def test_push_during_login_waits_for_the_login_answer(chat_cluster: ChatCl
     ack = await login
     await chat_cluster.settle()
     assert b.session.received[0] is ack
-    assert ack.offlinemsg == []
-    assert _texts(b) == ["early"]
-    assert await chat_cluster.stored_for(bob) == []
+    # It was in the log when the login read it: in the answer, and never again.
+    assert _offline_texts(ack) + _texts(b) == ["early"]
 
 
 async def test_two_sessions_on_one_node_each_get_a_message_once(
@@ -112,215 +115,173 @@ async def test_two_sessions_on_one_node_each_get_a_message_once(
         await a.send(OneChat(toid=bob, msg=text))
     await chat_cluster.settle()
     assert _texts(b1) == _texts(b2) == ["one", "two"]
-    assert len(b1.session.received) == len(b2.session.received) == 2
-    assert await chat_cluster.stored_for(bob) == []
 
 
 async def test_two_sessions_on_two_nodes_each_get_a_message_once(
     chat_cluster: ChatCluster,
 ) -> None:
-    """A user on two nodes gets every message once on each, whichever node sends."""
+    """Sessions of one user on two nodes each get every message exactly once."""
     first, second = await chat_cluster.node(), await chat_cluster.node()
     alice = await first.register("alice")
     bob = await first.register("bob")
-    a1, a2 = await first.login(alice), await second.login(alice)
+    a = await first.login(alice)
     b1, b2 = await first.login(bob), await second.login(bob)
-    b1.session.clear()
-    b2.session.clear()
-    await a1.send(OneChat(toid=bob, msg="from the first node"))
-    await a2.send(OneChat(toid=bob, msg="from the second node"))
-    await chat_cluster.settle()
-    for b in (b1, b2):
-        assert sorted(_texts(b)) == ["from the first node", "from the second node"]
-        assert len(b.session.received) == 2
-    assert await chat_cluster.stored_for(bob) == []
-
-
-async def test_outage_stores_a_message_for_another_node_and_drains_it_after(
-    chat_cluster: ChatCluster,
-) -> None:
-    """While the bus is down a message for a user on another node is stored, then drained once."""
-    first, second = await chat_cluster.node(), await chat_cluster.node()
-    alice = await first.register("alice")
-    bob = await first.register("bob")
-    a, b = await first.login(alice), await second.login(bob)
-    b.session.clear()
-
-    chat_cluster.outage()
-    for text in ("during", "the outage"):
+    for text in ("one", "two", "three"):
         await a.send(OneChat(toid=bob, msg=text))
     await chat_cluster.settle()
-    assert b.session.received == []
-    assert len(await chat_cluster.stored_for(bob)) == 2
-
-    chat_cluster.restore()
-    await chat_cluster.settle()
-    assert _texts(b) == ["during", "the outage"]
-    assert len(b.session.received) == 2
-    assert await chat_cluster.stored_for(bob) == []
-
-    chat_cluster.restore()  # a second recovery finds nothing left to send
-    await chat_cluster.settle()
-    assert len(b.session.received) == 2
+    assert _texts(b1) == _texts(b2) == ["one", "two", "three"]
 
 
-async def test_outage_reaches_a_local_recipient_once(chat_cluster: ChatCluster) -> None:
-    """During an outage a local recipient gets the message live, and not again from the drain."""
-    first, _ = await chat_cluster.node(), await chat_cluster.node()
-    alice = await first.register("alice")
-    bob = await first.register("bob")
-    a, b = await first.login(alice), await first.login(bob)
-    b.session.clear()
-
-    chat_cluster.outage()
-    await a.send(OneChat(toid=bob, msg="live"))
-    assert _texts(b) == ["live"]  # at once, before any publish completed
-    await chat_cluster.settle()
-    assert first.store.calls["store_messages"] == 1  # stored for bob's other nodes, if any
-
-    chat_cluster.restore()
-    await chat_cluster.settle()
-    assert _texts(b) == ["live"]
-    assert len(b.session.received) == 1
-    assert await chat_cluster.stored_for(bob) == []
-
-
-async def test_refused_push_is_stored_for_the_next_login(chat_cluster: ChatCluster) -> None:
-    """A session that refuses a push (slow consumer) leaves it stored for the next login."""
-    node = await chat_cluster.node()
-    alice = await node.register("alice")
-    bob = await node.register("bob")
-    a, b = await node.login(alice), await node.login(bob)
-    b.session.clear()
-    b.session.refusing = True
-
-    await a.send(OneChat(toid=bob, msg="are you there?"))
-    await chat_cluster.settle()
-    assert b.session.received == []
-    assert b.session.closed_reason == "slow consumer"
-    await b.close()  # the transport reports the closed connection
-    await chat_cluster.settle()
-    assert len(await chat_cluster.stored_for(bob)) == 1
-
-    ack = await node.connect().login(bob)
-    assert _offline_texts(ack) == ["are you there?"]
-    assert await chat_cluster.stored_for(bob) == []
-
-
-async def test_receiving_node_stores_for_a_user_who_just_left(chat_cluster: ChatCluster) -> None:
-    """An envelope reaching a node whose user has no session there any more is stored there."""
+async def test_outage_messages_reach_the_other_node_in_order_after_restore(
+    chat_cluster: ChatCluster,
+) -> None:
+    """During a bus outage messages are in the log; the restore reads it, then live ones follow."""
     first, second = await chat_cluster.node(), await chat_cluster.node()
     alice = await first.register("alice")
     bob = await first.register("bob")
     a = await first.login(alice)
     b = await second.login(bob)
-    await b.close()
-    # The logout race: the second node is still subscribed to bob's channel (its
-    # unsubscribe has not reached the bus yet), so the publish counts one receiver
-    # and the sending node does not store. The receiving node must.
-    await second.bus.subscribe(user_channel(bob))
-
-    await a.send(OneChat(toid=bob, msg="just missed you"))
+    chat_cluster.outage()
+    for i in range(3):
+        await a.send(OneChat(toid=bob, msg=f"during {i}"))
     await chat_cluster.settle()
-    assert first.store.calls["store_messages"] == 0
-    assert second.store.calls["store_messages"] == 1
-    await second.bus.unsubscribe(user_channel(bob))
-
-    ack = await first.connect().login(bob)
-    assert _offline_texts(ack) == ["just missed you"]
-
-
-async def test_push_held_during_a_failed_login_is_stored(chat_cluster: ChatCluster) -> None:
-    """A message held for a login whose answer the session refuses stays stored, not lost."""
-    node = await chat_cluster.node()
-    alice = await node.register("alice")
-    bob = await node.register("bob")
-    a = await node.login(alice)
-    b = node.connect()
-    gate = node.store.hold("friends_of")
-    login = asyncio.create_task(b.send(Login(id=bob, password=PASSWORD)))
-    await gate.reached()
-    await a.send(OneChat(toid=bob, msg="held"))
-    await chat_cluster.settle(ignore=[login])
-    assert await chat_cluster.stored_for(bob) == []  # held for the session, not stored
-
-    b.session.refusing = True  # too slow to take even the login answer
-    gate.release()
-    await login
-    assert b.session.received == []
-    await b.close()
+    assert _texts(b) == []
+    chat_cluster.restore()
+    await a.send(OneChat(toid=bob, msg="after"))
     await chat_cluster.settle()
-
-    ack = await node.connect().login(bob)
-    assert _offline_texts(ack) == ["held"]
+    assert _texts(b) == ["during 0", "during 1", "during 2", "after"]
 
 
-async def test_outage_with_sessions_on_two_nodes_reaches_the_user_once_per_session(
-    chat_cluster: ChatCluster,
-) -> None:
-    """Outage, user on two nodes: the user gets it, no session twice, nothing left stored.
-
-    docs/delivery.md, guarantee 4: the undelivered store is per user, so the
-    session on the other node gets it only if its node drains first.
-    """
+async def test_a_live_message_after_a_gap_waits_for_the_gap(chat_cluster: ChatCluster) -> None:
+    """An envelope that arrives after one was lost makes the feed read the gap first."""
     first, second = await chat_cluster.node(), await chat_cluster.node()
     alice = await first.register("alice")
     bob = await first.register("bob")
     a = await first.login(alice)
-    b1, b2 = await first.login(bob), await second.login(bob)
-    b1.session.clear()
-    b2.session.clear()
-
+    b = await second.login(bob)
     chat_cluster.outage()
-    await a.send(OneChat(toid=bob, msg="split"))
-    assert _texts(b1) == ["split"]
+    await a.send(OneChat(toid=bob, msg="lost on the bus"))
     await chat_cluster.settle()
-    chat_cluster.restore()
+    chat_cluster.hub.down = False  # back, but nobody noticed the outage
+    await a.send(OneChat(toid=bob, msg="next"))
     await chat_cluster.settle()
-
-    assert _texts(b1) == ["split"]
-    assert _texts(b2) in ([], ["split"])
-    assert len(b1.session.received) == 1
-    assert len(b2.session.received) <= 1
-    assert await chat_cluster.stored_for(bob) == []
+    assert _texts(b) == ["lost on the bus", "next"]
 
 
-async def test_session_that_refused_its_login_answer_takes_no_stored_message(
+async def test_a_stalled_reader_gets_everything_once_in_order_when_it_reads_again(
     chat_cluster: ChatCluster,
 ) -> None:
-    """A drain before the refusing session is reported closed leaves its messages stored."""
+    """A session that stops reading is not cut: the log holds the rest until it reads again."""
+    node = await chat_cluster.node(Policy(read_batch=7))
+    alice = await node.register("alice")
+    bob = await node.register("bob")
+    a = await node.login(alice)
+    b = await node.login(bob)
+    await a.send(OneChat(toid=bob, msg="0"))
+    await chat_cluster.settle()
+    b.session.stall()
+    for i in range(1, 50):
+        await a.send(OneChat(toid=bob, msg=str(i)))
+    await chat_cluster.settle()
+    assert _texts(b) == ["0"]
+    assert b.session.closed_reason is None
+    b.session.stall(False)
+    await _until(lambda: len(_texts(b)) == 50, "the stalled reader never caught up")
+    await chat_cluster.settle()
+    assert _texts(b) == [str(i) for i in range(50)]
+
+
+async def test_a_session_that_ends_behind_leaves_the_rest_for_the_next_login(
+    chat_cluster: ChatCluster,
+) -> None:
+    """What a classic session was not handed when it ended comes at the next login, once."""
     node = await chat_cluster.node()
     alice = await node.register("alice")
     bob = await node.register("bob")
     a = await node.login(alice)
-    await a.send(OneChat(toid=bob, msg="first"))
+    b = await node.login(bob)
+    await a.send(OneChat(toid=bob, msg="had"))
     await chat_cluster.settle()
-
-    b = node.connect()
-    b.session.refusing = True
-    await b.send(Login(id=bob, password=PASSWORD))  # the answer (with "first") is refused
-    await a.send(OneChat(toid=bob, msg="second"))  # refused too: stored, then drained
+    b.session.stall()
+    await a.send(OneChat(toid=bob, msg="not had"))
     await chat_cluster.settle()
-    assert b.session.received == []
-    await b.close()  # only now does the transport report the closed connection
-
+    await b.close()
     ack = await node.connect().login(bob)
-    assert _offline_texts(ack) == ["first", "second"]
+    assert _offline_texts(ack) == ["not had"]
 
 
-async def test_periodic_sweep_delivers_a_message_whose_drain_notice_was_lost(
-    chat_cluster: ChatCluster,
-) -> None:
-    """A message stored for an online user with no DRAIN notice arrives with the next sweep."""
-    node = await chat_cluster.node(Policy(sweep_interval=0.05))
+async def test_device_resumes_after_its_last_ack(chat_cluster: ChatCluster) -> None:
+    """An acknowledging device gets cursors, and a later session resumes after its last Ack."""
+    node = await chat_cluster.node()
     alice = await node.register("alice")
     bob = await node.register("bob")
-    b = await node.login(bob)
-    # As if another node stored it while its notice could not be published.
-    payload = OneChat(toid=bob, msg="found by the sweep", id=alice, name="alice", mid="x-1")
-    await node.store.inner.store_messages([(bob, "x-1", msgspec.json.encode(payload))])
-    deadline = asyncio.get_running_loop().time() + 5
-    while "found by the sweep" not in _texts(b):
-        assert asyncio.get_running_loop().time() < deadline, "the sweep never delivered it"
-        await asyncio.sleep(0.02)
-    assert await chat_cluster.stored_for(bob) == []
+    a = await node.login(alice)
+    phone = node.connect()
+    ack = await phone.login(bob, device="phone")
+    assert ack.cursor == 0
+    for i in range(4):
+        await a.send(OneChat(toid=bob, msg=str(i)))
+    await chat_cluster.settle()
+    pushes = phone.session.of_type(OneChat)
+    assert [(p.msg, p.cursor) for p in pushes] == [("0", 1), ("1", 2), ("2", 3), ("3", 4)]
+    await phone.send(Ack(cursor=2))
+    await phone.close()
+
+    again = node.connect()
+    ack = await again.login(bob, device="phone")
+    await chat_cluster.settle()
+    assert ack.cursor == 2
+    assert ack.offlinemsg == []
+    assert [(p.msg, p.cursor) for p in again.session.of_type(OneChat)] == [("2", 3), ("3", 4)]
+
+
+async def test_ack_of_a_cursor_never_sent_is_refused(chat_cluster: ChatCluster) -> None:
+    """Acknowledging past what was sent, or without a device, is an error and moves nothing."""
+    node = await chat_cluster.node()
+    bob = await node.register("bob")
+    classic = await node.login(bob)
+    await classic.send(Ack(cursor=0))
+    phone = await node.login(bob, device="phone")
+    await phone.send(Ack(cursor=5))
+    for client in (classic, phone):
+        [error] = client.session.of_type(Error)
+        assert (error.errno, error.req) == (13, 130)
+
+
+async def test_retry_with_the_same_cid_is_answered_with_the_original(
+    chat_cluster: ChatCluster,
+) -> None:
+    """A client message id sent twice is stored and delivered once, and acked the same twice."""
+    first, second = await chat_cluster.node(), await chat_cluster.node()
+    alice = await first.register("alice")
+    bob = await first.register("bob")
+    a1 = await first.login(alice)
+    b = await second.login(bob)
+    await a1.send(OneChat(toid=bob, msg="once", cid="c-1", ref=1))
+    a2 = await second.login(alice)  # the retry comes from another connection and node
+    await a2.send(OneChat(toid=bob, msg="once", cid="c-1", ref=2))
+    await chat_cluster.settle()
+    [ack1] = a1.session.of_type(OneChatAck)
+    [ack2] = a2.session.of_type(OneChatAck)
+    assert ack1.errno == ack2.errno == 0
+    assert (ack1.mid, ack1.seq, ack1.time) == (ack2.mid, ack2.seq, ack2.time)
+    assert (ack1.ref, ack2.ref, ack2.cid) == (1, 2, "c-1")
+    assert _texts(b) == ["once"]
+    assert len(await chat_cluster.log_of(bob)) == 1
+
+
+async def test_periodic_sweep_finds_an_entry_nobody_announced(chat_cluster: ChatCluster) -> None:
+    """An entry in a user's log that no envelope announced reaches the user with the sweep."""
+    first = await chat_cluster.node(Policy(sweep_interval=0.05))
+    second = await chat_cluster.node()
+    alice = await first.register("alice")
+    bob = await first.register("bob")
+    b = await first.login(bob)
+    a = await second.login(alice)
+    chat_cluster.hub.down = True
+    await a.send(OneChat(toid=bob, msg="found by the sweep"))
+    await second.service.ctx.writer.flush()
+    chat_cluster.hub.down = False
+    second.service.ctx.delivery._unsent.clear()  # as if the republish were lost too
+    await _until(lambda: "found by the sweep" in _texts(b), "the sweep never delivered it")
+    assert _texts(b) == ["found by the sweep"]
