@@ -32,7 +32,14 @@ Design
   node and restart it, SIGKILL redis-server and restart it (same port, empty),
   and the buffer cut: ``CONFIG SET client-output-buffer-limit "pubsub 64kb 32kb
   1"``, SIGSTOP a node while traffic flows until Redis logs that it closed a
-  client for its output buffer, SIGCONT, restore the limit.
+  client for its output buffer, SIGCONT, restore the limit. The kernel's socket
+  buffers take megabytes before Redis' own buffer grows, so a *flooder* (one
+  more user, connected straight to another node) sends 7 KB messages to a
+  *victim* (an acknowledging user logged in straight on the stalled node; one
+  per node) until the cut; both are checked like everyone else. The nodes
+  share one SQLite file: a node stopped inside a write transaction stops every
+  commit, and then nothing is published and nothing can be cut; the buffer cut
+  then continues the node and stops it again a moment later.
 * After the traffic and the faults, wait (bounded) until every user is logged
   in and every acknowledged message has reached each of its recipients, then
   a little longer for late repeats, and check.
@@ -46,8 +53,11 @@ group but the sender): *lost* if the recipient never received it; a
 library dropped the pushes whose cursor it had already passed on: exactly
 once as the user sees it), or a classic client twice in one session, or again
 in a later session when the session that had it did not end by a SIGKILL of
-its node (the docs allow that one repeat: a classic cursor is persisted just
-after the write; counted apart as ``classic_repeats``); *reordered* when it
+its node. The protocol allows that one repeat (a classic cursor is persisted
+just after the write) and it is counted apart, as
+``classic_repeats_after_sigkill``; a node stopped with SIGTERM closes its
+connections itself and saves exact cursors, so nothing may be repeated after
+it. Which node served a session comes from nginx's access log. *reordered* when it
 arrives after a later one of the same conversation: per sender and recipient
 (the sender's counter) and per group (the ``seq`` of its acknowledgement).
 Also checked: pushes carry the real sender and target, the ``mid`` a
@@ -104,6 +114,8 @@ TEXT_LENGTH = (300, 800)
 FLOOD_TEXT = 7000
 FLOOD_MAX = 3000
 FLOOD_SECONDS = seconds(30)
+#: How many times the buffer cut stops its node again when nothing commits.
+STALL_ATTEMPTS = 5
 NODE_ARGS = ["--max-rate", "100000", "--max-burst", "100000"]
 
 #: Per-attempt bound on connecting and logging in, and how many attempts a
@@ -490,9 +502,7 @@ class Chaos:
         self.members: dict[int, list[int]] = {}
         self.agents: list[Agent] = []
         self.victims: list[Agent] = []
-        self.flooder = 0
-        self.flood_numbers = itertools.count(1)
-        self.flood_pending: Sent | None = None
+        self.flooder = Flooder(ledger)
         self.stop = asyncio.Event()
         self.traffic_done = asyncio.Event()
         self.faults: list[Fault] = []
@@ -565,66 +575,43 @@ class Chaos:
             await asyncio.sleep(rng.uniform(0.5, 2.0))
             await asyncio.to_thread(self.redis.start)
         elif kind == "buffer-cut":
-            victim = self.victims[index]
-            await _wait_for(lambda: victim.logged_in, seconds(15))
-            before = self._redis_cuts()
-            await self._redis_config(CUT_PUBSUB_LIMIT)
-            self._pause(index)
-            try:
-                flooded = await self._flood(index, victim, lambda: self._redis_cuts() > before)
-                await asyncio.sleep(rng.uniform(0.2, 1.0))  # more piles up in the log meanwhile
-            finally:
-                self._resume(index)
-            await self._redis_config(DEFAULT_PUBSUB_LIMIT)
-            cuts = self._redis_cuts() - before
-            self.buffer_cuts += cuts
-            fault.note = f"{flooded} flood messages, {cuts} subscriber(s) cut by redis"
+            fault.note = await self._buffer_cut(index, rng)
         fault.ended = time.monotonic()
 
-    async def _flood(self, index: int, victim: Agent, cut: Callable[[], bool]) -> int:
-        """From another node, send big messages to ``victim`` (on stalled node ``index``)
-        until ``cut()``, every one acknowledged (retried with its cid); the count sent."""
-        node = self.nodes[(index + 1) % NODES]
-        deadline = time.monotonic() + FLOOD_SECONDS
-        sent = 0
-        client: ChatClient | None = None
+    async def _buffer_cut(self, index: int, rng: random.Random) -> str:
+        """Stall node ``index`` while a flooder fills its subscriber's output buffer at
+        Redis (limit lowered meanwhile) until Redis cuts it; then let it go on.
+
+        The nodes share one SQLite file: a node stopped inside a write transaction
+        holds the database lock, and then nothing commits anywhere, nothing is
+        published and nothing can be cut. When the flood's messages are not
+        acknowledged, the node is continued and stopped again a moment later.
+        """
+        victim = self.victims[index]
+        await _wait_for(lambda: victim.logged_in, seconds(15))
+        flooder = self.flooder.towards(self.nodes[(index + 1) % NODES], victim.user_id)
+        before = self._redis_cuts()
+        await self._redis_config(CUT_PUBSUB_LIMIT)
+        stalls = 0
         try:
-            for _attempt in range(FLOOD_MAX * 2):
-                if self.flood_pending is None:
-                    if cut() or sent >= FLOOD_MAX or time.monotonic() > deadline:
-                        break
-                    n = next(self.flood_numbers)
-                    head = f"{self.flooder}:{n}:"
-                    text = head + "y" * (FLOOD_TEXT - len(head))
-                    key = (self.flooder, n)
-                    to = victim.user_id
-                    self.flood_pending = self.ledger.register(
-                        Sent(key, "", text, to, None, (to,), time.monotonic())
-                    )
-                    sent += 1
-                message = self.flood_pending
+            while stalls < STALL_ATTEMPTS:
+                stalls += 1
+                self._pause(index)
                 try:
-                    if client is None:
-                        client = await _within(ChatClient.connect(node.host, node.port), seconds(5))
-                        await _within(client.login(self.flooder, PASSWORD), LOGIN_TIMEOUT)
-                    message.attempts += 1
-                    answer = await _within(
-                        client.chat_acked(message.to or 0, message.text, cid=message.cid),
-                        ACK_TIMEOUT,
-                    )
-                except (OSError, TimeoutError):
-                    if client is not None:
-                        await client.close()
-                    client = None
-                    await asyncio.sleep(0.2)
-                    continue
-                self.ledger.acknowledged(message, answer.mid, answer.seq, time.monotonic())
-                self.flood_pending = None
+                    flowing = await flooder.flood(lambda: self._redis_cuts() > before)
+                    if flowing:
+                        await asyncio.sleep(rng.uniform(0.2, 1.0))  # more piles up meanwhile
+                finally:
+                    self._resume(index)
+                if flowing:
+                    break
+                await asyncio.sleep(rng.uniform(0.3, 1.0))
         finally:
-            if client is not None:
-                await client.close()
-        assert self.flood_pending is None, f"flood message {self.flood_pending} never acked"
-        return sent
+            await self._redis_config(DEFAULT_PUBSUB_LIMIT)
+            await flooder.finish()
+        cuts = self._redis_cuts() - before
+        self.buffer_cuts += cuts
+        return f"{flooder.sent} flood messages, {stalls} stall(s), {cuts} subscriber(s) cut"
 
     def _pause(self, index: int) -> None:
         self.paused.add(index)
@@ -639,6 +626,83 @@ class Chaos:
             self._resume(index)
 
 
+class Flooder:
+    """The flooding user: big messages, each acknowledged (retried with its cid)."""
+
+    def __init__(self, ledger: Ledger) -> None:
+        self.ledger = ledger
+        self.user_id = 0
+        self.numbers = itertools.count(1)
+        self.pending: Sent | None = None
+        self.node: NodeHandle | None = None
+        self.to = 0
+        self.sent = 0
+        self._client: ChatClient | None = None
+
+    def towards(self, node: NodeHandle, victim: int) -> "Flooder":
+        """Flood ``victim`` from ``node`` (directly, not through nginx)."""
+        self.node, self.to, self.sent = node, victim, 0
+        return self
+
+    async def flood(self, done: Callable[[], bool]) -> bool:
+        """Send until ``done()``, ``FLOOD_MAX`` or ``FLOOD_SECONDS``; False if the first
+        message was not acknowledged within a few seconds (nothing commits)."""
+        deadline = time.monotonic() + FLOOD_SECONDS
+        flowing = False
+        while time.monotonic() < deadline:
+            if self.pending is None:
+                if done() or self.sent >= FLOOD_MAX:
+                    break
+                self.pending = self._new()
+            limit = ACK_TIMEOUT if flowing else seconds(3)
+            if await self._send(min(limit, deadline - time.monotonic())):
+                flowing = True
+            elif not flowing:
+                return False
+        return flowing
+
+    async def finish(self) -> None:
+        """Get the message still unacknowledged (if any) acknowledged; then disconnect."""
+        deadline = time.monotonic() + seconds(60)
+        while self.pending is not None and time.monotonic() < deadline:
+            if not await self._send(ACK_TIMEOUT):
+                await asyncio.sleep(0.2)
+        if self._client is not None:
+            await self._client.close()
+            self._client = None
+        assert self.pending is None, f"flood message {self.pending.cid} never acknowledged"
+
+    def _new(self) -> Sent:
+        n = next(self.numbers)
+        head = f"{self.user_id}:{n}:"
+        text = head + "y" * (FLOOD_TEXT - len(head))
+        self.sent += 1
+        sent = Sent((self.user_id, n), "", text, self.to, None, (self.to,), time.monotonic())
+        return self.ledger.register(sent)
+
+    async def _send(self, limit: float) -> bool:
+        """Send the pending message once; True when it was acknowledged."""
+        message = self.pending
+        assert message is not None
+        assert message.to is not None
+        assert self.node is not None
+        try:
+            async with asyncio.timeout(max(limit, 0.1)):
+                if self._client is None or self._client.closed:
+                    self._client = await ChatClient.connect(self.node.host, self.node.port)
+                    await self._client.login(self.user_id, PASSWORD)
+                message.attempts += 1
+                answer = await self._client.chat_acked(message.to, message.text, cid=message.cid)
+        except (OSError, TimeoutError):
+            if self._client is not None:
+                await self._client.close()
+                self._client = None
+            return False
+        self.ledger.acknowledged(message, answer.mid, answer.seq, time.monotonic())
+        self.pending = None
+        return True
+
+
 # --- analysis ------------------------------------------------------------------------------
 
 
@@ -649,6 +713,9 @@ class Summary:
     expected: int = 0
     received: int = 0
     duplicates: int = 0
+    classic_in_session: int = 0
+    classic_later_session: int = 0
+    device_duplicates: int = 0
     lost: int = 0
     reordered: int = 0
     classic_repeats: int = 0
@@ -661,7 +728,9 @@ class Summary:
         return (
             f"chaos: sent={self.sent} acknowledged={self.acknowledged} "
             f"deliveries_expected={self.expected} received={self.received} "
-            f"duplicates={self.duplicates} lost={self.lost} reordered={self.reordered} "
+            f"duplicates={self.duplicates} (classic in one session {self.classic_in_session}, "
+            f"classic in a later session not after a SIGKILL {self.classic_later_session}, "
+            f"devices {self.device_duplicates}) lost={self.lost} reordered={self.reordered} "
             f"classic_repeats_after_sigkill={self.classic_repeats} "
             f"device_repeats_dropped_by_client={self.server_repeats_dropped} "
             f"cursor_gaps={self.cursor_gaps} mid_mismatches={self.mid_mismatches}"
@@ -695,7 +764,7 @@ def analyse(chaos: Chaos) -> Summary:
                 counts = Counter(session.received)
                 for key, count in counts.items():
                     if count > 1:
-                        summary.duplicates += count - 1
+                        summary.classic_in_session += count - 1
                         summary.details.append(
                             f"classic user {agent.user_id} got {key} {count} times in session "
                             f"{session.number} (node {session.node}, {session.end})"
@@ -707,18 +776,20 @@ def analyse(chaos: Chaos) -> Summary:
                     elif _killed_during(chaos, previous):
                         summary.classic_repeats += 1
                     else:
-                        summary.duplicates += 1
+                        summary.classic_later_session += 1
                         summary.details.append(
-                            f"classic user {agent.user_id} got {key} again in session "
-                            f"{session.number} after session {previous.number} "
-                            f"(node {previous.node}, ended: {previous.end})"
+                            f"classic user {agent.user_id} got {key} "
+                            f"(mid {ledger.sent[key].mid}) again in session {session.number} "
+                            f"after session {previous.number} on node {previous.node} ended at "
+                            f"{_at(chaos, previous.ended)} ({previous.end}); faults then: "
+                            f"{_faults_near(chaos, previous.ended, 2)}"
                         )
                     last_session_of[key] = session
         else:
             all_keys = [key for session in agent.sessions for key in session.received]
             for key, count in Counter(all_keys).items():
                 if count > 1:
-                    summary.duplicates += count - 1
+                    summary.device_duplicates += count - 1
                     summary.details.append(
                         f"device of user {agent.user_id} got {key} {count} times"
                     )
@@ -734,6 +805,9 @@ def analyse(chaos: Chaos) -> Summary:
                     )
         summary.received += len(first_seen)
         summary.reordered += _reorders(agent, first_seen, ledger, summary.details)
+    summary.duplicates = (
+        summary.classic_in_session + summary.classic_later_session + summary.device_duplicates
+    )
     for message in acked:
         for recipient in message.recipients:
             if message.key not in ledger.seen[recipient]:
@@ -748,6 +822,20 @@ def analyse(chaos: Chaos) -> Summary:
                 f"{key} to {recipient}: pushed with mid(s) {sorted(mids)}, acked {message.mid}"
             )
     return summary
+
+
+def _at(chaos: Chaos, moment: float | None) -> str:
+    return "?" if moment is None else f"{moment - chaos.ledger.t0:.2f}s"
+
+
+def _faults_near(chaos: Chaos, moment: float | None, margin: float) -> list[str]:
+    if moment is None:
+        return []
+    return [
+        f"{f.kind}@{f.target} {_at(chaos, f.started)}-{_at(chaos, f.ended)} {f.note}".strip()
+        for f in chaos.faults
+        if f.started - margin <= moment <= f.ended + margin
+    ]
 
 
 def _reorders(agent: Agent, keys: list[Key], ledger: Ledger, details: list[str]) -> int:
@@ -780,11 +868,7 @@ def _describe_loss(chaos: Chaos, message: Sent, recipient: int) -> str:
     kind = "classic" if agent.classic else "device"
     t0 = chaos.ledger.t0
     acked = (message.acked_at or t0) - t0
-    near = [
-        f"{f.kind}@{f.target} {f.started - t0:.1f}-{f.ended - t0:.1f}s"
-        for f in chaos.faults
-        if f.started - 5 <= (message.acked_at or 0) <= f.ended + 5
-    ]
+    near = _faults_near(chaos, message.acked_at, 5)
     sessions = [
         f"#{s.number} node {s.node} {s.started - t0:.1f}-"
         f"{(s.ended or time.monotonic()) - t0:.1f}s ({s.end or 'open'})"
@@ -828,7 +912,7 @@ async def _setup_users(chaos: Chaos, rng: random.Random) -> None:
             assert answer.id is not None
             ids.append(answer.id)
     chaos.user_ids = ids[:USERS]
-    victims, chaos.flooder = ids[USERS : USERS + NODES], ids[-1]
+    victims, chaos.flooder.user_id = ids[USERS : USERS + NODES], ids[-1]
     classic = set(chaos.user_ids[: USERS // 2])
     group_members = [rng.sample(chaos.user_ids, GROUP_SIZE) for _ in range(GROUPS)]
     for number, members in enumerate(group_members):

@@ -549,7 +549,11 @@ class ChatClient:
         self._check_open()
         future: asyncio.Future[Message] = self._loop.create_future()
         self._waiting.setdefault(key, deque()).append((future, on_answer))
-        await self._send(request)
+        try:
+            await self._send(request)
+        except BaseException:
+            _discard(future)  # it keeps its place: a late answer is still consumed
+            raise
         return await future
 
     async def _request(self, request: Message, answer_type: type[_A], check: bool) -> _A:
@@ -567,7 +571,11 @@ class ChatClient:
         future: asyncio.Future[Message] = self._loop.create_future()
         self._chat_waiting[key] = future
         try:
-            await self._send(request)
+            try:
+                await self._send(request)
+            except BaseException:
+                _discard(future)
+                raise
             reply = await future
         finally:
             if self._chat_waiting.get(key) is future:
@@ -714,6 +722,18 @@ class ChatClient:
                 future.set_exception(failure)
         self._chat_waiting.clear()
         self._events.put_nowait(None)
+
+
+def _discard(future: asyncio.Future[Message]) -> None:
+    """Give up a request's future that nobody will await (its request was not sent whole).
+
+    A result or failure already set (the connection ended meanwhile) is read, so
+    that asyncio does not report a "never retrieved" exception.
+    """
+    if not future.done():
+        future.cancel()
+    elif not future.cancelled():
+        future.exception()
 
 
 def _errmsg(answer: Answer) -> str:
