@@ -382,7 +382,10 @@ class Agent:
             except (OSError, TimeoutError) as exc:
                 self.login_failures[type(exc).__name__] += 1
             if client is not None:
+                address = client.local_address
                 await client.close()
+                if address is not None and self.direct is None:
+                    chaos.failed_attempts.append((time.monotonic(), address[1], None))
             if chaos.stop.is_set() and attempt > 3:
                 break
             await asyncio.sleep(min(1.0, 0.05 * 2**attempt) * (0.5 + self.rng.random()))
@@ -502,6 +505,7 @@ class Chaos:
         self.members: dict[int, list[int]] = {}
         self.agents: list[Agent] = []
         self.victims: list[Agent] = []
+        self.failed_attempts: list[tuple[float, int, Session | None]] = []
         self.flooder = Flooder(ledger)
         self.stop = asyncio.Event()
         self.traffic_done = asyncio.Event()
@@ -936,6 +940,33 @@ async def _setup_users(chaos: Chaos, rng: random.Random) -> None:
         chaos.agents.append(victim)
 
 
+def _place_sessions(chaos: Chaos) -> None:
+    """Set each session's node from nginx's access log (every connection is closed).
+
+    nginx logs a session when it ends; a client port comes again only after its
+    previous connection ended, so per port, nginx's order is the order in which
+    our connections through it (sessions and failed login attempts) ended.
+    """
+    ours: list[tuple[float, int, Session | None]] = list(chaos.failed_attempts)
+    for agent in chaos.agents:
+        if agent.direct is None:
+            ours += [(s.ended or 0.0, s.local_port, s) for s in agent.sessions if s.local_port]
+    wanted = Counter(port for _, port, _ in ours)
+    by_port: defaultdict[int, list[tuple[str, int] | None]] = defaultdict(list)
+    deadline = time.monotonic() + seconds(5)
+    while True:
+        by_port.clear()
+        for port, address in chaos.front.sessions():
+            by_port[port].append(address)
+        if all(len(by_port[p]) >= n for p, n in wanted.items()) or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    for _, port, session in sorted(ours, key=lambda item: item[0]):
+        address = by_port[port].pop(0) if by_port[port] else None
+        if session is not None and address is not None:
+            session.node = chaos.node_of(address[1])
+
+
 async def _wait_for(condition: Callable[[], bool], limit: float) -> bool:
     """Poll ``condition`` until it holds or ``limit`` seconds pass; its last value."""
     deadline = time.monotonic() + limit
@@ -1020,20 +1051,7 @@ async def test_every_acknowledged_message_arrives_once_in_order_through_chaos(
 
     for agent_task in agent_tasks:
         agent_task.result()
-    # Every connection is closed: nginx has logged which node served each.
-    sessions_by_port: dict[int, tuple[str, int]] = {}
-
-    def logged() -> bool:
-        sessions_by_port.update(front.sessions())
-        ports = [s.local_port for a in chaos.agents for s in a.sessions]
-        return all(p in sessions_by_port for p in ports if p is not None)
-
-    await _wait_for(logged, seconds(5))
-    for agent in chaos.agents:
-        for session in agent.sessions:
-            if session.local_port in sessions_by_port:
-                session.node = chaos.node_of(sessions_by_port[session.local_port][1])
-
+    await asyncio.to_thread(_place_sessions, chaos)
     summary = analyse(chaos)
     t0 = ledger.t0
     fault_list = [f"{f.kind}@{f.target} {f.started - t0:.1f}s {f.note}" for f in chaos.faults]

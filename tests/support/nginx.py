@@ -44,14 +44,14 @@ class NginxHandle:
         """The stream access log (written only with ``access_log=True``)."""
         return self.prefix / "stream-access.log"
 
-    def sessions(self) -> dict[int, tuple[str, int]]:
-        """Finished TCP sessions of the access log: client port -> node address.
+    def sessions(self) -> list[tuple[int, tuple[str, int] | None]]:
+        """Finished TCP sessions of the access log, in the order they ended:
+        (client port, node address).
 
         The node is the last upstream nginx tried (the one that took the
-        connection); sessions that reached no node are left out. A client port
-        used twice maps to its latest session.
+        connection), None for a session that reached no node.
         """
-        result: dict[int, tuple[str, int]] = {}
+        result: list[tuple[int, tuple[str, int] | None]] = []
         if not self.access_log.exists():
             return result
         for line in self.access_log.read_text().splitlines():
@@ -61,8 +61,8 @@ class NginxHandle:
             # Upstreams tried in turn are listed "a, b": the last one took it.
             last = fields[3].split(",")[-1].strip()
             host, _, port = last.rpartition(":")
-            if host and port.isdigit():
-                result[int(fields[0])] = (host, int(port))
+            node = (host, int(port)) if host and port.isdigit() else None
+            result.append((int(fields[0]), node))
         return result
 
     def stop(self) -> None:
