@@ -132,7 +132,7 @@ QUIESCENCE = seconds(60)
 #: ...and how long to keep listening for late repeats after that.
 SETTLE = seconds(2)
 
-TEST_TIMEOUT = int(seconds(60 + TRAFFIC_DEADLINE + QUIESCENCE + 60))
+TEST_TIMEOUT = int(seconds(120) + TRAFFIC_DEADLINE + QUIESCENCE)
 
 REDIS_CUT_LINE = "for overcoming of output buffer limits"
 DEFAULT_PUBSUB_LIMIT = "pubsub 32mb 8mb 60"
