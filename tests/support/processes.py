@@ -11,7 +11,14 @@ from pathlib import Path
 
 from clusterchat.cluster.processes import Child
 
-__all__ = ["assert_stopped", "group_gone", "pid_gone", "process_state", "wait_until"]
+__all__ = [
+    "assert_stopped",
+    "group_gone",
+    "memory_kib",
+    "pid_gone",
+    "process_state",
+    "wait_until",
+]
 
 
 def process_state(pid: int) -> str | None:
@@ -22,6 +29,25 @@ def process_state(pid: int) -> str | None:
         return None
     # The command name is in parentheses and may contain spaces: split after it.
     return stat.rsplit(")", 1)[1].split()[0]
+
+
+def memory_kib(pid: int, field: str = "VmRSS") -> int | None:
+    """A memory figure of ``pid`` in KiB from /proc/<pid>/status, or None if it is gone.
+
+    Args:
+        pid: The process.
+        field: The line to read: ``VmRSS`` (resident set), ``VmHWM`` (its peak),
+            ``RssAnon``...
+    """
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    for line in status.splitlines():
+        name, _, value = line.partition(":")
+        if name == field:
+            return int(value.split()[0])
+    return None
 
 
 def pid_gone(pid: int) -> bool:

@@ -2,9 +2,11 @@
 
 Contract (every implementation, checked by tests/contract/test_bus.py):
 
-* ``publish(channel, payload)`` returns how many nodes received the payload.
-  **0, or an exception (``BusError``), means nobody got it: the caller must
-  store the message** (ARCHITECTURE.md rule 4). A node subscribed to the
+* ``publish(channel, payload)`` returns how many nodes the backend handed
+  the payload to, or fails with ``BusError``. Delivery is at most once: a
+  receiver may still lose it (Redis cuts a slow subscriber, a node dies), so
+  callers treat the bus as a fast path and keep the truth elsewhere (the
+  service's log, ARCHITECTURE.md delivery rule 2). A node subscribed to the
   channel receives its own publications too; the caller tells them apart.
 * ``subscribe`` / ``unsubscribe`` never raise because the backend is down;
   while it is down they only take effect once it is back.
@@ -14,8 +16,8 @@ Contract (every implementation, checked by tests/contract/test_bus.py):
 * After an outage (connection lost, or the liveness probe saw nothing), the
   bus reconnects with back-off, subscribes to ``BusHandler.bus_channels()``
   (the node's session registry is the truth, not the bus's memory), and then
-  calls ``BusHandler.on_bus_restored()``, so the node can drain what was
-  stored meanwhile.
+  calls ``BusHandler.on_bus_restored()``, so the node can read what it may
+  have missed meanwhile.
 
 Channel names here are bare (``user:42``); an implementation adds its own
 prefix so that several clusters can share one backend.
@@ -29,7 +31,7 @@ __all__ = ["Bus", "BusError", "BusHandler"]
 
 
 class BusError(Exception):
-    """A publish did not reach the backend; the caller must store the message."""
+    """A publish did not reach the backend: no node received it."""
 
 
 class BusHandler(Protocol):
@@ -42,7 +44,7 @@ class BusHandler(Protocol):
         """The channels this node must be subscribed to right now."""
 
     def on_bus_restored(self) -> None:
-        """The bus is back after an outage and resubscribed; drain stored messages."""
+        """The bus is back after an outage and resubscribed; read what was missed."""
 
 
 class Bus(Protocol):

@@ -16,7 +16,7 @@ Two Redis clients, never a 100-connection pool (docs: FIELD-NOTES "redis-py"):
   event-loop turn goes to Redis as one pipeline (``transaction=False``) over
   one connection, without delaying a lone publication; each caller gets its
   own PUBLISH reply (the receiver count). If the round trip fails, every
-  publish of that batch raises ``BusError`` (the caller stores the message)
+  publish of that batch raises ``BusError`` (the caller announces it again later)
   and the client is dropped (``aclose()``); the next batch connects afresh.
 
 **Reconnects are ours, not redis-py's.** We never use redis-py's ``PubSub``
@@ -33,7 +33,7 @@ so every new subscriber connection passes through one place, the
 3. run the liveness probe once (below); only when it succeeds is the
    connection "verified";
 4. if this connection follows an outage, call ``handler.on_bus_restored()``
-   exactly once (the node drains its undelivered store);
+   exactly once (the node reads what it may have missed from its log);
 5. keep probing every ``probe_interval``; the session ends when the listener
    sees an error or EOF (Redis restarted, or disconnected us for an
    over-full output buffer, ``client-output-buffer-limit pubsub``), when a
@@ -65,13 +65,14 @@ so a probe that comes back proves every SUBSCRIBE was processed.
 Redis is down or frozen. A frozen or silent subscriber is detected within
 ``probe_interval + probe_timeout``.
 
-**Known limits.** PUBLISH counts receivers at the moment Redis queues the
-message; if Redis then disconnects the subscriber (output buffer limit) or the
-subscriber's node dies before reading it, the message is lost although the
-count was 1 (pub/sub is at-most-once; a per-user log is the cure). A Redis
-freeze shorter than ``probe_interval + probe_timeout`` can fail another
-node's publishes without this node noticing, so its restore (and drain) does
-not run for those stored messages until the user's next login.
+**Known limits.** Pub/sub is at most once: PUBLISH counts receivers when
+Redis queues the message; if Redis then disconnects the subscriber (output
+buffer limit) or the subscriber's node dies before reading it, the payload is
+gone although the count was 1. The service does not rely on it (its log is
+the truth; every lost connection ends in ``on_bus_restored``). A Redis freeze
+shorter than ``probe_interval + probe_timeout`` can fail another node's
+publishes without this node noticing; that node announces them again when
+its publishes work, and the service's periodic sweep is the last resort.
 ``sharded=True`` uses SPUBLISH/SSUBSCRIBE over a single connection: right for
 standalone Redis >= 7 and single-shard clusters; routing each channel to the
 shard that owns its slot is not implemented.

@@ -153,7 +153,9 @@ stream {{
     }}
 
     server {{
-        listen {_address(listen)};
+        # A bounded kernel send buffer toward clients bounds what a dying
+        # connection can take with it (docs/delivery.md, classic sessions).
+        listen {_address(listen)} sndbuf=64k;
         proxy_pass clusterchat_tcp;
         proxy_connect_timeout {_CONNECT_TIMEOUT};
         # Idle timeout, both directions: a quiet chat client must not be cut.

@@ -119,7 +119,7 @@ async def login(ctx: Context, state: SessionState, request: Login) -> None:
     if stored:
         feed.mark_written(stored[-1].pos)
         ctx.cursors.moved(feed)
-    log.info("user %d logged in (%s)", user.id, state.session.peer)
+    log.info("user %d logged in on node %s (%s)", user.id, ctx.node_id, state.session.peer)
     # An acknowledging device gets everything after its cursor as pushes.
     feed.start(must_read=request.device is not None or len(stored) >= ctx.policy.offline_batch)
 

@@ -33,8 +33,8 @@ class Policy:
         cursor_interval: Seconds between two saves of the cursors that moved.
         read_batch: Log entries read per query when a session catches up.
         append_batch: Most messages appended in one transaction.
-        max_pending: Accepted messages waiting for their append above which
-            the node stops reading from senders (back-pressure).
+        max_pending: Bytes of accepted messages waiting for their append
+            above which the node stops reading from senders (back-pressure).
     """
 
     single_session: bool = False
@@ -43,7 +43,7 @@ class Policy:
     cursor_interval: float = 0.05
     read_batch: int = 500
     append_batch: int = 2000
-    max_pending: int = 20_000
+    max_pending: int = 8 * 1024 * 1024
 
 
 @dataclass(slots=True)

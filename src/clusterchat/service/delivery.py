@@ -51,6 +51,7 @@ class Delivery:
         # user id -> the latest envelope for that user whose publish failed.
         self._unsent: dict[int, bytes] = {}
         self._republish: asyncio.TimerHandle | None = None
+        self._restores: set[asyncio.Task[None]] = set()
 
     # --- sending --------------------------------------------------------------------
 
@@ -100,8 +101,15 @@ class Delivery:
                     state.feed.poke()
 
     def restored(self) -> None:
-        """The bus is back (after an outage or a cut): read every local log, resend failures."""
-        self.poke(self._registry.users())
+        """The bus is back (after an outage or a cut): catch up every local feed, resend failures.
+
+        One query per 500 users finds the feeds that are behind their log's
+        head; only those read their log.
+        """
+        task = asyncio.get_running_loop().create_task(self.sweep(), name="clusterchat-restore")
+        self._restores.add(task)
+        task.add_done_callback(self._restores.discard)
+        task.add_done_callback(_log_failure)
         if self._unsent:
             if self._republish is not None:
                 self._republish.cancel()
@@ -130,6 +138,13 @@ class Delivery:
             self._republish = None
         if self._inflight:
             await asyncio.wait(list(self._inflight), timeout=5)
+        if self._restores:
+            await asyncio.wait(list(self._restores), timeout=5)
+
+
+def _log_failure(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and (exc := task.exception()) is not None:
+        log.error("catching up after the bus came back failed; the sweep retries", exc_info=exc)
 
 
 def _ignore_result(future: asyncio.Future[int]) -> None:

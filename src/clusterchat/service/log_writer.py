@@ -8,10 +8,12 @@ commits, each message's callback runs (the sender's ack, the pushes), in
 submission order.
 
 A failing database is retried with back-off; the batch waits in memory and its
-senders get no ack meanwhile. ``full`` tells the service to stop taking new
-messages (the transport then stops reading from the senders: back-pressure,
-never loss). Messages not committed when the node dies were never
-acknowledged: a sender that retries with its ``cid`` gets them stored once.
+senders get no ack meanwhile. ``full`` (the bodies waiting add up to
+``max_pending`` bytes) tells the service to stop taking new messages: the
+transport then stops reading from the senders (back-pressure, never loss),
+so what a node holds for appends is bounded in bytes, whatever the senders
+do. Messages not committed when the node dies were never acknowledged: a
+sender that retries with its ``cid`` gets them stored once.
 """
 
 import asyncio
@@ -33,8 +35,8 @@ class LogWriter:
     Args:
         store: The log.
         max_batch: Most messages in one transaction.
-        max_pending: Submitted but not yet committed messages above which
-            ``full`` is True.
+        max_pending: Bytes of message bodies submitted but not yet committed
+            above which ``full`` is True.
     """
 
     def __init__(self, store: MessageLog, *, max_batch: int, max_pending: int) -> None:
@@ -42,6 +44,7 @@ class LogWriter:
         self._max_batch = max_batch
         self._max_pending = max_pending
         self._queue: list[tuple[NewMessage, Committed]] = []
+        self._pending = 0
         self._task: asyncio.Task[None] | None = None
         self._room = asyncio.Event()
         self._room.set()
@@ -51,7 +54,7 @@ class LogWriter:
 
     @property
     def full(self) -> bool:
-        return len(self._queue) >= self._max_pending
+        return self._pending >= self._max_pending
 
     async def room(self) -> None:
         """Wait until ``full`` is False."""
@@ -62,6 +65,7 @@ class LogWriter:
     def submit(self, message: NewMessage, committed: Committed) -> None:
         """Append ``message``; call ``committed`` with the outcome once it is in the log."""
         self._queue.append((message, committed))
+        self._pending += len(message.body)
         if self._task is None:
             self._task = asyncio.get_running_loop().create_task(self._run())
 
@@ -85,6 +89,7 @@ class LogWriter:
                     delay = min(delay * 2, 2.0)
                     continue
                 delay = 0.05
+                self._pending -= sum(len(message.body) for message, _ in batch)
                 if not self.full:
                     self._room.set()
                 for (_, committed), result in zip(batch, results, strict=True):

@@ -82,7 +82,7 @@ async def _query_recipients(
 def _others(state: SessionState, group_id: int, members: frozenset[int]) -> tuple[int, ...]:
     if state.user_id not in members:
         raise ChatError(ErrorCode.NOT_A_MEMBER, f"you are not a member of group {group_id}")
-    return tuple(sorted(m for m in members if m != state.user_id))
+    return tuple(m for m in members if m != state.user_id)
 
 
 def _submit(

@@ -7,19 +7,19 @@ from sqlalchemy import (
     Column,
     DateTime,
     ForeignKey,
+    ForeignKeyConstraint,
     Index,
     Integer,
     LargeBinary,
     MetaData,
     String,
     Table,
-    UniqueConstraint,
     func,
+    text,
 )
 
 __all__ = [
     "chat_groups",
-    "conversations",
     "cursors",
     "friends",
     "group_members",
@@ -40,7 +40,6 @@ users = Table(
     Column("id", Integer, primary_key=True, autoincrement=True),
     Column("name", String(64), nullable=False, unique=True),
     Column("password_hash", String(255), nullable=False),
-    Column("log_head", BigInteger, nullable=False, default=0, server_default="0"),
     Column("created_at", DateTime, nullable=False, server_default=func.now()),
     **_MYSQL,
 )
@@ -76,24 +75,35 @@ group_members = Table(
 # --- the message log (docs/delivery.md) ------------------------------------------------
 #
 # ``messages`` holds each accepted message once (its body is the push as written
-# to clients); ``inbox`` is every recipient's log: one small row per recipient
-# and message, at consecutive positions (``users.log_head`` is the last one
-# given). ``conversations`` numbers the messages of each pair or group (``seq``).
+# to clients), keyed by its conversation (pair or group) and its number there
+# (``seq``); ``inbox`` is every recipient's log: one small row per recipient and
+# message, at consecutive positions. Both numbers are read as the max of their
+# primary key, so an append writes no counter rows, and on SQLite each table
+# is one B-tree (WITHOUT ROWID): a one-to-one message costs two B-tree inserts.
 # ``cursors`` remembers how far each device of a user has read its log.
 
 messages = Table(
     "messages",
     metadata,
-    Column("mid", String(64), primary_key=True),
-    Column("conversation", String(32), nullable=False),
-    Column("seq", BigInteger, nullable=False),
+    Column("conversation", String(32), primary_key=True),
+    Column("seq", BigInteger, primary_key=True, autoincrement=False),
+    Column("mid", String(64), nullable=False),
     Column("sender_id", Integer, ForeignKey("users.id"), nullable=False),
     Column("cid", String(64), nullable=True),
     Column("time", String(19), nullable=False),
     Column("body", LargeBinary, nullable=False),
     Column("created_at", DateTime, nullable=False, server_default=func.now()),
-    UniqueConstraint("conversation", "seq", name="uq_messages_conversation_seq"),
-    UniqueConstraint("sender_id", "cid", name="uq_messages_sender_cid"),
+    # Only messages that carry a client id are indexed by it (MySQL, which has
+    # no partial index, indexes every row; its NULLs never collide).
+    Index(
+        "uq_messages_sender_cid",
+        "sender_id",
+        "cid",
+        unique=True,
+        sqlite_where=text("cid IS NOT NULL"),
+        postgresql_where=text("cid IS NOT NULL"),
+    ),
+    sqlite_with_rowid=False,
     **_MYSQL,
 )
 
@@ -102,15 +112,12 @@ inbox = Table(
     metadata,
     Column("user_id", Integer, ForeignKey("users.id"), primary_key=True),
     Column("pos", BigInteger, primary_key=True, autoincrement=False),
-    Column("mid", String(64), ForeignKey("messages.mid"), nullable=False),
-    **_MYSQL,
-)
-
-conversations = Table(
-    "conversations",
-    metadata,
-    Column("key", String(32), primary_key=True),
-    Column("last_seq", BigInteger, nullable=False),
+    Column("conversation", String(32), nullable=False),
+    Column("seq", BigInteger, nullable=False),
+    ForeignKeyConstraint(
+        ["conversation", "seq"], ["messages.conversation", "messages.seq"], name="fk_inbox_message"
+    ),
+    sqlite_with_rowid=False,
     **_MYSQL,
 )
 

@@ -2,11 +2,13 @@
 
 One implementation for every dialect; they differ only by URL:
 
-* ``sqlite:///path.db`` (default; driver aiosqlite). WAL journal and a busy
-  timeout make it safe for several node processes on one machine; every write
-  is a single autocommitted statement or a write-only transaction, so SQLite
-  never has to upgrade a read lock (which would fail with "database is locked"
-  instead of waiting).
+* ``sqlite:///path.db`` (default; driver aiosqlite for reads and the rare
+  account writes). WAL journal and a busy timeout make it safe for several
+  node processes on one machine. The log's writes (appends, cursors) run in
+  one writer thread per node (``sqlite_writer.py``): whole transactions
+  without a visit to the event loop, queued across processes on a file lock.
+  The other writes are single autocommitted statements or write-only
+  transactions, so SQLite never has to upgrade a read lock.
 * ``postgresql://...`` (driver asyncpg) and ``mysql://...`` (driver aiomysql)
   for clusters spanning machines.
 
@@ -14,18 +16,16 @@ All SQL is built by SQLAlchemy with bound parameters; nothing is formatted
 into query text.
 """
 
-from collections import Counter
-from collections.abc import Iterable, Sequence
-from typing import Any
+from collections.abc import Callable, Iterable, Sequence
+from functools import partial
+from typing import Any, TypeVar
 
-from sqlalchemy import Executable, bindparam, event, func, insert, select, update
-from sqlalchemy.dialects.mysql import insert as mysql_insert
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy import Connection, event, insert, select
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
+from clusterchat.store import log_sql
 from clusterchat.store.base import (
     Appended,
     Group,
@@ -38,7 +38,6 @@ from clusterchat.store.base import (
 )
 from clusterchat.store.schema import (
     chat_groups,
-    conversations,
     cursors,
     friends,
     group_members,
@@ -47,6 +46,9 @@ from clusterchat.store.schema import (
     metadata,
     users,
 )
+from clusterchat.store.sqlite_writer import SqliteWriter
+
+T = TypeVar("T")
 
 __all__ = ["SqlStore", "async_url"]
 
@@ -87,16 +89,20 @@ class SqlStore:
     def __init__(self, url: str, *, echo: bool = False) -> None:
         self.url = async_url(url)
         self._engine: AsyncEngine = create_async_engine(self.url, echo=echo, pool_pre_ping=True)
-        self._sqlite = self._engine.dialect.name == "sqlite"
-        if self._sqlite:
+        self._writer: SqliteWriter | None = None
+        if self._engine.dialect.name == "sqlite":
             event.listen(self._engine.sync_engine, "connect", _sqlite_pragmas)
-        self._cursor_upsert = _cursor_upsert(self._engine.dialect.name)
+            path = make_url(url).database
+            if path and path != ":memory:":
+                self._writer = SqliteWriter(f"sqlite:///{path}", path, _sqlite_pragmas)
 
     async def create_schema(self) -> None:
         async with self._engine.begin() as conn:
             await conn.run_sync(metadata.create_all)
 
     async def close(self) -> None:
+        if self._writer is not None:
+            await self._writer.close()
         await self._engine.dispose()
 
     # --- users ---------------------------------------------------------------------
@@ -232,13 +238,7 @@ class SqlStore:
             return []
         for attempt in range(1, _APPEND_ATTEMPTS + 1):
             try:
-                async with self._engine.begin() as conn:
-                    if self._sqlite:
-                        # Take the write lock first: this transaction reads
-                        # before it writes, and a deferred SQLite transaction
-                        # cannot upgrade to a writer once another committed.
-                        await conn.exec_driver_sql("BEGIN IMMEDIATE")
-                    return await _append(conn, batch)
+                return await self._write(partial(log_sql.append, batch=batch))
             except IntegrityError:
                 # Two nodes created the same new conversation at once, or
                 # stored the same (sender, cid): the retry sees their rows.
@@ -249,7 +249,10 @@ class SqlStore:
     async def read(self, user_id: int, after: int, limit: int) -> list[LogEntry]:
         query = (
             select(inbox.c.pos, messages.c.body)
-            .join(messages, messages.c.mid == inbox.c.mid)
+            .join(
+                messages,
+                (messages.c.conversation == inbox.c.conversation) & (messages.c.seq == inbox.c.seq),
+            )
             .where(inbox.c.user_id == user_id, inbox.c.pos > after)
             .order_by(inbox.c.pos)
             .limit(limit)
@@ -262,14 +265,13 @@ class SqlStore:
         ids = list(user_ids)
         if not ids:
             return {}
-        found: dict[int, int] = {}
         async with self._engine.connect() as conn:
+            known: set[int] = set()
             for start in range(0, len(ids), _IN_BATCH):
-                query = select(users.c.id, users.c.log_head).where(
-                    users.c.id.in_(ids[start : start + _IN_BATCH])
-                )
-                found.update((row.id, row.log_head) for row in await conn.execute(query))
-        return found
+                query = select(users.c.id).where(users.c.id.in_(ids[start : start + _IN_BATCH]))
+                known.update(row.id for row in await conn.execute(query))
+            last = await conn.run_sync(log_sql.last_positions, sorted(known))
+        return {user_id: last.get(user_id, 0) for user_id in known}
 
     async def load_cursors(self, user_id: int) -> dict[str, int]:
         query = select(cursors.c.device, cursors.c.pos).where(cursors.c.user_id == user_id)
@@ -277,200 +279,19 @@ class SqlStore:
             return {row.device: row.pos for row in await conn.execute(query)}
 
     async def save_cursors(self, items: Sequence[tuple[int, str, int]]) -> None:
-        latest: dict[tuple[int, str], int] = {}
-        for user_id, device, pos in items:
-            key = (user_id, device)
-            latest[key] = max(pos, latest.get(key, 0))
-        if not latest:
-            return
-        rows = [
-            {"user_id": user_id, "device": device, "pos": pos}
-            for (user_id, device), pos in sorted(latest.items())
-        ]
+        if items:
+            await self._write(partial(log_sql.save_cursors, items=items))
+
+    async def _write(self, work: Callable[[Connection], T]) -> T:
+        """Run ``work`` in one write transaction (on SQLite, in the writer thread)."""
+        if self._writer is not None:
+            return await self._writer.run(work)
         async with self._engine.begin() as conn:
-            await conn.execute(self._cursor_upsert, rows)
+            return await conn.run_sync(work)
 
 
 _APPEND_ATTEMPTS = 3
 _IN_BATCH = 500
-
-
-def _cursor_upsert(dialect: str) -> Executable:
-    """INSERT a cursor, or move an existing one forward (never back)."""
-    if dialect == "sqlite":
-        lite = sqlite_insert(cursors)
-        return lite.on_conflict_do_update(
-            index_elements=[cursors.c.user_id, cursors.c.device],
-            set_={"pos": func.max(cursors.c.pos, lite.excluded.pos)},
-        )
-    if dialect == "postgresql":
-        pg = pg_insert(cursors)
-        return pg.on_conflict_do_update(
-            index_elements=[cursors.c.user_id, cursors.c.device],
-            set_={"pos": func.greatest(cursors.c.pos, pg.excluded.pos)},
-        )
-    if dialect in ("mysql", "mariadb"):
-        my = mysql_insert(cursors)
-        return my.on_duplicate_key_update(pos=func.greatest(cursors.c.pos, my.inserted.pos))
-    raise ValueError(f"no cursor upsert for the {dialect} dialect")
-
-
-async def _append(conn: AsyncConnection, batch: Sequence[NewMessage]) -> list[Appended]:
-    """One batch, inside a write transaction (see ``SqlStore.append``)."""
-    originals = await _originals(conn, batch)
-    fresh: list[NewMessage] = []
-    # For each message: an Appended (a duplicate) or the index of a fresh one.
-    slots: list[Appended | int] = []
-    index_of: dict[tuple[int, str], int] = {}
-    for message in batch:
-        key = None if message.cid is None else (message.sender_id, message.cid)
-        if key is not None and key in originals:
-            slots.append(originals[key])
-        elif key is not None and key in index_of:
-            slots.append(-1 - index_of[key])  # a repeat inside this batch
-        else:
-            if key is not None:
-                index_of[key] = len(fresh)
-            slots.append(len(fresh))
-            fresh.append(message)
-
-    positions = await _allocate_positions(conn, fresh)
-    seqs = await _allocate_seqs(conn, fresh)
-    if fresh:
-        await conn.execute(
-            insert(messages),
-            [
-                {
-                    "mid": m.mid,
-                    "conversation": m.conversation,
-                    "seq": seq,
-                    "sender_id": m.sender_id,
-                    "cid": m.cid,
-                    "time": m.time,
-                    "body": m.body,
-                }
-                for m, seq in zip(fresh, seqs, strict=True)
-            ],
-        )
-        entries = [
-            {"user_id": user_id, "pos": pos, "mid": m.mid}
-            for m, placed in zip(fresh, positions, strict=True)
-            for user_id, pos in placed
-        ]
-        if entries:
-            await conn.execute(insert(inbox), entries)
-
-    done = [
-        Appended(m.mid, seq, m.time, m.body, placed)
-        for m, seq, placed in zip(fresh, seqs, positions, strict=True)
-    ]
-    results: list[Appended] = []
-    for slot in slots:
-        if isinstance(slot, Appended):
-            results.append(slot)
-        elif slot >= 0:
-            results.append(done[slot])
-        else:
-            first = done[-1 - slot]
-            results.append(Appended(first.mid, first.seq, first.time, first.body, (), True))
-    return results
-
-
-async def _originals(
-    conn: AsyncConnection, batch: Sequence[NewMessage]
-) -> dict[tuple[int, str], Appended]:
-    """Messages stored earlier under a ``(sender_id, cid)`` of this batch."""
-    wanted = {(m.sender_id, m.cid) for m in batch if m.cid is not None}
-    if not wanted:
-        return {}
-    query = select(
-        messages.c.sender_id,
-        messages.c.cid,
-        messages.c.mid,
-        messages.c.seq,
-        messages.c.time,
-        messages.c.body,
-    ).where(
-        messages.c.cid.in_({cid for _, cid in wanted}),
-        messages.c.sender_id.in_({sender for sender, _ in wanted}),
-    )
-    found: dict[tuple[int, str], Appended] = {}
-    for row in await conn.execute(query):
-        key = (row.sender_id, row.cid)
-        if key in wanted:
-            found[key] = Appended(row.mid, row.seq, row.time, bytes(row.body), (), True)
-    return found
-
-
-async def _allocate_positions(
-    conn: AsyncConnection, fresh: Sequence[NewMessage]
-) -> list[tuple[tuple[int, int], ...]]:
-    """Give every recipient entry its position: ``log_head`` moves by the batch's count.
-
-    Heads are updated in user id order, so concurrent transactions lock the
-    rows they share in the same order (no deadlock) and serialise on them
-    (every shared recipient sees the two batches in the same order).
-    """
-    counts = Counter(user_id for m in fresh for user_id in m.recipients)
-    if not counts:
-        return [() for _ in fresh]
-    await conn.execute(
-        update(users)
-        .where(users.c.id == bindparam("b_id"))
-        .values(log_head=users.c.log_head + bindparam("b_n")),
-        [{"b_id": user_id, "b_n": n} for user_id, n in sorted(counts.items())],
-    )
-    heads: dict[int, int] = {}
-    ids = sorted(counts)
-    for start in range(0, len(ids), _IN_BATCH):
-        query = select(users.c.id, users.c.log_head).where(
-            users.c.id.in_(ids[start : start + _IN_BATCH])
-        )
-        heads.update((row.id, row.log_head) for row in await conn.execute(query))
-    following = {user_id: head - counts[user_id] + 1 for user_id, head in heads.items()}
-    placed: list[tuple[tuple[int, int], ...]] = []
-    for m in fresh:
-        entry: list[tuple[int, int]] = []
-        for user_id in m.recipients:
-            pos = following.get(user_id)
-            if pos is None:
-                continue  # no such user (any more): nobody to deliver to
-            following[user_id] = pos + 1
-            entry.append((user_id, pos))
-        placed.append(tuple(entry))
-    return placed
-
-
-async def _allocate_seqs(conn: AsyncConnection, fresh: Sequence[NewMessage]) -> list[int]:
-    """Number the messages of each conversation, creating its counter on first use."""
-    counts = Counter(m.conversation for m in fresh)
-    if not counts:
-        return []
-    keys = sorted(counts)
-    await conn.execute(
-        update(conversations)
-        .where(conversations.c.key == bindparam("b_key"))
-        .values(last_seq=conversations.c.last_seq + bindparam("b_n")),
-        [{"b_key": key, "b_n": counts[key]} for key in keys],
-    )
-    last: dict[str, int] = {}
-    for start in range(0, len(keys), _IN_BATCH):
-        query = select(conversations.c.key, conversations.c.last_seq).where(
-            conversations.c.key.in_(keys[start : start + _IN_BATCH])
-        )
-        last.update((row.key, row.last_seq) for row in await conn.execute(query))
-    missing = [key for key in keys if key not in last]
-    if missing:
-        await conn.execute(
-            insert(conversations), [{"key": key, "last_seq": counts[key]} for key in missing]
-        )
-        last.update((key, counts[key]) for key in missing)
-    following = {key: last[key] - counts[key] + 1 for key in keys}
-    seqs: list[int] = []
-    for m in fresh:
-        seqs.append(following[m.conversation])
-        following[m.conversation] += 1
-    return seqs
 
 
 _: type[Store] = SqlStore

@@ -142,7 +142,7 @@ def test_config_keeps_state_in_prefix_and_quiet_clients_connected(tmp_path: Path
     assert "proxy_connect_timeout 2s;" in lines
     assert "server 127.0.0.1:7001 max_fails=1 fail_timeout=5s;" in lines
     assert "server 127.0.0.1:7002 max_fails=1 fail_timeout=5s;" in lines
-    assert "listen 127.0.0.1:7000;" in lines
+    assert "listen 127.0.0.1:7000 sndbuf=64k;" in lines
     assert "listen 127.0.0.1:8000;" in lines
 
 

@@ -1,0 +1,311 @@
+"""The message log in SQL, as plain functions on a connection inside a write transaction.
+
+``SqlStore`` runs them in its own way per dialect: on SQLite in the node's
+writer thread (``sqlite_writer.py``), elsewhere through the async engine's
+``run_sync``. The contract is in ``store/base.py``; the tables in ``schema.py``.
+"""
+
+import functools
+import json
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from sqlalchemy import (
+    Column,
+    Connection,
+    Executable,
+    MetaData,
+    Table,
+    func,
+    insert,
+    select,
+)
+from sqlalchemy.dialects.mysql import insert as mysql_insert
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+from clusterchat.store.base import Appended, NewMessage
+from clusterchat.store.schema import cursors, inbox, messages
+
+__all__ = ["append", "last_positions", "save_cursors"]
+
+_IN_BATCH = 500
+#: Bound parameters per statement (SQLite's limit is 32,766; MySQL's 65,535).
+_MAX_PARAMETERS = 30_000
+#: How each dialect's cursor upsert keeps the larger position (fast path).
+_CURSOR_UPSERT_TAIL = {
+    "sqlite": " ON CONFLICT (user_id, device) DO UPDATE SET pos = max(pos, excluded.pos)",
+    "mysql": " ON DUPLICATE KEY UPDATE pos = GREATEST(pos, VALUES(pos))",
+    "mariadb": " ON DUPLICATE KEY UPDATE pos = GREATEST(pos, VALUES(pos))",
+}
+#: The placeholder of each positional paramstyle the fast insert path speaks.
+_MARKERS = {"qmark": "?", "format": "%s"}
+#: ``messages`` without ``created_at`` (filled by the database).
+_MESSAGE_COLUMNS = Table(
+    "messages",
+    MetaData(),
+    *(Column(c.name, c.type) for c in messages.columns if c.name != "created_at"),
+)
+#: The aggregate that folds (key, value) rows into one JSON object, per dialect.
+_JSON_OBJECT_AGG = {
+    "sqlite": "json_group_object",
+    "postgresql": "json_object_agg",
+    "mysql": "json_objectagg",
+    "mariadb": "json_objectagg",
+}
+
+
+def _cursor_upsert(dialect: str, rows: list[dict[str, Any]]) -> Executable:
+    """INSERT cursors, or move existing ones forward (never back), built by SQLAlchemy."""
+    if dialect == "sqlite":
+        lite = sqlite_insert(cursors).values(rows)
+        return lite.on_conflict_do_update(
+            index_elements=[cursors.c.user_id, cursors.c.device],
+            set_={"pos": func.max(cursors.c.pos, lite.excluded.pos)},
+        )
+    if dialect == "postgresql":
+        pg = pg_insert(cursors).values(rows)
+        return pg.on_conflict_do_update(
+            index_elements=[cursors.c.user_id, cursors.c.device],
+            set_={"pos": func.greatest(cursors.c.pos, pg.excluded.pos)},
+        )
+    if dialect in ("mysql", "mariadb"):
+        my = mysql_insert(cursors).values(rows)
+        return my.on_duplicate_key_update(pos=func.greatest(cursors.c.pos, my.inserted.pos))
+    raise ValueError(f"no cursor upsert for the {dialect} dialect")
+
+
+def append(conn: Connection, batch: Sequence[NewMessage]) -> list[Appended]:
+    """Append one batch inside the caller's write transaction (contract: store/base.py)."""
+    originals = _originals(conn, batch)
+    fresh: list[NewMessage] = []
+    # For each message: an Appended (a duplicate) or the index of a fresh one.
+    slots: list[Appended | int] = []
+    index_of: dict[tuple[int, str], int] = {}
+    for message in batch:
+        key = None if message.cid is None else (message.sender_id, message.cid)
+        if key is not None and key in originals:
+            slots.append(originals[key])
+        elif key is not None and key in index_of:
+            slots.append(-1 - index_of[key])  # a repeat inside this batch
+        else:
+            if key is not None:
+                index_of[key] = len(fresh)
+            slots.append(len(fresh))
+            fresh.append(message)
+
+    positions = _allocate_positions(conn, fresh)
+    seqs = _allocate_seqs(conn, fresh)
+    if fresh:
+        # Column order of schema.messages / schema.inbox (created_at: the server default).
+        _insert_many(
+            conn,
+            _MESSAGE_COLUMNS,
+            [
+                (m.conversation, seq, m.mid, m.sender_id, m.cid, m.time, m.body)
+                for m, seq in zip(fresh, seqs, strict=True)
+            ],
+        )
+        entries = [
+            (user_id, pos, m.conversation, seq)
+            for m, seq, placed in zip(fresh, seqs, positions, strict=True)
+            for user_id, pos in placed
+        ]
+        if entries:
+            _insert_many(conn, inbox, entries)
+
+    done = [
+        Appended(m.mid, seq, m.time, m.body, placed)
+        for m, seq, placed in zip(fresh, seqs, positions, strict=True)
+    ]
+    results: list[Appended] = []
+    for slot in slots:
+        if isinstance(slot, Appended):
+            results.append(slot)
+        elif slot >= 0:
+            results.append(done[slot])
+        else:
+            first = done[-1 - slot]
+            results.append(Appended(first.mid, first.seq, first.time, first.body, (), True))
+    return results
+
+
+def _insert_many(conn: Connection, table: Table, rows: list[tuple[Any, ...]]) -> None:
+    """INSERT rows (tuples in ``table.columns`` order) as few multi-row statements as can be.
+
+    One statement per chunk, not one per row: on SQLite every statement step
+    releases the GIL and the writer thread must then win it back from a busy
+    event loop (sqlite_writer.py). With a driver that takes ``?`` or ``%s``
+    the statement text is built once per chunk size and the values are bound
+    by the driver, with no per-row work in SQLAlchemy; other drivers go
+    through SQLAlchemy's own multi-row insert.
+    """
+    columns = [column.name for column in table.columns]
+    marker = _MARKERS.get(conn.dialect.paramstyle)
+    if marker is None:
+        conn.execute(insert(table), [dict(zip(columns, row, strict=True)) for row in rows])
+        return
+    per_statement = max(1, _MAX_PARAMETERS // len(columns))
+    for start in range(0, len(rows), per_statement):
+        chunk = rows[start : start + per_statement]
+        sql = _multi_row_insert(conn.dialect.name, table.name, tuple(columns), marker, len(chunk))
+        conn.exec_driver_sql(sql, tuple(value for row in chunk for value in row))
+
+
+@functools.lru_cache(maxsize=256)
+def _multi_row_insert(
+    _dialect: str, table: str, columns: tuple[str, ...], marker: str, count: int
+) -> str:
+    group = "(" + ", ".join([marker] * len(columns)) + ")"
+    return f"INSERT INTO {table} ({', '.join(columns)}) VALUES " + ", ".join([group] * count)
+
+
+def _originals(conn: Connection, batch: Sequence[NewMessage]) -> dict[tuple[int, str], Appended]:
+    """Messages stored earlier under a ``(sender_id, cid)`` of this batch."""
+    wanted = {(m.sender_id, m.cid) for m in batch if m.cid is not None}
+    if not wanted:
+        return {}
+    query = select(
+        messages.c.sender_id,
+        messages.c.cid,
+        messages.c.mid,
+        messages.c.seq,
+        messages.c.time,
+        messages.c.body,
+    ).where(
+        messages.c.cid.is_not(None),  # lets SQLite and PostgreSQL use the partial index
+        messages.c.cid.in_({cid for _, cid in wanted}),
+        messages.c.sender_id.in_({sender for sender, _ in wanted}),
+    )
+    found: dict[tuple[int, str], Appended] = {}
+    for row in conn.execute(query):
+        key = (row.sender_id, row.cid)
+        if key in wanted:
+            found[key] = Appended(row.mid, row.seq, row.time, bytes(row.body), (), True)
+    return found
+
+
+def _allocate_positions(
+    conn: Connection, fresh: Sequence[NewMessage]
+) -> list[tuple[tuple[int, int], ...]]:
+    """Give every recipient entry the next positions after the user's last one.
+
+    Inside the write transaction the last positions cannot move under us on
+    SQLite (one writer); elsewhere a concurrent append that took the same
+    position fails on the primary key and ``SqlStore.append`` retries.
+    """
+    following = {
+        user_id: last + 1
+        for user_id, last in _last_of(
+            conn, inbox.c.user_id, inbox.c.pos, {r for m in fresh for r in m.recipients}, int
+        ).items()
+    }
+    placed: list[tuple[tuple[int, int], ...]] = []
+    for m in fresh:
+        entry: list[tuple[int, int]] = []
+        for user_id in m.recipients:
+            pos = following.get(user_id, 1)
+            following[user_id] = pos + 1
+            entry.append((user_id, pos))
+        placed.append(tuple(entry))
+    return placed
+
+
+def _allocate_seqs(conn: Connection, fresh: Sequence[NewMessage]) -> list[int]:
+    """Number the messages of each conversation after its last one (as positions above)."""
+    following = {
+        key: last + 1
+        for key, last in _last_of(
+            conn, messages.c.conversation, messages.c.seq, {m.conversation for m in fresh}, str
+        ).items()
+    }
+    seqs: list[int] = []
+    for m in fresh:
+        seq = following.get(m.conversation, 1)
+        following[m.conversation] = seq + 1
+        seqs.append(seq)
+    return seqs
+
+
+def _last_of(
+    conn: Connection,
+    key: Column[Any],
+    value: Column[int],
+    keys: set[Any],
+    key_type: Callable[[str], Any],
+) -> dict[Any, int]:
+    """``max(value)`` per ``key`` among ``keys`` (absent: no row yet); one index probe each.
+
+    The result comes back as one JSON object in one row: one statement step
+    however many keys (``_insert_many`` says why steps matter). The statement
+    text is cached per number of keys; only drivers that take ``?`` or ``%s``
+    have one (others build it with SQLAlchemy each time).
+    """
+    found: dict[Any, int] = {}
+    wanted = sorted(keys)
+    dialect = conn.dialect
+    marker = _MARKERS.get(dialect.paramstyle)
+    for start in range(0, len(wanted), _IN_BATCH):
+        chunk = wanted[start : start + _IN_BATCH]
+        if marker is not None:
+            sql = _last_of_sql(
+                dialect.name, key.table.name, key.name, value.name, marker, len(chunk)
+            )
+            text = conn.exec_driver_sql(sql, tuple(chunk)).scalar()
+        else:
+            last = (
+                select(key.label("k"), func.max(value).label("v"))
+                .where(key.in_(chunk))
+                .group_by(key)
+                .subquery()
+            )
+            aggregate = getattr(func, _JSON_OBJECT_AGG[dialect.name])
+            text = conn.execute(select(aggregate(last.c.k, last.c.v))).scalar()
+        if text:
+            decoded = json.loads(text) if isinstance(text, str) else text
+            found.update((key_type(k), int(v)) for k, v in decoded.items())
+    return found
+
+
+@functools.lru_cache(maxsize=1024)
+def _last_of_sql(dialect: str, table: str, key: str, value: str, marker: str, count: int) -> str:
+    marks = ", ".join([marker] * count)
+    return (
+        f"SELECT {_JSON_OBJECT_AGG[dialect]}(k, v) FROM "
+        f"(SELECT {key} AS k, max({value}) AS v FROM {table} "
+        f"WHERE {key} IN ({marks}) GROUP BY {key}) AS last"
+    )
+
+
+def last_positions(conn: Connection, user_ids: Sequence[int]) -> dict[int, int]:
+    """The last position of each user's log (users with an empty log are absent)."""
+    return _last_of(conn, inbox.c.user_id, inbox.c.pos, set(user_ids), int)
+
+
+def save_cursors(conn: Connection, items: Sequence[tuple[int, str, int]]) -> None:
+    """Move cursors forward (never back): the largest position per (user, device).
+
+    One multi-row upsert per chunk (one statement step: see ``_insert_many``).
+    """
+    latest: dict[tuple[int, str], int] = {}
+    for user_id, device, pos in items:
+        key = (user_id, device)
+        latest[key] = max(pos, latest.get(key, 0))
+    rows = [
+        {"user_id": user_id, "device": device, "pos": pos}
+        for (user_id, device), pos in sorted(latest.items())
+    ]
+    dialect = conn.dialect
+    marker = _MARKERS.get(dialect.paramstyle)
+    tail = _CURSOR_UPSERT_TAIL.get(dialect.name)
+    per_statement = _MAX_PARAMETERS // 3
+    for start in range(0, len(rows), per_statement):
+        chunk = rows[start : start + per_statement]
+        if marker is None or tail is None:
+            conn.execute(_cursor_upsert(dialect.name, chunk))
+            continue
+        head = _multi_row_insert(
+            dialect.name, "cursors", ("user_id", "device", "pos"), marker, len(chunk)
+        )
+        values = tuple(v for row in chunk for v in (row["user_id"], row["device"], row["pos"]))
+        conn.exec_driver_sql(head + tail, values)
