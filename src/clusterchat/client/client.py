@@ -687,7 +687,9 @@ class ChatClient:
     def _flush_ack(self) -> None:
         """Write one ``Ack`` for everything passed on since the last one (no drain)."""
         self._ack_scheduled = False
-        if self._closed or not self._acking or not self._auto_ack or self._cursor is None:
+        if self._closed or self._writer.is_closing():
+            return
+        if not self._acking or not self._auto_ack or self._cursor is None:
             return
         if self._acked is not None and self._cursor <= self._acked:
             return
