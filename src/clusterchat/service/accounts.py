@@ -125,12 +125,19 @@ async def login(ctx: Context, state: SessionState, request: Login) -> None:
 
 
 async def _resume_point(ctx: Context, user_id: int, key: str, after: int | None) -> int:
-    """Where a device's session starts: its cursor, or the furthest device's for a new one."""
+    """Where a device's session starts: its cursor, or the furthest device's for a new one.
+
+    A device's own ``after`` counts when it is further, but never past the end
+    of the log (a claim beyond it would make the session skip what comes next).
+    """
     cursors = await ctx.store.load_cursors(user_id)
     start = cursors.get(key)
     if start is None:
         start = max(cursors.values(), default=0)
-    return max(start, after or 0)
+    if after is not None and after > start:
+        head = (await ctx.store.heads([user_id])).get(user_id, 0)
+        start = max(start, min(after, head))
+    return start
 
 
 async def end_session(ctx: Context, state: SessionState) -> None:

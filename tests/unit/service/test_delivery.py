@@ -8,9 +8,9 @@ import asyncio
 
 import msgspec
 
-from clusterchat.protocol import Ack, Error, LoginAck, OneChat, OneChatAck
+from clusterchat.protocol import Ack, Error, Login, LoginAck, OneChat, OneChatAck
 from clusterchat.service.context import Policy
-from tests.support.service import ChatCluster, Client
+from tests.support.service import PASSWORD, ChatCluster, Client
 
 
 def _texts(client: Client) -> list[str]:
@@ -285,3 +285,20 @@ async def test_periodic_sweep_finds_an_entry_nobody_announced(chat_cluster: Chat
     second.service.ctx.delivery._unsent.clear()  # as if the republish were lost too
     await _until(lambda: "found by the sweep" in _texts(b), "the sweep never delivered it")
     assert _texts(b) == ["found by the sweep"]
+
+
+async def test_after_beyond_the_log_is_clamped_to_its_end(chat_cluster: ChatCluster) -> None:
+    """A device claiming more than the log holds resumes at the log's end, missing nothing new."""
+    node = await chat_cluster.node()
+    alice = await node.register("alice")
+    bob = await node.register("bob")
+    a = await node.login(alice)
+    await a.send(OneChat(toid=bob, msg="first"))
+    await chat_cluster.settle()
+    phone = node.connect()
+    await phone.send(Login(id=bob, password=PASSWORD, device="phone", after=1000))
+    [ack] = phone.session.of_type(LoginAck)
+    assert ack.cursor == 1
+    await a.send(OneChat(toid=bob, msg="second"))
+    await chat_cluster.settle()
+    assert [(p.msg, p.cursor) for p in phone.session.of_type(OneChat)] == [("second", 2)]
