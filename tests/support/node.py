@@ -5,6 +5,10 @@ its own session, output in ``tmp_path``), waits for its "listening on" line,
 and at teardown stops every node it started by pid and checks that each one
 is gone. The factory is synchronous: from an async test call it through
 ``asyncio.to_thread`` (its waits poll with ``time.sleep``).
+
+``NodeHandle.restart()`` starts a stopped (or killed) node again with the same
+command line, environment and log file, on the same port, so that a balancer in
+front of it keeps routing to it; teardown checks every process a handle started.
 """
 
 import contextlib
@@ -12,8 +16,9 @@ import itertools
 import os
 import signal
 import sys
+import time
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
@@ -44,12 +49,18 @@ class NodeHandle:
     Attributes:
         host: The address it listens on.
         port: Its TCP port.
-        child: The process, for signals and log reading.
+        child: The process, for signals and log reading (the latest one after
+            ``restart()``).
+        env: The complete environment it was started with (for ``restart()``).
+        previous: The processes of this handle that ``restart()`` replaced, oldest
+            first, all reaped.
     """
 
     host: str
     port: int
     child: Child
+    env: Mapping[str, str] | None = None
+    previous: list[Child] = field(default_factory=list)
 
     def stop(self, sig: int = signal.SIGTERM) -> int | None:
         """Stop the node with ``sig`` (SIGKILL after a grace period) and reap it.
@@ -58,6 +69,37 @@ class NodeHandle:
             Its exit status (negative: killed by that signal).
         """
         return stop(self.child, timeout=seconds(10), sig=sig)
+
+    def restart(self) -> None:
+        """Start the node again on the same port, after it stopped or was killed.
+
+        Same command line, environment and log file (appended to); returns once
+        the new process listens. Blocking: from async code call it through
+        ``asyncio.to_thread`` (and keep that thread alive as long as the node
+        should live, see ``processes.spawn``: the default executor's threads do).
+
+        Raises:
+            RuntimeError: The node's process is still running.
+            ChildFailed: The new process exited or did not become ready in time
+                (it stays this handle's ``child``, so teardown still stops it).
+        """
+        if self.child.returncode is None:
+            raise RuntimeError(f"{self.child.name} (pid {self.child.pid}) is still running")
+        for attempt in range(1, _START_ATTEMPTS + 1):
+            old = self.child
+            self.child = spawn(old.name, old.argv, log_path=old.log_path, env=self.env)
+            self.previous.append(old)
+            try:
+                wait_for_log(self.child, f"listening on {self.host}:{self.port}", seconds(30))
+            except ChildFailed:
+                # The old process's port may be taken for a moment (by another test).
+                taken = "address already in use" in log_tail(self.child).lower()
+                if not taken or attempt == _START_ATTEMPTS:
+                    raise
+                self.stop()
+                time.sleep(0.2 * attempt)
+                continue
+            return
 
 
 class NodeFactory(Protocol):
@@ -117,7 +159,7 @@ def node_factory(tmp_path: Path) -> Iterator[NodeFactory]:
             argv += ["--host", HOST, "--port", str(port), "--db", url, *extra_args]
             log_path = tmp_path / f"node-{number}.log"
             child = spawn(f"node-{number}", argv, log_path=log_path, env=child_env)
-            handle = NodeHandle(HOST, port, child)
+            handle = NodeHandle(HOST, port, child, env=child_env)
             started.append(handle)
             try:
                 wait_for_log(child, f"listening on {HOST}:{port}", timeout=seconds(30))
@@ -136,5 +178,5 @@ def node_factory(tmp_path: Path) -> Iterator[NodeFactory]:
     for handle in reversed(started):
         with contextlib.suppress(Exception):
             handle.stop()
-    leftovers = [h.child.pid for h in started if not _gone(h.child)]
+    leftovers = [c.pid for h in started for c in (*h.previous, h.child) if not _gone(c)]
     assert not leftovers, f"node processes still running: {leftovers}"

@@ -19,6 +19,20 @@ socket, and it creates no task per message:
 * Everything else (chat pushes, unsolicited answers) goes to an unbounded event
   queue read with ``messages()`` or ``next_message()``.
 
+Acknowledged delivery (docs/protocol.md §3): a login with a ``device`` whose
+answer carries a ``cursor`` starts a *device session*. The client then keeps
+the highest ``cursor`` of the pushes it passed on (``cursor``), drops every
+push whose cursor is not above it (counted in ``duplicates_dropped``: exactly
+once as the user sees it, whatever the server repeats), and acknowledges
+cumulatively with ``Ack``. Automatic acknowledgement (the default) is
+coalesced: accepting a push schedules one callback with ``call_soon`` (a
+handle, not a task), which runs after the reader has handled everything of the
+current read and sends one ``Ack`` for the highest cursor, so there is at most
+one ``Ack`` per event-loop turn. A push counts as received when it is queued
+for ``messages()``; an application that must not lose what it had no time to
+process logs in with ``auto_ack=False`` and calls ``ack()`` itself. To resume
+on a new connection, log in with ``after=old_client.cursor``.
+
 When the connection ends, every waiting request fails with ``ConnectionError``
 and the event iterator ends after the events already queued.
 """
@@ -28,11 +42,12 @@ import contextlib
 import itertools
 import logging
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from types import TracebackType
 from typing import Final, Self, TypeVar
 
 from clusterchat.protocol import (
+    Ack,
     AddFriend,
     AddFriendAck,
     AddGroup,
@@ -92,6 +107,11 @@ _CHAT_ACKS: Final[dict[type[Message], int]] = {
 }
 
 
+#: A request waiting for its answer, and what to do with the answer as soon as it is
+#: read (before later frames of the same read are handled), or None.
+_Waiter = tuple[asyncio.Future[Message], Callable[[Message], None] | None]
+
+
 class ChatClientError(Exception):
     """The server refused a request.
 
@@ -114,6 +134,12 @@ class ChatClient:
     Create it with ``await ChatClient.connect(host, port)``; use it as an async
     context manager or call ``close()``. Request methods may be called
     concurrently; each returns its own answer.
+
+    Attributes:
+        classic: Frames end with NUL (as the classic client's), else newline.
+        duplicates_dropped: Pushes of device sessions dropped because their
+            cursor was not above the highest one already passed on.
+        acks_sent: ``Ack`` frames written (automatic and explicit).
     """
 
     def __init__(
@@ -128,12 +154,25 @@ class ChatClient:
         self._writer = writer
         self._terminator = b"\x00" if classic else b"\n"
         self._decoder = JsonStreamDecoder(_CLIENT_LIMITS)
-        self._waiting: dict[int, deque[asyncio.Future[Message]]] = {}
+        self._waiting: dict[int, deque[_Waiter]] = {}
         self._chat_waiting: dict[tuple[int, int], asyncio.Future[Message]] = {}
         self._events: asyncio.Queue[ServerMessage | None] = asyncio.Queue()
         self._refs = itertools.count(1)
         self._closed = False
-        self._reader_task = asyncio.get_running_loop().create_task(self._read_loop())
+        # Acknowledged delivery: the device of the latest device session on this
+        # connection, whether a session is acknowledging now, the highest cursor
+        # passed on and the highest one acknowledged to the server.
+        self._device: str | None = None
+        self._acking = False
+        self._auto_ack = True
+        self._cursor: int | None = None
+        self._acked: int | None = None
+        self._last_mid: str | None = None
+        self._ack_scheduled = False
+        self.duplicates_dropped = 0
+        self.acks_sent = 0
+        self._loop = asyncio.get_running_loop()
+        self._reader_task = self._loop.create_task(self._read_loop())
 
     @classmethod
     async def connect(cls, host: str, port: int, *, classic: bool = False) -> Self:
@@ -158,6 +197,45 @@ class ChatClient:
     def closed(self) -> bool:
         """Whether the connection has ended (closed by us or lost)."""
         return self._closed
+
+    @property
+    def local_address(self) -> tuple[str, int] | None:
+        """This end's address of the TCP connection (host, port), or None if unknown."""
+        sockname = self._writer.get_extra_info("sockname")
+        if isinstance(sockname, tuple) and len(sockname) >= 2:
+            return str(sockname[0]), int(sockname[1])
+        return None
+
+    @property
+    def acking(self) -> bool:
+        """Whether a device session (acknowledged delivery) is logged in now.
+
+        False before login, after logout, for a login without ``device``, and
+        when the server did not answer the device login with a ``cursor``.
+        """
+        return self._acking
+
+    @property
+    def device(self) -> str | None:
+        """The device of the latest device session on this connection, or None."""
+        return self._device
+
+    @property
+    def cursor(self) -> int | None:
+        """The highest log position of this device received so far, or None.
+
+        Pass it as ``after`` when logging in again (on a new connection after
+        this one was lost): the next session resumes after it. It outlives the
+        session and the connection.
+        """
+        return self._cursor
+
+    @property
+    def acked_cursor(self) -> int | None:
+        """The highest cursor the server knows this device has: the resume point
+        it confirmed at login, or the last ``Ack`` written; None outside device sessions.
+        """
+        return self._acked
 
     async def __aenter__(self) -> Self:
         return self
@@ -193,16 +271,56 @@ class ChatClient:
         """
         return await self._request(Register(name=name, password=password), RegAck, check)
 
-    async def login(self, user_id: int, password: str, *, check: bool = True) -> LoginAck:
+    async def login(
+        self,
+        user_id: int,
+        password: str,
+        *,
+        device: str | None = None,
+        after: int | None = None,
+        auto_ack: bool = True,
+        check: bool = True,
+    ) -> LoginAck:
         """Log in; decode the lists of the answer with ``friends``, ``groups`` and
         ``offline_messages``.
+
+        With ``device`` the session opts in to acknowledged delivery: if the
+        answer carries a ``cursor`` (the position the pushes resume after), no
+        stored messages come in the answer; they arrive as pushes carrying
+        ``cursor``, which the client de-duplicates and acknowledges.
+
+        Args:
+            user_id: The account.
+            password: Its password.
+            device: A name for this device (at most 64 characters), stable across
+                its connections; None logs in as a classic session.
+            after: The last cursor this device already has (``cursor`` of the
+                previous connection). None sends this connection's own ``cursor``
+                when an earlier session here was of the same device.
+            auto_ack: Acknowledge every push automatically as it is queued
+                (coalesced); False leaves acknowledging to ``ack()``.
+            check: Raise on refusal instead of returning the answer.
 
         Raises:
             ChatClientError: ``check`` is true and the server refused (errno 1 bad
                 credentials, 2 already logged in).
             ConnectionError: The connection ended before the answer came.
+            ValueError: ``after`` without ``device``, or negative.
         """
-        return await self._request(Login(id=user_id, password=password), LoginAck, check)
+        if after is not None and device is None:
+            raise ValueError("after needs a device")
+        if after is not None and after < 0:
+            raise ValueError("after must not be negative")
+        if device is not None and after is None and device == self._device:
+            after = self._cursor
+        request = Login(id=user_id, password=password, device=device, after=after)
+
+        def started(answer: Message) -> None:
+            if isinstance(answer, LoginAck) and answer.errno == 0:
+                self._start_session(device, after, auto_ack, answer.cursor)
+
+        reply = await self._exchange(request, MsgId.LOGIN, started)
+        return _typed(reply, LoginAck, check)
 
     async def logout(self, *, check: bool = True) -> LogoutAck:
         """Log out; the connection stays open for another login.
@@ -211,7 +329,12 @@ class ChatClient:
             ChatClientError: ``check`` is true and the server refused.
             ConnectionError: The connection ended before the answer came.
         """
-        return await self._request(Logout(), LogoutAck, check)
+
+        def ended(answer: Message) -> None:
+            if isinstance(answer, LogoutAck) and answer.errno == 0:
+                self._acking = False
+
+        return _typed(await self._exchange(Logout(), MsgId.LOGOUT, ended), LogoutAck, check)
 
     async def add_friend(self, friend_id: int, *, check: bool = True) -> AddFriendAck:
         """Add ``friend_id`` to the logged-in user's friends.
@@ -258,19 +381,28 @@ class ChatClient:
         assert isinstance(reply, Error), reply
         raise ChatClientError(reply.errno, _errmsg(reply), reply)
 
-    async def chat(self, to_id: int, text: str, *, ref: int | None = None) -> None:
+    async def chat(
+        self, to_id: int, text: str, *, ref: int | None = None, cid: str | None = None
+    ) -> None:
         """Send a one-to-one message without waiting for any answer.
 
         A refusal (not friends, unknown user...) arrives later as a ``OneChatAck``
-        event; with ``ref`` the server acknowledges acceptance too, also as an event.
+        event; with ``ref`` or ``cid`` the server acknowledges acceptance too,
+        also as an event.
 
         Raises:
             ConnectionError: The connection has ended.
         """
-        await self._send(OneChat(toid=to_id, msg=text, ref=ref))
+        await self._send(OneChat(toid=to_id, msg=text, ref=ref, cid=cid))
 
     async def chat_acked(
-        self, to_id: int, text: str, *, ref: int | None = None, check: bool = True
+        self,
+        to_id: int,
+        text: str,
+        *,
+        ref: int | None = None,
+        cid: str | None = None,
+        check: bool = True,
     ) -> OneChatAck:
         """Send a one-to-one message and wait for the server to accept or refuse it.
 
@@ -278,29 +410,44 @@ class ChatClient:
             to_id: The recipient's user id.
             text: The message.
             ref: The correlation number to send; a fresh one when None.
+            cid: This client's id for the message (at most 64 characters). Sending
+                it again (on any connection of the same user, after a connection
+                was lost before the answer came) is answered with the original
+                ``mid``/``seq``/``time``; the message is stored and delivered once.
             check: Raise on refusal instead of returning the answer.
 
         Returns:
-            The answer; on success its ``mid`` is the message's cluster-unique id.
+            The answer; on success ``mid`` is the message's cluster-unique id,
+            ``seq`` its position in the conversation and ``time`` the server's
+            clock (the latter two from servers with the durable log).
 
         Raises:
             ChatClientError: ``check`` is true and the server refused.
-            ConnectionError: The connection ended before the answer came.
+            ConnectionError: The connection ended before the answer came: the
+                message may or may not have been accepted (retry with ``cid``).
         """
         ref = next(self._refs) if ref is None else ref
-        request = OneChat(toid=to_id, msg=text, ref=ref)
+        request = OneChat(toid=to_id, msg=text, ref=ref, cid=cid)
         return await self._chat_request(request, ref, OneChatAck, check)
 
-    async def group_chat(self, group_id: int, text: str, *, ref: int | None = None) -> None:
+    async def group_chat(
+        self, group_id: int, text: str, *, ref: int | None = None, cid: str | None = None
+    ) -> None:
         """Send a message to a group without waiting (see ``chat``).
 
         Raises:
             ConnectionError: The connection has ended.
         """
-        await self._send(GroupChat(groupid=group_id, msg=text, ref=ref))
+        await self._send(GroupChat(groupid=group_id, msg=text, ref=ref, cid=cid))
 
     async def group_chat_acked(
-        self, group_id: int, text: str, *, ref: int | None = None, check: bool = True
+        self,
+        group_id: int,
+        text: str,
+        *,
+        ref: int | None = None,
+        cid: str | None = None,
+        check: bool = True,
     ) -> GroupChatAck:
         """Send a message to a group and wait for the server's answer (see ``chat_acked``).
 
@@ -309,8 +456,35 @@ class ChatClient:
             ConnectionError: The connection ended before the answer came.
         """
         ref = next(self._refs) if ref is None else ref
-        request = GroupChat(groupid=group_id, msg=text, ref=ref)
+        request = GroupChat(groupid=group_id, msg=text, ref=ref, cid=cid)
         return await self._chat_request(request, ref, GroupChatAck, check)
+
+    async def ack(self, cursor: int | None = None) -> None:
+        """Acknowledge every push of this device session up to ``cursor``.
+
+        Cumulative; acknowledging what was already acknowledged sends nothing.
+        Needed only with ``login(..., auto_ack=False)``; harmless otherwise.
+
+        Args:
+            cursor: The highest cursor the application has taken care of; None
+                is everything received (``self.cursor``).
+
+        Raises:
+            RuntimeError: No device session is logged in on this connection.
+            ValueError: ``cursor`` is above the highest one received.
+            ConnectionError: The connection has ended.
+        """
+        self._check_open()
+        if not self._acking:
+            raise RuntimeError("no device session: log in with a device first")
+        target = self._cursor if cursor is None else cursor
+        if target is None or (self._acked is not None and target <= self._acked):
+            return
+        if self._cursor is None or target > self._cursor:
+            raise ValueError(f"cursor {target} was not received (highest {self._cursor})")
+        self._acked = target
+        self.acks_sent += 1
+        await self._send(Ack(cursor=target))
 
     async def send_raw(self, data: bytes) -> None:
         """Write bytes as they are (tests of malformed input); answers become events.
@@ -369,11 +543,17 @@ class ChatClient:
         self._writer.write(encode(message) + self._terminator)
         await self._drain()
 
-    async def _exchange(self, request: Message, key: int) -> Message:
+    async def _exchange(
+        self, request: Message, key: int, on_answer: Callable[[Message], None] | None = None
+    ) -> Message:
         self._check_open()
-        future: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
-        self._waiting.setdefault(key, deque()).append(future)
-        await self._send(request)
+        future: asyncio.Future[Message] = self._loop.create_future()
+        self._waiting.setdefault(key, deque()).append((future, on_answer))
+        try:
+            await self._send(request)
+        except BaseException:
+            _discard(future)  # it keeps its place: a late answer is still consumed
+            raise
         return await future
 
     async def _request(self, request: Message, answer_type: type[_A], check: bool) -> _A:
@@ -388,10 +568,14 @@ class ChatClient:
         key = (_CHAT_ACKS[answer_type], ref)
         if key in self._chat_waiting:
             raise ValueError(f"ref {ref} is already waiting for an answer")
-        future: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[Message] = self._loop.create_future()
         self._chat_waiting[key] = future
         try:
-            await self._send(request)
+            try:
+                await self._send(request)
+            except BaseException:
+                _discard(future)
+                raise
             reply = await future
         finally:
             if self._chat_waiting.get(key) is future:
@@ -429,6 +613,10 @@ class ChatClient:
             logger.debug("< skipped frame: %s", exc)
             return
         kind = type(message)
+        if isinstance(message, OneChat | GroupChat):
+            if self._accept_push(message):
+                self._events.put_nowait(message)
+            return
         if kind in _CHAT_ACKS:
             assert isinstance(message, OneChatAck | GroupChatAck)
             if message.ref is not None:
@@ -447,11 +635,68 @@ class ChatClient:
             else:
                 waiters = self._waiting.get(key)
                 if waiters:
-                    future = waiters.popleft()
+                    future, on_answer = waiters.popleft()
+                    if on_answer is not None:  # even for a caller that gave up
+                        on_answer(message)
                     if not future.done():  # a cancelled caller still consumes its answer
                         future.set_result(message)
                     return
         self._events.put_nowait(message)
+
+    def _start_session(
+        self, device: str | None, after: int | None, auto_ack: bool, cursor: int | None
+    ) -> None:
+        """A login succeeded: start (or not) a device session at the server's ``cursor``."""
+        if device is None or cursor is None:
+            # A classic session, or a server without acknowledged delivery.
+            self._acking = False
+            return
+        if device != self._device:
+            self._cursor = self._acked = None
+            self._last_mid = None
+        self._device = device
+        self._acking = True
+        self._auto_ack = auto_ack
+        # The server resumes after max(acknowledged, after): everything up to the
+        # answer's cursor is the device's already, and so is what we passed on.
+        self._acked = cursor
+        self._cursor = max(c for c in (cursor, after, self._cursor) if c is not None)
+        if self._cursor > cursor:
+            self._schedule_ack()
+
+    def _accept_push(self, push: OneChat | GroupChat) -> bool:
+        """Whether to pass a chat push on; tracks the cursor of device sessions."""
+        cursor = push.cursor
+        if not self._acking or cursor is None:
+            return True
+        if self._cursor is not None and cursor <= self._cursor:
+            if self.classic and cursor == self._cursor and push.mid == self._last_mid:
+                return True  # a further part of a push split for a classic frame
+            self.duplicates_dropped += 1
+            return False
+        self._cursor = cursor
+        self._last_mid = push.mid
+        self._schedule_ack()
+        return True
+
+    def _schedule_ack(self) -> None:
+        if self._auto_ack and not self._ack_scheduled:
+            self._ack_scheduled = True
+            self._loop.call_soon(self._flush_ack)
+
+    def _flush_ack(self) -> None:
+        """Write one ``Ack`` for everything passed on since the last one (no drain)."""
+        self._ack_scheduled = False
+        if self._closed or self._writer.is_closing():
+            return
+        if not self._acking or not self._auto_ack or self._cursor is None:
+            return
+        if self._acked is not None and self._cursor <= self._acked:
+            return
+        self._acked = self._cursor
+        self.acks_sent += 1
+        # A few bytes per read at most: written without waiting for the drain.
+        self._writer.write(encode(Ack(cursor=self._cursor)) + self._terminator)
 
     def _resolve_oldest_chat(self, msgid: int, error: Error) -> bool:
         for key, future in self._chat_waiting.items():
@@ -466,10 +711,11 @@ class ChatClient:
         if self._closed:
             return
         self._closed = True
+        self._acking = False
         self._writer.close()
         failure = ConnectionError(reason)
         for waiters in self._waiting.values():
-            for future in waiters:
+            for future, _on_answer in waiters:
                 if not future.done():
                     future.set_exception(failure)
         self._waiting.clear()
@@ -478,6 +724,18 @@ class ChatClient:
                 future.set_exception(failure)
         self._chat_waiting.clear()
         self._events.put_nowait(None)
+
+
+def _discard(future: asyncio.Future[Message]) -> None:
+    """Give up a request's future that nobody will await (its request was not sent whole).
+
+    A result or failure already set (the connection ended meanwhile) is read, so
+    that asyncio does not report a "never retrieved" exception.
+    """
+    if not future.done():
+        future.cancel()
+    elif not future.cancelled():
+        future.exception()
 
 
 def _errmsg(answer: Answer) -> str:

@@ -1,6 +1,7 @@
 """ChatClient against a scripted peer: framing, answer matching, events, connection loss."""
 
 import asyncio
+import gc
 from collections.abc import Awaitable
 from typing import TypeVar
 
@@ -283,3 +284,30 @@ async def test_duplicate_waiting_ref_is_refused(pair: Pair) -> None:
         await client.chat_acked(2, "two", ref=7)
     await server.send({"msgid": 106, "errno": 0, "mid": "a", "ref": 7})
     assert await _within(task) == OneChatAck(errno=0, mid="a", ref=7)
+
+
+@pytest.mark.parametrize("acked_chat", [False, True])
+async def test_failed_send_leaves_no_unretrieved_failure(
+    pair: Pair, monkeypatch: pytest.MonkeyPatch, acked_chat: bool
+) -> None:
+    """A request whose write fails raises, and the connection's end reports nothing more."""
+    client, server = pair
+    loop = asyncio.get_running_loop()
+    reported: list[dict[str, object]] = []
+    loop.set_exception_handler(lambda _loop, context: reported.append(context))
+
+    async def broken_drain() -> None:
+        raise ConnectionError("connection lost: broken pipe")
+
+    monkeypatch.setattr(client, "_drain", broken_drain)
+    try:
+        request = client.chat_acked(2, "hi") if acked_chat else client.ping()
+        with pytest.raises(ConnectionError, match="broken pipe"):
+            await request
+        await server.close()
+        assert [message async for message in client.messages()] == []
+        gc.collect()
+        await asyncio.sleep(0)
+    finally:
+        loop.set_exception_handler(None)
+    assert reported == []
