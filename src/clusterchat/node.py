@@ -127,11 +127,6 @@ def _tune_gc() -> None:
     gc.collect()
     gc.freeze()
     gc.set_threshold(20_000, 20, 20)
-    # The store's writer thread releases the GIL in every SQLite call and must
-    # get it back from a busy event loop each time: with the default 5 ms
-    # switch interval one append waited tens of ms for the GIL while holding
-    # the database's write lock (docs/performance.md).
-    sys.setswitchinterval(0.00005)
 
 
 async def run_node(settings: Settings) -> int:

@@ -13,10 +13,9 @@ several node processes queue on an advisory file lock (``flock`` on
 ``<db>.write-lock``), which wakes the next one as soon as the lock is
 released, instead of letting them poll in the busy handler. ``BEGIN
 IMMEDIATE`` takes SQLite's write lock first, so a transaction that reads
-before it writes never has to upgrade. SQLite's automatic checkpoint would
-run inside a COMMIT, with the file lock held, and wait for the disk (fsync):
-this writer checkpoints every ``_CHECKPOINT_EVERY`` transactions instead,
-after releasing the lock, in PASSIVE mode (never blocking other writers).
+before it writes never has to upgrade. SQLite's own automatic checkpoint
+(every 1000 WAL pages) stays on: checkpointing less often let the WAL grow to
+hundreds of MB in a minute of load and made every transaction slower.
 """
 
 import asyncio
@@ -33,17 +32,6 @@ __all__ = ["SqliteWriter"]
 T = TypeVar("T")
 
 
-#: Transactions between two WAL checkpoints (SQLite's automatic one is off here).
-_CHECKPOINT_EVERY = 500
-
-
-def _no_autocheckpoint(dbapi_connection: Any, _record: Any) -> None:
-    """Checkpoints run outside the file lock (``_transaction``), not inside a COMMIT."""
-    cursor = dbapi_connection.cursor()
-    cursor.execute("PRAGMA wal_autocheckpoint=0")
-    cursor.close()
-
-
 class SqliteWriter:
     """Runs write transactions on one SQLite file from a dedicated thread.
 
@@ -58,8 +46,6 @@ class SqliteWriter:
             url, connect_args={"check_same_thread": False}, pool_size=1, max_overflow=0
         )
         event.listen(self._engine, "connect", on_connect)
-        event.listen(self._engine, "connect", _no_autocheckpoint)
-        self._since_checkpoint = 0
         self._lock_path = f"{path}.write-lock"
         self._lock_fd: int | None = None
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-writer")
@@ -76,17 +62,9 @@ class SqliteWriter:
         try:
             with self._engine.begin() as conn:
                 conn.exec_driver_sql("BEGIN IMMEDIATE")
-                result = work(conn)
+                return work(conn)
         finally:
             fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
-        self._since_checkpoint += 1
-        if self._since_checkpoint >= _CHECKPOINT_EVERY:
-            # Outside the file lock: a checkpoint may wait for the disk, and
-            # PASSIVE never blocks the other nodes' writers.
-            self._since_checkpoint = 0
-            with self._engine.connect() as conn:
-                conn.exec_driver_sql("PRAGMA wal_checkpoint(PASSIVE)")
-        return result
 
     async def close(self) -> None:
         """Wait for the running write, then release the thread, the connection and the lock."""
