@@ -268,6 +268,19 @@ async def test_concurrent_publishes_each_get_their_own_count(make_node: NodeFact
 # -- RedisBus under real faults -------------------------------------------------------
 
 
+async def test_barrier_returns_after_everything_published_before_it_arrived(
+    make_node: NodeFactory,
+) -> None:
+    """After ``barrier()``, the handler has every payload another node published before it."""
+    a, b = await make_node("a"), await make_node("b")
+    await b.join("user:2")
+    payloads = [f"before the barrier {i}".encode() for i in range(200)]
+    futures = [a.bus.publish("user:2", payload) for payload in payloads]
+    assert await asyncio.gather(*futures) == [1] * len(payloads)
+    await b.bus.barrier()
+    assert b.handler.on("user:2") == payloads  # no waiting: the barrier was enough
+
+
 def test_channel_names_round_trip_with_and_without_hash_tag() -> None:
     """Bare names gain the prefix (inside a hash tag when sharded) and come back unchanged."""
     classic, sharded = ChannelNames("cc"), ChannelNames("cc", hash_tag=True)

@@ -22,15 +22,18 @@ deadline built from ``seconds()``; tests never sleep to synchronise.
 import asyncio
 import contextlib
 import itertools
+import uuid
 from collections import Counter
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
 import pytest
 
+from clusterchat.bus.base import Bus, BusError
 from clusterchat.bus.local import LocalBus, LocalHub
+from clusterchat.bus.redis import RedisBus
 from clusterchat.presence.local import LocalPresence
 from clusterchat.protocol import (
     Login,
@@ -57,6 +60,7 @@ from clusterchat.store.base import (
     User,
 )
 from clusterchat.store.sql import SqlStore
+from tests.support.redis import RedisServer
 from tests.support.timing import seconds
 
 __all__ = [
@@ -68,6 +72,7 @@ __all__ = [
     "InstrumentedStore",
     "RecordingSession",
     "chat_cluster",
+    "local_chat_cluster",
     "run",
     "settle",
 ]
@@ -310,6 +315,11 @@ async def settle(
     while True:
         for service in nodes:
             await service.ctx.delivery.close()
+        for service in nodes:
+            # Everything published so far has reached the handlers (RedisBus: a
+            # round trip through Redis). A bus that is down has nothing to bring.
+            with contextlib.suppress(BusError):
+                await service.ctx.bus.barrier()
         current = asyncio.current_task()
         busy = {
             t
@@ -317,7 +327,7 @@ async def settle(
             if t is not current
             and t not in skip
             and t.get_name() != SWEEPER_TASK
-            and not t.get_name().startswith(FEED_TASK)
+            and not t.get_name().startswith(_RESIDENT_TASKS)
         }
         # A feed still catching up a session that can take pushes is work in progress;
         # one waiting for a stalled session is as quiet as it gets.
@@ -371,7 +381,7 @@ class ChatNode:
 
     service: ChatService
     store: InstrumentedStore
-    bus: LocalBus
+    bus: Bus
 
     def connect(self) -> Client:
         """Open a new connection to this node."""
@@ -400,10 +410,17 @@ class ChatNode:
 
 @dataclass
 class ChatCluster:
-    """Nodes sharing one hub, one presence and one database file."""
+    """Nodes sharing one bus, one presence and one database file.
+
+    The bus is a ``LocalHub`` shared by ``LocalBus`` instances, or, when
+    ``redis`` is given, a real redis-server that every node's ``RedisBus``
+    talks to (with a prefix of this cluster's own).
+    """
 
     db_url: str
+    redis: RedisServer | None = None
     hub: LocalHub = field(default_factory=LocalHub)
+    prefix: str = field(default_factory=lambda: f"test{uuid.uuid4().hex[:12]}")
     presence: LocalPresence = field(default_factory=LocalPresence)
     passwords: PasswordHasher = field(
         default_factory=lambda: PasswordHasher(time_cost=1, memory_kib=1024)
@@ -416,9 +433,24 @@ class ChatCluster:
         # start-up, off the loop so that blockbuster watches only the serving path.
         store = InstrumentedStore(await asyncio.to_thread(SqlStore, self.db_url))
         await store.create_schema()
-        bus = LocalBus(self.hub)
+        bus: Bus
+        node_id = f"n{len(self.nodes) + 1}"
+        if self.redis is None:
+            bus = LocalBus(self.hub)
+        else:
+            bus = RedisBus(
+                self.redis.url,
+                node_id=node_id,
+                prefix=self.prefix,
+                probe_interval=0.2,
+                probe_timeout=0.5,
+                publish_timeout=0.5,
+                connect_timeout=0.5,
+                backoff_base=0.05,
+                backoff_cap=0.2,
+            )
         service = ChatService(
-            node_id=f"n{len(self.nodes) + 1}",
+            node_id=node_id,
             store=store,
             bus=bus,
             presence=self.presence,
@@ -434,15 +466,30 @@ class ChatCluster:
         """``settle`` every node of the cluster."""
         await settle((n.service for n in self.nodes), ignore=ignore)
 
-    def outage(self) -> None:
-        """The bus goes down: every publish fails."""
-        self.hub.down = True
+    async def outage(self) -> None:
+        """The bus goes down: every publish fails (the redis-server is stopped)."""
+        if self.redis is None:
+            self.hub.down = True
+            return
+        await asyncio.to_thread(self.redis.stop)
+        await _until(lambda: not any(_redis_bus(n).connected for n in self.nodes), "outage")
 
-    def restore(self) -> None:
+    async def restore(self) -> None:
         """The bus comes back: each node resubscribes and reads its users' logs."""
-        self.hub.down = False
-        for node in self.nodes:
-            node.bus.restore()
+        if self.redis is None:
+            self.hub.down = False
+            for node in self.nodes:
+                assert isinstance(node.bus, LocalBus)
+                node.bus.restore()
+            return
+        before = [_redis_bus(n).restores for n in self.nodes]
+        await asyncio.to_thread(self.redis.start)
+        await _until(
+            lambda: all(
+                _redis_bus(n).restores > b for n, b in zip(self.nodes, before, strict=True)
+            ),
+            "every node's bus restored",
+        )
 
     async def log_of(self, user_id: int) -> list[LogEntry]:
         """The user's log (read directly)."""
@@ -459,9 +506,39 @@ class ChatCluster:
             await node.store.close()
 
 
+#: Tasks that live as long as a node (or wait for a stalled session): never "busy".
+_RESIDENT_TASKS = (FEED_TASK, "redisbus-", "redis-publisher")
+
+
+def _redis_bus(node: ChatNode) -> RedisBus:
+    assert isinstance(node.bus, RedisBus)
+    return node.bus
+
+
+async def _until(condition: Callable[[], bool], what: str) -> None:
+    async with asyncio.timeout(seconds(10)):
+        while not condition():  # noqa: ASYNC110 - the bus reports no event for these
+            await asyncio.sleep(0.01)
+
+
+@pytest.fixture(
+    params=["local", pytest.param("redis", marks=pytest.mark.integration)],
+)
+async def chat_cluster(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> AsyncIterator[ChatCluster]:
+    """An empty test cluster (once on the in-process bus, once on a real redis-server)."""
+    redis: RedisServer | None = None
+    if request.param == "redis":
+        redis = await asyncio.to_thread(request.getfixturevalue, "redis_server")
+    cluster = ChatCluster(db_url=f"sqlite:///{tmp_path}/chat.db", redis=redis)
+    yield cluster
+    await cluster.close()
+
+
 @pytest.fixture
-async def chat_cluster(tmp_path: Path) -> AsyncIterator[ChatCluster]:
-    """An empty test cluster; nodes are added with ``await chat_cluster.node()``."""
+async def local_chat_cluster(tmp_path: Path) -> AsyncIterator[ChatCluster]:
+    """A test cluster on the in-process bus, for tests that inject its faults by hand."""
     cluster = ChatCluster(db_url=f"sqlite:///{tmp_path}/chat.db")
     yield cluster
     await cluster.close()

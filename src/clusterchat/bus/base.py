@@ -62,6 +62,14 @@ class Bus(Protocol):
     async def unsubscribe(self, channel: str) -> None:
         """Stop receiving ``channel``."""
 
+    async def barrier(self) -> None:
+        """Return once everything published before the call to a channel this
+        node is subscribed to has been handed to the handler.
+
+        Raises:
+            BusError: the backend is unreachable.
+        """
+
     def publish(self, channel: str, payload: bytes) -> "asyncio.Future[int]":
         """Send ``payload`` to every node subscribed to ``channel``.
 

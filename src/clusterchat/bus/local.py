@@ -50,6 +50,11 @@ class LocalBus:
             if not subscribers:
                 del self._hub.subscribers[channel]
 
+    async def barrier(self) -> None:
+        """Nothing to wait for: a publication reaches every handler before ``publish`` returns."""
+        if self._hub.down:
+            raise BusError("local hub is down")
+
     def publish(self, channel: str, payload: bytes) -> asyncio.Future[int]:
         future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         if self._hub.down:

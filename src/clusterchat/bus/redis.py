@@ -241,7 +241,7 @@ class RedisBus:
 
         self._probe_seq = itertools.count(1)
         self._probe_nonce = f"{random.getrandbits(64):016x}"
-        self._probe_waiter: tuple[bytes, asyncio.Future[None]] | None = None
+        self._probe_waiters: dict[bytes, asyncio.Future[None]] = {}
 
     # -- observability ---------------------------------------------------------------
 
@@ -424,7 +424,7 @@ class RedisBus:
         loop = asyncio.get_running_loop()
         reader = loop.create_task(self._listen(session), name=f"redisbus-listener-{self._node_id}")
         prober = loop.create_task(self._keep_alive(session), name=f"redisbus-probe-{self._node_id}")
-        broken = loop.create_task(session.broken.wait())
+        broken = loop.create_task(session.broken.wait(), name=f"redisbus-broken-{self._node_id}")
         tasks = (reader, prober, broken)
         try:
             await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
@@ -479,22 +479,40 @@ class RedisBus:
         return len(channels)
 
     async def _probe(self) -> None:
+        await self._round_trip()
+        self._probes += 1
+
+    async def barrier(self) -> None:
+        """Return once everything published to this node before the call was handled.
+
+        A probe round trip: Redis delivers to one subscriber connection in
+        order, so when our own token comes back, every payload published
+        before it to a channel we are subscribed to has reached the handler.
+
+        Raises:
+            BusError: the bus is down or the token did not come back in time.
+        """
+        try:
+            await self._round_trip()
+        except _ProbeFailedError as exc:
+            raise BusError(str(exc)) from None
+
+    async def _round_trip(self) -> None:
         token = PROBE_MAGIC + f"{self._probe_nonce}:{next(self._probe_seq)}".encode()
         waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._probe_waiter = (token, waiter)
+        self._probe_waiters[token] = waiter
         try:
             async with asyncio.timeout(self._probe_timeout):
                 receivers = await self._publisher.publish(self._node_channel, token)
                 if receivers == 0:
                     raise _ProbeFailedError("probe reached no subscriber")
                 await waiter
-            self._probes += 1
         except TimeoutError:
             raise _ProbeFailedError(f"probe not back within {self._probe_timeout}s") from None
         except BusError as exc:
             raise _ProbeFailedError(f"probe publish failed: {exc}") from None
         finally:
-            self._probe_waiter = None
+            del self._probe_waiters[token]
 
     # -- listener --------------------------------------------------------------------
 
@@ -523,9 +541,9 @@ class RedisBus:
             return
         channel = raw_channel.decode("utf-8", "replace")
         if channel == self._node_channel and payload.startswith(PROBE_MAGIC):
-            waiter = self._probe_waiter
-            if waiter is not None and waiter[0] == payload and not waiter[1].done():
-                waiter[1].set_result(None)
+            waiter = self._probe_waiters.get(payload)
+            if waiter is not None and not waiter.done():
+                waiter.set_result(None)
             return
         bare = self._names.bare(channel)
         if bare is None or self._handler is None:

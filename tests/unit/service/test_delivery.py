@@ -141,25 +141,33 @@ async def test_outage_messages_reach_the_other_node_in_order_after_restore(
     bob = await first.register("bob")
     a = await first.login(alice)
     b = await second.login(bob)
-    chat_cluster.outage()
+    await chat_cluster.outage()
     for i in range(3):
         await a.send(OneChat(toid=bob, msg=f"during {i}"))
     await chat_cluster.settle()
     assert _texts(b) == []
-    chat_cluster.restore()
+    await chat_cluster.restore()
     await a.send(OneChat(toid=bob, msg="after"))
     await chat_cluster.settle()
     assert _texts(b) == ["during 0", "during 1", "during 2", "after"]
 
 
-async def test_a_live_message_after_a_gap_waits_for_the_gap(chat_cluster: ChatCluster) -> None:
-    """An envelope that arrives after one was lost makes the feed read the gap first."""
+async def test_a_live_message_after_a_gap_waits_for_the_gap(
+    local_chat_cluster: ChatCluster,
+) -> None:
+    """An envelope that arrives after one was lost makes the feed read the gap first.
+
+    The loss is injected into the in-process bus (a publish that fails while
+    the subscriber never noticed); on Redis the cut and outage tests of
+    tests/integration/test_delivery_log.py cover it.
+    """
+    chat_cluster = local_chat_cluster
     first, second = await chat_cluster.node(), await chat_cluster.node()
     alice = await first.register("alice")
     bob = await first.register("bob")
     a = await first.login(alice)
     b = await second.login(bob)
-    chat_cluster.outage()
+    await chat_cluster.outage()
     await a.send(OneChat(toid=bob, msg="lost on the bus"))
     await chat_cluster.settle()
     chat_cluster.hub.down = False  # back, but nobody noticed the outage
@@ -270,8 +278,14 @@ async def test_retry_with_the_same_cid_is_answered_with_the_original(
     assert len(await chat_cluster.log_of(bob)) == 1
 
 
-async def test_periodic_sweep_finds_an_entry_nobody_announced(chat_cluster: ChatCluster) -> None:
-    """An entry in a user's log that no envelope announced reaches the user with the sweep."""
+async def test_periodic_sweep_finds_an_entry_nobody_announced(
+    local_chat_cluster: ChatCluster,
+) -> None:
+    """An entry in a user's log that no envelope announced reaches the user with the sweep.
+
+    The lost announcement is injected into the in-process bus.
+    """
+    chat_cluster = local_chat_cluster
     first = await chat_cluster.node(Policy(sweep_interval=0.05))
     second = await chat_cluster.node()
     alice = await first.register("alice")
