@@ -314,12 +314,16 @@ async def settle(
     deadline = loop.time() + seconds(5)
     while True:
         for service in nodes:
-            await service.ctx.delivery.close()
+            await service.ctx.delivery.flush()
+        bus_up: dict[ChatService, bool] = {}
         for service in nodes:
             # Everything published so far has reached the handlers (RedisBus: a
             # round trip through Redis). A bus that is down has nothing to bring.
-            with contextlib.suppress(BusError):
+            try:
                 await service.ctx.bus.barrier()
+                bus_up[service] = True
+            except BusError:
+                bus_up[service] = False
         current = asyncio.current_task()
         busy = {
             t
@@ -337,7 +341,12 @@ async def settle(
             for user_id in s.registry.users()
             for state in s.registry.local(user_id)
         )
-        if not busy and not catching_up and not any(len(s.ctx.writer) for s in nodes):
+        # Announcements waiting to be published again count only while the bus is up.
+        pending = any(
+            len(s.ctx.writer) or s.ctx.delivery.busy or (bus_up[s] and s.ctx.delivery.unsent)
+            for s in nodes
+        )
+        if not busy and not catching_up and not pending:
             return
         remaining = deadline - loop.time()
         if remaining <= 0:

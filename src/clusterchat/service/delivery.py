@@ -84,6 +84,16 @@ class Delivery:
         for user_id, envelope in unsent.items():
             self._publish(user_id, envelope)
 
+    @property
+    def busy(self) -> bool:
+        """Publishes in flight or a catch-up after a restore running."""
+        return bool(self._inflight or self._restores)
+
+    @property
+    def unsent(self) -> int:
+        """Users with an announcement waiting to be published again (the bus failed)."""
+        return len(self._unsent)
+
     # --- receiving ------------------------------------------------------------------
 
     def offer(self, user_id: int, pos: int, push: Outbound) -> None:
@@ -127,19 +137,27 @@ class Delivery:
                         feed.head = max(feed.head, head)
                         feed.poke()
 
-    def broadcast(self, channel: str, payload: bytes) -> None:
-        """Publish a notice that may be lost (cache invalidations)."""
-        self._bus.publish(channel, payload).add_done_callback(_ignore_result)
+    def broadcast(self, channel: str, payload: bytes) -> "asyncio.Future[int]":
+        """Publish a notice that may be lost (cache invalidations); ``close`` waits for it."""
+        future = self._bus.publish(channel, payload)
+        self._inflight.add(future)
+        future.add_done_callback(self._inflight.discard)
+        future.add_done_callback(_ignore_result)
+        return future
 
-    async def close(self) -> None:
-        """Let publishes in flight complete."""
-        if self._republish is not None:
-            self._republish.cancel()
-            self._republish = None
+    async def flush(self) -> None:
+        """Wait (at most 5 s each) for the publishes in flight and a running catch-up."""
         if self._inflight:
             await asyncio.wait(list(self._inflight), timeout=5)
         if self._restores:
             await asyncio.wait(list(self._restores), timeout=5)
+
+    async def close(self) -> None:
+        """Stop publishing again what failed; let publishes in flight complete."""
+        if self._republish is not None:
+            self._republish.cancel()
+            self._republish = None
+        await self.flush()
 
 
 def _log_failure(task: asyncio.Task[None]) -> None:

@@ -5,6 +5,9 @@ member but the sender. A join tells every node to drop its cached members of
 that group (``GROUP_CHANGED`` on the groups channel).
 """
 
+import contextlib
+
+from clusterchat.bus.base import BusError
 from clusterchat.bus.channels import GROUPS_CHANNEL
 from clusterchat.protocol import (
     AddGroup,
@@ -42,10 +45,18 @@ async def add_group(ctx: Context, state: SessionState, request: AddGroup) -> Non
     if not await ctx.store.add_member(request.groupid, state.user_id):
         raise ChatError(ErrorCode.ALREADY_MEMBER, f"you are already in group {request.groupid}")
     ctx.groups.invalidate(request.groupid)
-    _announce(ctx, request.groupid)
+    await _announce(ctx, request.groupid)
     state.session.send(Outbound.of(AddGroupAck(errno=0, groupid=request.groupid)))
 
 
-def _announce(ctx: Context, group_id: int) -> None:
-    """Tell every node to drop its cached members of ``group_id``."""
-    ctx.delivery.broadcast(GROUPS_CHANNEL, encode_group_changed(ctx.node_id, group_id))
+async def _announce(ctx: Context, group_id: int) -> None:
+    """Tell every node to drop its cached members of ``group_id``.
+
+    Waits until the bus took the notice, so the joiner is answered only once
+    the other nodes are being told (a node that reads it a moment later may
+    still fan out one message with the old members; cached members also
+    expire after 60 s). A bus that is down cannot carry it: the nodes clear
+    their caches when their bus comes back.
+    """
+    with contextlib.suppress(BusError):
+        await ctx.delivery.broadcast(GROUPS_CHANNEL, encode_group_changed(ctx.node_id, group_id))
