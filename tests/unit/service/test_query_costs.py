@@ -1,7 +1,8 @@
 """Chat costs no database query per message (docs/architecture.md, groups.py, users_cache.py).
 
-The only store call on the chat path is the log's batched append (group
-commit): no lookup per message, and at most one append per batch. The store is
+The only store calls on the chat path are batched writes: the log's append
+(group commit, at most one per batch) and the cursor saves (at most one per
+node every ``cursor_interval``); no lookup per message. The store is
 the real SqlStore behind ``InstrumentedStore``, which counts the calls that
 reach it.
 """
@@ -21,6 +22,7 @@ async def test_chat_to_a_known_online_user_costs_no_store_call(chat_cluster: Cha
     await a.send(OneChat(toid=bob, msg="warm-up"))  # bob registered elsewhere: one lookup
     await chat_cluster.settle()
     before = [first.store.total, second.store.total]
+    before_saves = [node.store.calls["save_cursors"] for node in (first, second)]
 
     count = 50
     for i in range(count):
@@ -29,7 +31,11 @@ async def test_chat_to_a_known_online_user_costs_no_store_call(chat_cluster: Cha
     await chat_cluster.settle()
 
     appends = first.store.calls["append"]
-    assert [first.store.total - appends, second.store.total] == [before[0] - 1, before[1]]
+    saves = [node.store.calls["save_cursors"] for node in (first, second)]
+    assert [first.store.total - appends - saves[0], second.store.total - saves[1]] == [
+        before[0] - 1 - before_saves[0],
+        before[1] - before_saves[1],
+    ]
     assert 1 <= appends - 1 <= 2 * count
     assert len(b.session.of_type(OneChat)) == count + 1
     assert len(c.session.of_type(OneChat)) == count
@@ -54,6 +60,7 @@ async def test_group_chat_to_a_cached_group_costs_no_store_call(
     await chat_cluster.settle()
     assert first.store.calls["members"] == 1
     before = [first.store.total, second.store.total]
+    before_saves = [node.store.calls["save_cursors"] for node in (first, second)]
 
     count = 50
     for i in range(count):
@@ -61,6 +68,10 @@ async def test_group_chat_to_a_cached_group_costs_no_store_call(
     await chat_cluster.settle()
 
     appends = first.store.calls["append"] - 1
-    assert [first.store.total - appends, second.store.total] == before
+    saves = [
+        node.store.calls["save_cursors"] - b
+        for node, b in zip((first, second), before_saves, strict=True)
+    ]
+    assert [first.store.total - appends - saves[0], second.store.total - saves[1]] == before
     assert 1 <= appends <= count
     assert len(b.session.of_type(GroupChat)) == len(c.session.of_type(GroupChat)) == count + 1
