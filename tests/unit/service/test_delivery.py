@@ -316,3 +316,35 @@ async def test_after_beyond_the_log_is_clamped_to_its_end(chat_cluster: ChatClus
     await a.send(OneChat(toid=bob, msg="second"))
     await chat_cluster.settle()
     assert [(p.msg, p.cursor) for p in phone.session.of_type(OneChat)] == [("second", 2)]
+
+
+async def test_senders_wait_while_the_appends_in_flight_fill_their_bound(
+    local_chat_cluster: ChatCluster,
+) -> None:
+    """Above ``max_pending`` bytes waiting for the log a send waits (back-pressure); none lost."""
+    chat_cluster = local_chat_cluster
+    node = await chat_cluster.node(Policy(max_pending=2000))
+    alice = await node.register("alice")
+    bob = await node.register("bob")
+    a = await node.login(alice)
+    b = await node.login(bob)
+    gate = node.store.hold("append")
+    service, text = node.service, "x" * 400
+    for i in range(3):  # the first batch: held in the store
+        assert service.handle(a.state, OneChat(toid=bob, msg=f"{i} {text}")) is None
+    await gate.reached()
+    queued = 0
+    while not service.ctx.writer.full:  # fill the bound behind the held batch
+        assert service.handle(a.state, OneChat(toid=bob, msg=f"{3 + queued} {text}")) is None
+        queued += 1
+    waiting = service.handle(a.state, OneChat(toid=bob, msg=f"{3 + queued} {text}"))
+    assert waiting is not None  # the sender's connection stops here
+    task = asyncio.create_task(waiting)
+    for _ in range(20):  # many loop turns: it keeps waiting while the store holds the batch
+        await asyncio.sleep(0)
+    assert not task.done()
+    gate.release()
+    await task
+    await chat_cluster.settle()
+    got = [push.msg.split()[0] for push in b.session.of_type(OneChat)]
+    assert got == [str(i) for i in range(4 + queued)]
