@@ -49,7 +49,7 @@ from clusterchat.service.chat import SWEEPER_TASK, ChatService
 from clusterchat.service.context import Policy
 from clusterchat.service.feed import FEED_TASK
 from clusterchat.service.passwords import PasswordHasher
-from clusterchat.service.sessions import SessionState
+from clusterchat.service.sessions import SessionState, WritableWaiters
 from clusterchat.store.base import (
     Appended,
     Group,
@@ -105,7 +105,7 @@ class RecordingSession:
         self.closed_reason: str | None = None
         self._stalled = False
         self._written = 0
-        self._waiters: list[asyncio.Future[bool]] = []
+        self._waiters = WritableWaiters()
 
     @property
     def closed(self) -> bool:
@@ -127,17 +127,10 @@ class RecordingSession:
         """Stop (or resume) taking pushes, like a client that does not read."""
         self._stalled = stalled
         if not stalled:
-            self._wake(True)
+            self._waiters.wake(True)
 
     async def wait_writable(self) -> bool:
-        while not self.writable:
-            if self.closed:
-                return False
-            waiter: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-            self._waiters.append(waiter)
-            if not await waiter:
-                return False
-        return True
+        return await self._waiters.wait(self)
 
     def send(self, message: Outbound) -> None:
         """Record ``message`` (ignored once closed)."""
@@ -151,13 +144,7 @@ class RecordingSession:
         """Close (idempotent); later sends are ignored."""
         if self.closed_reason is None:
             self.closed_reason = reason
-            self._wake(False)
-
-    def _wake(self, value: bool) -> None:
-        waiters, self._waiters = self._waiters, []
-        for waiter in waiters:
-            if not waiter.done():
-                waiter.set_result(value)
+            self._waiters.wake(False)
 
     def of_type(self, kind: type[M]) -> list[M]:
         """The received messages of one type, in order."""

@@ -27,7 +27,7 @@ from clusterchat.protocol import Outbound
 if TYPE_CHECKING:
     from clusterchat.service.feed import Feed
 
-__all__ = ["Session", "SessionRegistry", "SessionState"]
+__all__ = ["Session", "SessionRegistry", "SessionState", "WritableWaiters"]
 
 
 class Session(Protocol):
@@ -67,6 +67,40 @@ class Session(Protocol):
 
     def close(self, reason: str) -> None:
         """Close the connection (idempotent)."""
+
+
+class WritableWaiters:
+    """The tasks waiting in a session's ``wait_writable``; for ``Session`` implementations.
+
+    The session calls ``wake(True)`` when it may have become writable and
+    ``wake(False)`` when it closed.
+    """
+
+    __slots__ = ("_waiters",)
+
+    def __init__(self) -> None:
+        self._waiters: list[asyncio.Future[bool]] = []
+
+    def __bool__(self) -> bool:
+        return bool(self._waiters)
+
+    async def wait(self, session: Session) -> bool:
+        """Wait until ``session`` is writable; False if it closed meanwhile."""
+        while not session.writable:
+            if session.closed:
+                return False
+            waiter: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+            self._waiters.append(waiter)
+            if not await waiter:
+                return False
+        return True
+
+    def wake(self, value: bool) -> None:
+        """Let every waiting task check again (``value`` False: the session closed)."""
+        waiters, self._waiters = self._waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(value)
 
 
 class SessionState:

@@ -50,7 +50,7 @@ from clusterchat.protocol import (
     error_answer,
 )
 from clusterchat.service.chat import ChatService
-from clusterchat.service.sessions import SessionState
+from clusterchat.service.sessions import SessionState, WritableWaiters
 from clusterchat.transport.flood import TokenBucket
 
 __all__ = ["ConnectionLimits", "TcpConnection", "TcpServer"]
@@ -110,7 +110,7 @@ class TcpConnection(asyncio.Protocol):
         self._delivered = 0
         self._write_paused = False
         self._stall_timer: asyncio.TimerHandle | None = None
-        self._waiters: list[asyncio.Future[bool]] = []
+        self._waiters = WritableWaiters()
         self._closed = False
         self._login_timer: asyncio.TimerHandle | None = None
         self.id = next(_ids)
@@ -145,7 +145,7 @@ class TcpConnection(asyncio.Protocol):
         for timer in (self._login_timer, self._stall_timer):
             if timer is not None:
                 timer.cancel()
-        self._wake(False)
+        self._waiters.wake(False)
         log.info("[%d] = connection from %s closed", self.id, self.peer)
         # A request still running (a login half-way) is not cancelled: it
         # finishes against a closed session, then the worker tells the service.
@@ -168,7 +168,7 @@ class TcpConnection(asyncio.Protocol):
             self._stall_timer = None
         self._update_reading()
         if self.writable:
-            self._wake(True)
+            self._waiters.wake(True)
 
     def _end_session(self) -> None:
         if self.state is not None:
@@ -290,14 +290,7 @@ class TcpConnection(asyncio.Protocol):
         return self._delivered
 
     async def wait_writable(self) -> bool:
-        while not self.writable:
-            if self._closed:
-                return False
-            waiter: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-            self._waiters.append(waiter)
-            if not await waiter:
-                return False
-        return True
+        return await self._waiters.wait(self)
 
     def send(self, message: Outbound) -> None:
         if self._closed:
@@ -322,7 +315,7 @@ class TcpConnection(asyncio.Protocol):
         self._out.clear()
         self._out_size = 0
         if self._waiters and self.writable:
-            self._wake(True)
+            self._waiters.wake(True)
 
     def _observe(self) -> None:
         """Note how many bytes the kernel has taken (the transport's buffer only shrinks)."""
@@ -331,19 +324,13 @@ class TcpConnection(asyncio.Protocol):
             if done > self._delivered:
                 self._delivered = done
 
-    def _wake(self, value: bool) -> None:
-        waiters, self._waiters = self._waiters, []
-        for waiter in waiters:
-            if not waiter.done():
-                waiter.set_result(value)
-
     def close(self, reason: str) -> None:
         if self._closed or self._transport is None:
             return
         log.info("[%d] closing %s: %s", self.id, self.peer, reason)
         self._flush()
         self._closed = True
-        self._wake(False)
+        self._waiters.wake(False)
         self._transport.close()
 
     def _reply_error(self, request_msgid: int | None, code: ErrorCode, message: str) -> None:
