@@ -75,6 +75,7 @@ __all__ = [
     "local_chat_cluster",
     "run",
     "settle",
+    "until",
 ]
 
 #: The password every test user gets unless a test says otherwise.
@@ -468,7 +469,7 @@ class ChatCluster:
             self.hub.down = True
             return
         await asyncio.to_thread(self.redis.stop)
-        await _until(lambda: not any(_redis_bus(n).connected for n in self.nodes), "outage")
+        await until(lambda: not any(_redis_bus(n).connected for n in self.nodes), "outage")
 
     async def restore(self) -> None:
         """The bus comes back: each node resubscribes and reads its users' logs."""
@@ -480,7 +481,7 @@ class ChatCluster:
             return
         before = [_redis_bus(n).restores for n in self.nodes]
         await asyncio.to_thread(self.redis.start)
-        await _until(
+        await until(
             lambda: all(
                 _redis_bus(n).restores > b for n, b in zip(self.nodes, before, strict=True)
             ),
@@ -511,10 +512,18 @@ def _redis_bus(node: ChatNode) -> RedisBus:
     return node.bus
 
 
-async def _until(condition: Callable[[], bool], what: str) -> None:
-    async with asyncio.timeout(seconds(10)):
-        while not condition():  # noqa: ASYNC110 - the bus reports no event for these
-            await asyncio.sleep(0.01)
+async def until(condition: Callable[[], bool], what: str) -> None:
+    """Poll ``condition`` until it holds (for states that signal no event).
+
+    Raises:
+        AssertionError: naming ``what``, if it does not hold within 10 s (scaled).
+    """
+    try:
+        async with asyncio.timeout(seconds(10)):
+            while not condition():  # noqa: ASYNC110 - nothing to wait on but the state
+                await asyncio.sleep(0.01)
+    except TimeoutError:
+        raise AssertionError(f"not reached in time: {what}") from None
 
 
 @pytest.fixture(

@@ -20,7 +20,6 @@ Theory of operation (ARCHITECTURE.md delivery rules; docs/delivery.md):
 
 import asyncio
 import logging
-from collections.abc import Iterable
 from functools import partial
 
 from clusterchat.bus.base import Bus
@@ -102,13 +101,6 @@ class Delivery:
             feed = state.feed
             if feed is not None:
                 feed.offer(pos, push)
-
-    def poke(self, user_ids: Iterable[int]) -> None:
-        """These users' logs may hold entries no envelope announced: read them."""
-        for user_id in user_ids:
-            for state in self._registry.local(user_id):
-                if state.feed is not None:
-                    state.feed.poke()
 
     def restored(self) -> None:
         """The bus is back (after an outage or a cut): catch up every local feed, resend failures.

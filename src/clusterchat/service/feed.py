@@ -30,8 +30,8 @@ What the session has, for its cursor:
 * an **acknowledging** device (``device`` given at login) moves its cursor by
   ``Ack``: ``acked``;
 * a **classic** session has no acks; its position is what the kernel took:
-  ``handed`` compares the session's ``delivered`` byte count with the byte
-  offset at which each push ended. Bytes still in the node's buffers when the
+  ``position()`` compares the session's ``delivered`` byte count with the
+  byte offset at which each push ended. Bytes still in the node's buffers when the
   connection dies do not count, so they are pushed again at the next login.
 """
 

@@ -44,13 +44,14 @@ def send_chat(ctx: Context, state: SessionState, request: ChatRequest) -> Pendin
     """Accept a chat message; None if done at once, else a coroutine to await."""
     recipients = _cached_recipients(ctx, state, request)
     if recipients is None or ctx.writer.full:
-        return _send_slow(ctx, state, request)
+        return _send_slow(ctx, state, request, recipients)
     _submit(ctx, state, request, recipients)
     return None
 
 
-async def _send_slow(ctx: Context, state: SessionState, request: ChatRequest) -> None:
-    recipients = _cached_recipients(ctx, state, request)
+async def _send_slow(
+    ctx: Context, state: SessionState, request: ChatRequest, recipients: tuple[int, ...] | None
+) -> None:
     if recipients is None:
         recipients = await _query_recipients(ctx, state, request)
     await ctx.writer.room()

@@ -10,7 +10,7 @@ import msgspec
 
 from clusterchat.protocol import Ack, Error, Login, LoginAck, OneChat, OneChatAck
 from clusterchat.service.context import Policy
-from tests.support.service import PASSWORD, ChatCluster, Client
+from tests.support.service import PASSWORD, ChatCluster, Client, until
 
 
 def _texts(client: Client) -> list[str]:
@@ -19,13 +19,6 @@ def _texts(client: Client) -> list[str]:
 
 def _offline_texts(ack: LoginAck) -> list[str]:
     return [msgspec.json.decode(m, type=OneChat).msg for m in ack.offlinemsg]
-
-
-async def _until(condition: object, what: str) -> None:
-    deadline = asyncio.get_running_loop().time() + 5
-    while not callable(condition) or not condition():
-        assert asyncio.get_running_loop().time() < deadline, what
-        await asyncio.sleep(0.01)
 
 
 async def test_offline_recipient_gets_everything_at_next_login_once(
@@ -194,7 +187,7 @@ async def test_a_stalled_reader_gets_everything_once_in_order_when_it_reads_agai
     assert _texts(b) == ["0"]
     assert b.session.closed_reason is None
     b.session.stall(False)
-    await _until(lambda: len(_texts(b)) == 50, "the stalled reader never caught up")
+    await until(lambda: len(_texts(b)) == 50, "the stalled reader never caught up")
     await chat_cluster.settle()
     assert _texts(b) == [str(i) for i in range(50)]
 
@@ -297,7 +290,7 @@ async def test_periodic_sweep_finds_an_entry_nobody_announced(
     await second.service.ctx.writer.flush()
     chat_cluster.hub.down = False
     second.service.ctx.delivery._unsent.clear()  # as if the republish were lost too
-    await _until(lambda: "found by the sweep" in _texts(b), "the sweep never delivered it")
+    await until(lambda: "found by the sweep" in _texts(b), "the sweep never delivered it")
     assert _texts(b) == ["found by the sweep"]
 
 
