@@ -1,0 +1,93 @@
+"""How fast the SQLite message log appends, with no node around it.
+
+Run with ``.venv/bin/python benchmarks/log_append.py [--batch 50] [--seconds 5]``.
+It creates a fresh database with 2,000 users in a temporary directory, then
+appends random one-to-one messages in batches through ``SqlStore.append`` as
+fast as it can: once from one process, then from two processes into the same
+file at once (as two nodes of one machine do). It prints messages per second
+for each. Numbers are for comparing versions on one machine (docs/performance.md
+quotes them); no test asserts on them.
+"""
+
+import argparse
+import asyncio
+import multiprocessing
+import random
+import tempfile
+import time
+from pathlib import Path
+
+from clusterchat.store.base import NewMessage
+from clusterchat.store.sql import SqlStore
+
+__all__ = ["main"]
+
+USERS = 2000
+BODY = (
+    b'{"id":1,"mid":"18c-abc-1","msg":"hello there 123","msgid":6,'
+    b'"name":"u1","time":"2026-12-01 10:00:00"}'
+)
+
+
+async def _create(url: str) -> None:
+    store = SqlStore(url)
+    await store.create_schema()
+    for index in range(USERS):
+        await store.create_user(f"u{index}", "h")
+    await store.close()
+
+
+async def _append(url: str, tag: str, batch: int, seconds: float) -> float:
+    store = SqlStore(url)
+    rng = random.Random(tag)
+    sent = 0
+    started = time.perf_counter()
+    while time.perf_counter() - started < seconds:
+        messages = []
+        for index in range(batch):
+            a = rng.randrange(USERS)
+            b = (a + 1) % USERS
+            messages.append(
+                NewMessage(
+                    f"{tag}-{sent + index}",
+                    1 + a,
+                    f"u:{min(a, b)}:{max(a, b)}",
+                    (1 + b,),
+                    "t",
+                    BODY,
+                )
+            )
+        await store.append(messages)
+        sent += batch
+    elapsed = time.perf_counter() - started
+    await store.close()
+    return sent / elapsed
+
+
+def _worker(url: str, tag: str, batch: int, seconds: float) -> float:
+    return asyncio.run(_append(url, tag, batch, seconds))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batch", type=int, default=50, help="messages per append")
+    parser.add_argument("--seconds", type=float, default=5.0, help="seconds per run")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        for processes in (1, 2):
+            url = f"sqlite:///{Path(tmp) / f'log{processes}.db'}"
+            asyncio.run(_create(url))
+            context = multiprocessing.get_context("spawn")
+            with context.Pool(processes) as pool:
+                rates = pool.starmap(
+                    _worker, [(url, f"p{i}", args.batch, args.seconds) for i in range(processes)]
+                )
+            each = ", ".join(f"{rate:,.0f}" for rate in rates)
+            print(
+                f"{processes} process(es), batches of {args.batch}: "
+                f"{sum(rates):,.0f} msgs/s in all ({each})"
+            )
+
+
+if __name__ == "__main__":
+    main()
