@@ -144,6 +144,7 @@ class RedisPublisher:
         self._handshake.append(_command(b"CLIENT", b"SETNAME", client_name.encode()))
         self._timeout = timeout
         self._header = b"*3\r\n$%d\r\n%s\r\n" % (len(command), command.encode())
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._pipe: _Pipeline | None = None
         self._connecting: asyncio.Task[None] | None = None
         self._backlog: list[tuple[bytes, asyncio.Future[Any]]] = []
@@ -163,7 +164,9 @@ class RedisPublisher:
             with ``BusError`` (Redis unreachable or too slow, refused, or the
             publisher closed).
         """
-        loop = asyncio.get_running_loop()
+        loop = self._loop
+        if loop is None:  # cached: get_running_loop() is a system call (tcp.py)
+            loop = self._loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
         if self._closed:
             future.set_exception(BusError("bus closed"))

@@ -13,14 +13,19 @@ several node processes queue on an advisory file lock (``flock`` on
 ``<db>.write-lock``), which wakes the next one as soon as the lock is
 released, instead of letting them poll in the busy handler. ``BEGIN
 IMMEDIATE`` takes SQLite's write lock first, so a transaction that reads
-before it writes never has to upgrade. SQLite's own automatic checkpoint
-(every 1000 WAL pages) stays on: checkpointing less often let the WAL grow to
-hundreds of MB in a minute of load and made every transaction slower.
+before it writes never has to upgrade.
+
+The WAL is checkpointed by the writer, after it released the file lock (a
+PASSIVE checkpoint at most every ``CHECKPOINT_INTERVAL``): SQLite's automatic
+checkpoint runs inside COMMIT, so the other nodes waited for it on the lock.
+Checkpointing much less often (every 500 transactions, tried) let the WAL
+grow to hundreds of MB in a minute of load and made every transaction slower.
 """
 
 import asyncio
 import fcntl
 import os
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
@@ -30,6 +35,9 @@ from sqlalchemy import Connection, Engine, create_engine, event
 __all__ = ["SqliteWriter"]
 
 T = TypeVar("T")
+
+#: Seconds between two checkpoints of one writer (docstring above).
+CHECKPOINT_INTERVAL = 0.05
 
 
 class SqliteWriter:
@@ -46,6 +54,8 @@ class SqliteWriter:
             url, connect_args={"check_same_thread": False}, pool_size=1, max_overflow=0
         )
         event.listen(self._engine, "connect", on_connect)
+        event.listen(self._engine, "connect", _no_automatic_checkpoint)
+        self._checkpointed = 0.0
         self._lock_path = f"{path}.write-lock"
         self._lock_fd: int | None = None
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-writer")
@@ -62,9 +72,19 @@ class SqliteWriter:
         try:
             with self._engine.begin() as conn:
                 conn.exec_driver_sql("BEGIN IMMEDIATE")
-                return work(conn)
+                result = work(conn)
         finally:
             fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+        self._checkpoint()
+        return result
+
+    def _checkpoint(self) -> None:
+        now = time.monotonic()
+        if now - self._checkpointed < CHECKPOINT_INTERVAL:
+            return
+        self._checkpointed = now
+        with self._engine.connect() as conn:
+            conn.exec_driver_sql("PRAGMA wal_checkpoint(PASSIVE)").all()
 
     async def close(self) -> None:
         """Wait for the running write, then release the thread, the connection and the lock."""
@@ -77,3 +97,9 @@ class SqliteWriter:
         if self._lock_fd is not None:
             os.close(self._lock_fd)
             self._lock_fd = None
+
+
+def _no_automatic_checkpoint(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA wal_autocheckpoint=0")
+    cursor.close()
