@@ -50,6 +50,25 @@ def _node_parser(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> 
         help="give up on a client that reads nothing for this many seconds (default 60)",
     )
     node.add_argument(
+        "--max-connections",
+        dest="max_connections",
+        type=int,
+        help="connections the node takes at once (default 10000)",
+    )
+    node.add_argument(
+        "--max-per-address",
+        dest="max_per_address",
+        type=int,
+        help="connections from one client address at once (default 100)",
+    )
+    node.add_argument(
+        "--proxy-protocol",
+        dest="proxy_protocol",
+        action="store_const",
+        const=True,
+        help="connections begin with nginx's PROXY header (the client's address)",
+    )
+    node.add_argument(
         "--sweep-interval",
         dest="sweep_interval",
         type=float,

@@ -68,6 +68,9 @@ class Node:
                 single_session=settings.single_session,
                 offline_batch=settings.offline_batch,
                 sweep_interval=settings.sweep_interval,
+                login_attempts=settings.login_attempts,
+                login_attempts_per_address=settings.login_attempts_per_address,
+                registrations_per_address=settings.registrations_per_address,
             ),
         )
         self.tcp = TcpServer(
@@ -78,6 +81,9 @@ class Node:
                 max_burst=settings.max_burst,
                 login_timeout=settings.login_timeout,
                 stall_timeout=settings.stall_timeout,
+                max_connections=settings.max_connections,
+                max_per_address=settings.max_per_address,
+                proxy_protocol=settings.proxy_protocol,
             ),
         )
         self.address: tuple[str, int] | None = None

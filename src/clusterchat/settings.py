@@ -34,7 +34,13 @@ class Settings:
     max_burst: float = 1000.0
     login_timeout: float = 120.0
     stall_timeout: float = 60.0
+    max_connections: int = 10_000
+    max_per_address: int = 100
+    proxy_protocol: bool = False
     offline_batch: int = 1000
+    login_attempts: int = 5
+    login_attempts_per_address: int = 20
+    registrations_per_address: int = 10
     sweep_interval: float = 30.0
     argon2_time_cost: int = 2
     argon2_memory_kib: int = 19 * 1024

@@ -209,7 +209,11 @@ def test_two_hundred_parallel_logins(node_factory: NodeFactory) -> None:
     lock = threading.Lock()
 
     def login(user_id: int) -> None:
-        client = ClassicClient(node.host, node.port)
+        # From four addresses: one address may hold 100 connections at once.
+        source = f"127.0.2.{1 + user_id % 4}"
+        client = ClassicClient.over(
+            socket.create_connection((node.host, node.port), seconds(10), (source, 0))
+        )
         try:
             answer = client.request({"msgid": 1, "id": user_id, "password": PASSWORD})
         finally:

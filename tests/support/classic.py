@@ -37,6 +37,14 @@ class ClassicClient:
         self.sock = socket.create_connection((host, port), timeout=seconds(10))
         self._pending = b""
 
+    @classmethod
+    def over(cls, sock: socket.socket) -> "ClassicClient":
+        """A client on a socket connected already (from a chosen source address...)."""
+        client = cls.__new__(cls)
+        client.sock = sock
+        client._pending = b""
+        return client
+
     def close(self) -> None:
         self.sock.close()
 

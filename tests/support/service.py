@@ -94,13 +94,15 @@ class RecordingSession:
 
     Attributes:
         peer: A name for logs.
+        address: The client's address (limits per address).
         raw: Every message as the JSON bytes the service encoded.
         received: The same messages, decoded as a client would.
         closed_reason: Why the session closed, or None while open.
     """
 
-    def __init__(self, peer: str | None = None) -> None:
+    def __init__(self, peer: str | None = None, address: str = "192.0.2.1") -> None:
         self.peer = peer or f"test-peer-{next(_peers)}"
+        self.address = address
         self.raw: list[bytes] = []
         self.received: list[ServerMessage] = []
         self.closed_reason: str | None = None

@@ -218,12 +218,12 @@ class Peer:
         async with self._send_lock, asyncio.timeout(WAIT):
             await asyncio.get_running_loop().sock_sendall(self.sock, data)
 
-    async def request(self, frame: Frame) -> Frame:
+    async def request(self, frame: Frame, within: float = WAIT) -> Frame:
         """Send a request and return its answer (or the Error about it)."""
         future: asyncio.Future[Frame] = asyncio.get_running_loop().create_future()
         self._waiting.setdefault(int(frame["msgid"]), deque()).append(future)
         await self.send(frame)
-        async with asyncio.timeout(WAIT):
+        async with asyncio.timeout(within):
             return await future
 
     async def chat(
@@ -353,12 +353,26 @@ class Net:
         return task
 
     async def connect(
-        self, node: NodeHandle, *, nul: bool = False, rcvbuf: int | None = None
+        self,
+        node: NodeHandle,
+        *,
+        nul: bool = False,
+        rcvbuf: int | None = None,
+        source: str | None = None,
     ) -> Peer:
-        """A new connection, reading. ``rcvbuf`` sets a small SO_RCVBUF before connecting."""
+        """A new connection, reading.
+
+        Args:
+            node: Where to.
+            nul: Speak the classic (NUL-terminated) framing.
+            rcvbuf: A small SO_RCVBUF, set before connecting.
+            source: The local address to connect from (another 127.x.y.z).
+        """
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         if rcvbuf is not None:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+        if source is not None:
+            sock.bind((source, 0))
         sock.setblocking(False)
         peer = Peer(sock, nul=nul, name=f"peer-{next(self._names)}@{node.port}")
         self.peers.append(peer)
@@ -514,11 +528,12 @@ async def start_nodes(
     redis: RedisServer,
     count: int,
     extra_args: Sequence[str] = (),
+    env: Mapping[str, str] | None = None,
 ) -> list[NodeHandle]:
-    """``count`` nodes n1, n2... joined by ``redis``, flood limits raised."""
+    """``count`` nodes n1, n2... joined by ``redis``, flood limits raised (and ``env`` added)."""
 
     def start(number: int) -> NodeHandle:
         args = ["--redis", redis.url, "--node-id", f"n{number}", *extra_args]
-        return node_factory(extra_args=args, env=LOAD_ENV)
+        return node_factory(extra_args=args, env={**LOAD_ENV, **(env or {})})
 
     return [await asyncio.to_thread(start, number) for number in range(1, count + 1)]

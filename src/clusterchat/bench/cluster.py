@@ -6,7 +6,8 @@ one SQLite database and that Redis, and, with ``--via-nginx``, nginx
 balancing TCP over them. Nodes run with cheap password hashing
 (``NODE_ENV``: argon2 time cost 1, 1 MiB) so thousands of logins measure the
 server rather than the hash, and with request-rate limits high enough not to
-throttle the load (``--max-rate``/``max_burst`` 100000). Everything is started
+throttle the load (``--max-rate``/``max_burst`` 100000), and connection limits
+above its own thousands of loopback connections. Everything is started
 as a child in its own session and stopped by pid (``cluster.processes``).
 
 A targeted cluster is only addresses: nothing is started or stopped, and the
@@ -35,9 +36,18 @@ NODE_ENV: dict[str, str] = {
     "CLUSTERCHAT_ARGON2_TIME_COST": "1",
     "CLUSTERCHAT_ARGON2_MEMORY_KIB": "1024",
     "CLUSTERCHAT_MAX_BURST": "100000",
+    # Thousands of users registered from one address, as fast as it can.
+    "CLUSTERCHAT_REGISTRATIONS_PER_ADDRESS": "1000000",
 }
-#: Extra node arguments: no flood limit in the way of the offered load.
-NODE_ARGS: tuple[str, ...] = ("--max-rate", "100000")
+#: Extra node arguments: no flood or connection limit in the way of the offered load.
+NODE_ARGS: tuple[str, ...] = (
+    "--max-rate",
+    "100000",
+    "--max-connections",
+    "1000000",
+    "--max-per-address",
+    "1000000",
+)
 
 _READY = "listening on"
 _READY_TIMEOUT = 30.0

@@ -18,6 +18,8 @@ from clusterchat.protocol.errors import ErrorCode, FramingError, InvalidMessage,
 from clusterchat.protocol.framing import JsonStreamDecoder, classic_frame, ndjson_line
 from clusterchat.protocol.limits import CLASSIC_FRAME_MAX, Limits
 from clusterchat.protocol.messages import (
+    MAX_ID,
+    MAX_POSITION,
     Ack,
     AddFriend,
     AddFriendAck,
@@ -51,6 +53,8 @@ from clusterchat.protocol.msgid import MsgId
 
 __all__ = [
     "CLASSIC_FRAME_MAX",
+    "MAX_ID",
+    "MAX_POSITION",
     "Ack",
     "AddFriend",
     "AddFriendAck",

@@ -33,9 +33,11 @@ _ANSWER_TO: dict[int, type[Answer]] = {
 }
 
 
-def error_answer(request_msgid: int | None, errno: int, errmsg: str) -> Answer:
+def error_answer(
+    request_msgid: int | None, errno: int, errmsg: str, *, retry_after: int | None = None
+) -> Answer:
     """The answer reporting ``errno`` for a request of type ``request_msgid``."""
     answer_type = _ANSWER_TO.get(request_msgid) if request_msgid is not None else None
     if answer_type is None:
-        return Error(errno=errno, errmsg=errmsg, req=request_msgid)
-    return answer_type(errno=errno, errmsg=errmsg)
+        return Error(errno=errno, errmsg=errmsg, retry_after=retry_after, req=request_msgid)
+    return answer_type(errno=errno, errmsg=errmsg, retry_after=retry_after)

@@ -17,7 +17,6 @@ from clusterchat.protocol.limits import CLASSIC_FRAME_MAX, Limits
 from clusterchat.protocol.messages import (
     REQUEST_TYPES,
     SERVER_MESSAGE_TYPES,
-    Ack,
     AddFriend,
     AddGroup,
     CreateGroup,
@@ -120,10 +119,6 @@ def _check_limits(request: Request, limits: Limits) -> None:
         _bound(request, "password", request.password, limits.max_password, allow_empty=True)
         if request.device is not None:
             _bound(request, "device", request.device, limits.max_token, allow_empty=False)
-        if request.after is not None and request.after < 0:
-            raise InvalidMessage(ErrorCode.INVALID_FIELD, "after must not be negative", 1)
-    elif isinstance(request, Ack) and request.cursor < 0:
-        raise InvalidMessage(ErrorCode.INVALID_FIELD, "cursor must not be negative", 130)
 
 
 def _bound(request: Message, field: str, value: str, limit: int, *, allow_empty: bool) -> None:

@@ -20,8 +20,9 @@ class ErrorCode(IntEnum):
     """``errno`` values (docs/protocol.md §5). 0 means success."""
 
     OK = 0
-    # Classic values, kept for LOGIN_ACK / REG_ACK.
-    BAD_CREDENTIALS = 1
+    # Classic values, kept for LOGIN_ACK / REG_ACK: 1 is any refused login
+    # (wrong id or password) or registration (the name is taken).
+    REFUSED = 1
     ALREADY_LOGGED_IN = 2
     # Input that cannot be used.
     MALFORMED_JSON = 10
@@ -31,6 +32,9 @@ class ErrorCode(IntEnum):
     FRAME_TOO_LARGE = 14
     TOO_DEEP = 15
     FLOODING = 16
+    # Limits (docs/security.md).
+    TOO_MANY_CONNECTIONS = 17
+    TRY_LATER = 18
     # Session rules.
     NOT_LOGGED_IN = 20
     SENDER_MISMATCH = 21
@@ -42,7 +46,6 @@ class ErrorCode(IntEnum):
     GROUP_NAME_TAKEN = 34
     ALREADY_MEMBER = 35
     NOT_A_MEMBER = 36
-    NAME_TAKEN = 37
     # Server side.
     INTERNAL = 50
     SLOW_CONSUMER = 51

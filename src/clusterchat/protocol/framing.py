@@ -19,6 +19,10 @@ never depends on how the stream was chunked):
 
 * between frames, space, tab, CR, LF and NUL are skipped; a NUL marks the peer
   as a classic client;
+* a NUL byte ends the frame in progress wherever it comes, inside a string or
+  after a backslash too (JSON never holds a raw NUL): what came before it is
+  the frame, which the codec then answers as malformed, and the stream carries
+  on after the NUL instead of waiting in silence for brackets to close;
 * a frame starting with ``{`` or ``[`` ends at the bracket (either kind) that
   brings the nesting back to zero, brackets inside strings not counting; inside
   strings a backslash escapes the next byte, whatever it is;
@@ -52,23 +56,27 @@ _SEPARATOR_RUN = re.compile(rb"[ \t\r\n\x00]*+")
 _SCALAR_END = re.compile(rb'[\s\x00{}\[\]"]')
 # Everything up to the next bracket, whole strings included; stops at the quote
 # of a string that is not complete in the bytes at hand.
-_TO_NEXT_BRACKET = re.compile(rb'(?:[^"{}\[\]]++|"[^"\\]*+(?:\\.[^"\\]*+)*+")*+', re.DOTALL)
+_TO_NEXT_BRACKET = re.compile(
+    rb'(?:[^"{}\[\]\x00]++|"[^"\\\x00]*+(?:\\[^\x00][^"\\\x00]*+)*+")*+', re.DOTALL
+)
 # The rest of a string up to its closing quote (excluded), or up to the end of
-# the bytes at hand, or up to a final backslash whose escaped byte is missing.
-_STRING_BODY = re.compile(rb'[^"\\]*+(?:\\.[^"\\]*+)*+', re.DOTALL)
+# the bytes at hand, or up to a final backslash whose escaped byte is missing,
+# or up to a NUL (which ends the frame).
+_STRING_BODY = re.compile(rb'[^"\\\x00]*+(?:\\[^\x00][^"\\\x00]*+)*+', re.DOTALL)
 # An object with no bracket and no backslash inside: it ends at the first "}",
 # provided the quotes before it are paired (checked by the caller).
-_PLAIN_OBJECT = re.compile(rb"[ \t\r\n\x00]*+(\{[^{}\[\]\\]*+\})[ \t\r\n\x00]*+")
+_PLAIN_OBJECT = re.compile(rb"[ \t\r\n\x00]*+(\{[^{}\[\]\\\x00]*+\})[ \t\r\n\x00]*+")
 _FAST_DEPTH = 3
 _OPENERS = b"{["
 _QUOTE = ord('"')
+_BACKSLASH = ord("\\")
 
 
 @cache
 def _fast_frame(depth: int) -> re.Pattern[bytes]:
     """A complete object or array nested at most ``depth`` levels, with separators around it."""
-    string = rb'"[^"\\]*+(?:\\.[^"\\]*+)*+"'
-    between = rb'[^"{}\[\]]*+'
+    string = rb'"[^"\\\x00]*+(?:\\[^\x00][^"\\\x00]*+)*+"'
+    between = rb'[^"{}\[\]\x00]*+'
     value = rb"[{\[]" + between + rb"(?:" + string + between + rb")*+[}\]]"
     for _ in range(depth - 1):
         inner = rb"(?:" + string + rb"|" + value + rb")"
@@ -233,7 +241,14 @@ class JsonStreamDecoder:
                 body = _STRING_BODY.match(buf, pos)
                 if body is not None:  # always: the pattern matches the empty string
                     pos = body.end()
-                if pos == end or buf[pos] != _QUOTE:  # no closing quote, or "\" + nothing yet
+                if pos == end:
+                    break
+                char = buf[pos]
+                if char == 0:
+                    return pos
+                if char == _BACKSLASH:  # the escaped byte is a NUL, or not here yet
+                    if pos + 1 < end:
+                        return pos + 1
                     break
                 pos += 1
                 in_string = False
@@ -245,6 +260,8 @@ class JsonStreamDecoder:
             if pos == end:
                 break
             char = buf[pos]
+            if char == 0:
+                return pos
             pos += 1
             if char == _QUOTE:
                 in_string = True

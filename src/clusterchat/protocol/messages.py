@@ -11,11 +11,15 @@ The nested entries of a login answer (friends, groups, members) travel as JSON
 ``*Entry`` structs describe what those strings contain.
 """
 
+from typing import Annotated
+
 import msgspec
 
 from clusterchat.protocol.msgid import MsgId
 
 __all__ = [
+    "MAX_ID",
+    "MAX_POSITION",
     "REQUEST_TYPES",
     "SERVER_MESSAGE_TYPES",
     "Ack",
@@ -49,6 +53,20 @@ __all__ = [
 ]
 
 
+#: The largest user or group id: what a signed 32-bit column holds, the
+#: narrowest integer of the supported databases (PostgreSQL ``integer``).
+MAX_ID = 2**31 - 1
+#: The largest log position (``cursor``, ``after``): a signed 64-bit column.
+MAX_POSITION = 2**63 - 1
+
+# Checked while decoding, before any request reaches the service or the store
+# (an out-of-range value is answered errno 13, docs/protocol.md §4).
+Id = Annotated[int, msgspec.Meta(ge=1, le=MAX_ID)]
+Position = Annotated[int, msgspec.Meta(ge=0, le=MAX_POSITION)]
+#: A client's correlation number, echoed back as it came: any signed 64-bit integer.
+Ref = Annotated[int, msgspec.Meta(ge=-(2**63), le=2**63 - 1)]
+
+
 class Message(
     msgspec.Struct, tag_field="msgid", omit_defaults=True, frozen=True, kw_only=True, gc=False
 ):
@@ -67,14 +85,14 @@ class Login(Message, tag=int(MsgId.LOGIN), frozen=True):
     after ``after`` (the last cursor the device received) when that is further.
     """
 
-    id: int
+    id: Id
     password: str
     device: str | None = None
-    after: int | None = None
+    after: Position | None = None
 
 
 class Logout(Message, tag=int(MsgId.LOGOUT), frozen=True):
-    id: int | None = None
+    id: Id | None = None
 
 
 class Register(Message, tag=int(MsgId.REG), frozen=True):
@@ -96,51 +114,51 @@ class OneChat(Message, tag=int(MsgId.ONE_CHAT), frozen=True):
     position in the recipient's log.
     """
 
-    toid: int
+    toid: Id
     msg: str
-    id: int | None = None
+    id: Id | None = None
     name: str | None = None
     time: str | None = None
     mid: str | None = None
-    ref: int | None = None
+    ref: Ref | None = None
     cid: str | None = None
-    cursor: int | None = None
+    cursor: Position | None = None
 
 
 class AddFriend(Message, tag=int(MsgId.ADD_FRIEND), frozen=True):
-    friendid: int
-    id: int | None = None
+    friendid: Id
+    id: Id | None = None
 
 
 class CreateGroup(Message, tag=int(MsgId.CREATE_GROUP), frozen=True):
     groupname: str
     groupdesc: str = ""
-    id: int | None = None
+    id: Id | None = None
 
 
 class AddGroup(Message, tag=int(MsgId.ADD_GROUP), frozen=True):
-    groupid: int
-    id: int | None = None
+    groupid: Id
+    id: Id | None = None
 
 
 class GroupChat(Message, tag=int(MsgId.GROUP_CHAT), frozen=True):
     """A group chat message; fields as in ``OneChat`` with ``groupid`` for ``toid``."""
 
-    groupid: int
+    groupid: Id
     msg: str
-    id: int | None = None
+    id: Id | None = None
     name: str | None = None
     time: str | None = None
     mid: str | None = None
-    ref: int | None = None
+    ref: Ref | None = None
     cid: str | None = None
-    cursor: int | None = None
+    cursor: Position | None = None
 
 
 class Ping(Message, tag=int(MsgId.PING), frozen=True):
     """Keep-alive (extension); answered by ``Pong`` with the same ``ref``."""
 
-    ref: int | None = None
+    ref: Ref | None = None
 
 
 class Ack(Message, tag=int(MsgId.ACK), frozen=True):
@@ -149,7 +167,7 @@ class Ack(Message, tag=int(MsgId.ACK), frozen=True):
     Only for sessions that logged in with a ``device``; not answered.
     """
 
-    cursor: int
+    cursor: Position
 
 
 Request = (
@@ -184,10 +202,15 @@ ChatMessage = OneChat | GroupChat
 
 
 class Answer(Message, frozen=True):
-    """Base of the replies that say ok (``errno`` 0) or why not."""
+    """Base of the replies that say ok (``errno`` 0) or why not.
+
+    ``retry_after`` (seconds) comes with errno 18: the attempt may succeed
+    after that long (docs/protocol.md §5).
+    """
 
     errno: int
     errmsg: str | None = None
+    retry_after: int | None = None
 
 
 class LoginAck(Answer, tag=int(MsgId.LOGIN_ACK), frozen=True):

@@ -31,11 +31,18 @@ _ONLINE, _OFFLINE = "online", "offline"
 
 
 async def register(ctx: Context, state: SessionState, request: Register) -> None:
+    ctx.attempts.check_register(state)
+    ctx.attempts.registered(state)
+    async with ctx.admission:
+        await _register(ctx, state, request)
+
+
+async def _register(ctx: Context, state: SessionState, request: Register) -> None:
     password_hash = await ctx.passwords.hash(request.password)
     try:
         user_id = await ctx.store.create_user(request.name, password_hash)
     except NameTaken:
-        raise ChatError(ErrorCode.NAME_TAKEN, "this name is already taken") from None
+        raise ChatError(ErrorCode.REFUSED, "this name is already taken") from None
     ctx.users.remember(user_id, request.name)
     state.session.send(Outbound.of(RegAck(errno=0, id=user_id)))
 
@@ -50,10 +57,19 @@ async def login(ctx: Context, state: SessionState, request: Login) -> None:
     """
     if state.logged_in:
         raise ChatError(ErrorCode.ALREADY_LOGGED_IN, "this connection is already logged in")
+    ctx.attempts.check_login(state, request.id)
+    async with ctx.admission:
+        if not state.session.closed:  # it may have gone while waiting its turn
+            await _login(ctx, state, request)
+
+
+async def _login(ctx: Context, state: SessionState, request: Login) -> None:
     user = await ctx.store.get_user(request.id)
     if not await ctx.passwords.verify(user.password_hash if user else None, request.password):
-        raise ChatError(ErrorCode.BAD_CREDENTIALS, "id or password is invalid!")
+        ctx.attempts.login_failed(state, request.id)
+        raise ChatError(ErrorCode.REFUSED, "id or password is invalid!")
     assert user is not None
+    ctx.attempts.login_succeeded(user.id)
     if ctx.policy.single_session and (
         ctx.registry.has(user.id) or await ctx.presence.online([user.id])
     ):

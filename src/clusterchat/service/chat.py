@@ -52,6 +52,7 @@ from clusterchat.service.errors import ChatError
 from clusterchat.service.passwords import PasswordHasher
 from clusterchat.service.sending import send_chat
 from clusterchat.service.sessions import Session, SessionRegistry, SessionState
+from clusterchat.service.throttled_log import ThrottledLog, exception_kind
 from clusterchat.store.base import Store
 
 __all__ = ["SWEEPER_TASK", "ChatService"]
@@ -117,6 +118,7 @@ class ChatService:
         )
         self._states: set[SessionState] = set()
         self._sweeper: asyncio.Task[None] | None = None
+        self._bugs = ThrottledLog(log)
 
     @property
     def node_id(self) -> str:
@@ -169,6 +171,7 @@ class ChatService:
             await self.closed(state)
         await self.ctx.cursors.close()
         await self.ctx.delivery.close()
+        self.ctx.passwords.close()
 
     async def _drain_output(self) -> None:
         """Wait until the kernel took what every open session was sent.
@@ -208,28 +211,41 @@ class ChatService:
             if pending is not None:
                 return self._guard(state, request, pending)
         except ChatError as exc:
-            self._refuse(state, request, exc.code, exc.message)
-        except Exception:
-            log.exception("bug while handling %s", type(request).__name__)
-            self._refuse(state, request, ErrorCode.INTERNAL, "internal server error")
+            self._refuse(state, request, exc)
+        except Exception as exc:
+            self._bug(request, exc)
+            self._refuse(state, request, ChatError(ErrorCode.INTERNAL, "internal server error"))
         return None
 
     async def _guard(self, state: SessionState, request: Request, work: Pending) -> None:
         try:
             await work
         except ChatError as exc:
-            self._refuse(state, request, exc.code, exc.message)
-        except Exception:
-            log.exception("bug while handling %s", type(request).__name__)
-            self._refuse(state, request, ErrorCode.INTERNAL, "internal server error")
+            self._refuse(state, request, exc)
+        except Exception as exc:
+            self._bug(request, exc)
+            self._refuse(state, request, ChatError(ErrorCode.INTERNAL, "internal server error"))
+
+    def _bug(self, request: Request, exc: Exception) -> None:
+        where = f"handling {type(request).__name__}"
+        self._bugs.log(
+            exception_kind(where, exc), logging.ERROR, "bug while %s", where, exc_info=exc
+        )
 
     @staticmethod
-    def _refuse(state: SessionState, request: Request, code: ErrorCode, message: str) -> None:
+    def _refuse(state: SessionState, request: Request, refusal: ChatError) -> None:
         tag = request.__struct_config__.tag
-        answer = error_answer(tag if isinstance(tag, int) else None, code, message)
+        answer = error_answer(
+            tag if isinstance(tag, int) else None,
+            refusal.code,
+            refusal.message,
+            retry_after=refusal.retry_after,
+        )
         if isinstance(request, OneChat | GroupChat) and request.ref is not None:
             answer = msgspec.structs.replace(answer, ref=request.ref)
         state.session.send(Outbound.of(answer))
+        if refusal.disconnect:
+            state.session.close(refusal.message)
 
     @staticmethod
     def _check_sender(state: SessionState, claimed: int | None) -> None:

@@ -1,10 +1,12 @@
 """What every request handler needs: the node's backends and its per-node state."""
 
+import asyncio
 from dataclasses import dataclass, field
 
 from clusterchat.bus.base import Bus
 from clusterchat.presence.base import Presence
 from clusterchat.protocol import Limits
+from clusterchat.service.attempts import Attempts
 from clusterchat.service.cursors import CursorKeeper
 from clusterchat.service.delivery import Delivery
 from clusterchat.service.groups_cache import GroupCache
@@ -35,6 +37,17 @@ class Policy:
         append_batch: Most messages appended in one transaction.
         max_pending: Bytes of accepted messages waiting for their append
             above which the node stops reading from senders (back-pressure).
+        login_attempts: Wrong passwords for one account before it must wait
+            (1 s, doubling up to 5 min: docs/security.md).
+        login_attempts_per_address: Wrong passwords from one address before
+            it must wait.
+        registrations_per_address: Registrations from one address before it
+            must wait.
+        max_refusals: Attempts refused for not waiting, on one connection,
+            before it is closed.
+        max_logins_at_once: Logins and registrations the node works on at
+            once; the others wait their turn (a login storm queues instead
+            of flooding the event loop and the database pool).
     """
 
     single_session: bool = False
@@ -44,6 +57,11 @@ class Policy:
     read_batch: int = 500
     append_batch: int = 2000
     max_pending: int = 8 * 1024 * 1024
+    login_attempts: int = 5
+    login_attempts_per_address: int = 20
+    registrations_per_address: int = 10
+    max_refusals: int = 3
+    max_logins_at_once: int = 16
 
 
 @dataclass(slots=True)
@@ -62,6 +80,8 @@ class Context:
     users: KnownUsers = field(init=False)
     writer: LogWriter = field(init=False)
     cursors: CursorKeeper = field(init=False)
+    attempts: Attempts = field(init=False)
+    admission: asyncio.Semaphore = field(init=False)
 
     def __post_init__(self) -> None:
         self.ids = MessageIds(self.node_id)
@@ -71,3 +91,10 @@ class Context:
             self.store, max_batch=self.policy.append_batch, max_pending=self.policy.max_pending
         )
         self.cursors = CursorKeeper(self.store, self.policy.cursor_interval)
+        self.admission = asyncio.Semaphore(self.policy.max_logins_at_once)
+        self.attempts = Attempts(
+            per_account=self.policy.login_attempts,
+            per_address=self.policy.login_attempts_per_address,
+            registrations=self.policy.registrations_per_address,
+            max_refusals=self.policy.max_refusals,
+        )

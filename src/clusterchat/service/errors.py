@@ -1,6 +1,7 @@
 """ChatError: a request the chat rules refuse (docs/protocol.md §5).
 
-The transport turns it into an error answer; the connection stays open.
+The service turns it into an error answer; the connection stays open unless
+``disconnect`` says otherwise (the answer goes out first).
 """
 
 from clusterchat.protocol import ErrorCode
@@ -9,9 +10,25 @@ __all__ = ["ChatError"]
 
 
 class ChatError(Exception):
-    """A refusal with an ``errno`` and a message for the user."""
+    """A refusal with an ``errno`` and a message for the user.
 
-    def __init__(self, code: ErrorCode, message: str) -> None:
+    Args:
+        code: The ``errno``.
+        message: The ``errmsg``.
+        retry_after: Seconds after which trying again may succeed (errno 18).
+        disconnect: Close the connection after the answer.
+    """
+
+    def __init__(
+        self,
+        code: ErrorCode,
+        message: str,
+        *,
+        retry_after: int | None = None,
+        disconnect: bool = False,
+    ) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
+        self.retry_after = retry_after
+        self.disconnect = disconnect

@@ -39,6 +39,11 @@ class Session(Protocol):
         ...
 
     @property
+    def address(self) -> str:
+        """The client's network address (host only), for limits per address."""
+        ...
+
+    @property
     def closed(self) -> bool:
         """The connection is closed or closing: it takes nothing more."""
         ...
@@ -106,7 +111,7 @@ class WritableWaiters:
 class SessionState:
     """The service's view of one connection."""
 
-    __slots__ = ("device", "feed", "name", "session", "user_id")
+    __slots__ = ("device", "feed", "name", "refusals", "session", "user_id")
 
     def __init__(self, session: Session) -> None:
         self.session = session
@@ -114,6 +119,8 @@ class SessionState:
         self.name = ""
         self.device: str | None = None
         self.feed: Feed | None = None
+        #: Attempts refused on this connection for waiting too little (attempts.py).
+        self.refusals = 0
 
     @property
     def logged_in(self) -> bool:

@@ -16,14 +16,16 @@ All SQL is built by SQLAlchemy with bound parameters; nothing is formatted
 into query text.
 """
 
-from collections.abc import Callable, Iterable, Sequence
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from functools import partial
 from typing import Any, TypeVar
 
 from sqlalchemy import Connection, event, insert, select
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from clusterchat.store import log_sql
 from clusterchat.store.base import (
@@ -84,11 +86,27 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
 
 
 class SqlStore:
-    """The database, through one async engine (its pool is the only connection cache)."""
+    """The database, through one async engine (its pool is the only connection cache).
 
-    def __init__(self, url: str, *, echo: bool = False) -> None:
+    Callers queue for a connection here, in arrival order and without a
+    deadline, never in the pool: on main a storm of 2,000 logins waited in
+    SQLAlchemy's pool, whose 30 s timeout turned the last third into errno 50.
+    ``pool_size`` connections are kept open (on SQLite each is a thread of
+    aiosqlite's, and every thread more makes the GIL busier: the default is
+    small). The log's writes on SQLite go through the writer thread instead.
+
+    Args:
+        url: The database URL (``sqlite:///...``, ``postgresql://...``, ``mysql://...``).
+        pool_size: Connections used at once.
+        echo: Log every statement (debugging).
+    """
+
+    def __init__(self, url: str, *, pool_size: int = 5, echo: bool = False) -> None:
         self.url = async_url(url)
-        self._engine: AsyncEngine = create_async_engine(self.url, echo=echo, pool_pre_ping=True)
+        self._engine: AsyncEngine = create_async_engine(
+            self.url, echo=echo, pool_pre_ping=True, pool_size=pool_size, max_overflow=0
+        )
+        self._slots = asyncio.Semaphore(pool_size)
         self._writer: SqliteWriter | None = None
         if self._engine.dialect.name == "sqlite":
             event.listen(self._engine.sync_engine, "connect", _sqlite_pragmas)
@@ -96,8 +114,20 @@ class SqlStore:
             if path and path != ":memory:":
                 self._writer = SqliteWriter(f"sqlite:///{path}", path, _sqlite_pragmas)
 
+    @contextlib.asynccontextmanager
+    async def _connect(self) -> AsyncIterator[AsyncConnection]:
+        """A connection, once it is this caller's turn."""
+        async with self._slots, self._engine.connect() as conn:
+            yield conn
+
+    @contextlib.asynccontextmanager
+    async def _begin(self) -> AsyncIterator[AsyncConnection]:
+        """A connection in a transaction (committed at the end), once it is this caller's turn."""
+        async with self._slots, self._engine.begin() as conn:
+            yield conn
+
     async def create_schema(self) -> None:
-        async with self._engine.begin() as conn:
+        async with self._begin() as conn:
             await conn.run_sync(metadata.create_all)
 
     async def close(self) -> None:
@@ -109,7 +139,7 @@ class SqlStore:
 
     async def create_user(self, name: str, password_hash: str) -> int:
         try:
-            async with self._engine.begin() as conn:
+            async with self._begin() as conn:
                 result = await conn.execute(
                     insert(users).values(name=name, password_hash=password_hash)
                 )
@@ -120,7 +150,7 @@ class SqlStore:
         return int(key[0])
 
     async def get_user(self, user_id: int) -> User | None:
-        async with self._engine.connect() as conn:
+        async with self._connect() as conn:
             row = (
                 await conn.execute(
                     select(users.c.id, users.c.name, users.c.password_hash).where(
@@ -134,7 +164,7 @@ class SqlStore:
 
     async def add_friendship(self, user_id: int, friend_id: int) -> bool:
         try:
-            async with self._engine.begin() as conn:
+            async with self._begin() as conn:
                 await conn.execute(
                     insert(friends),
                     [
@@ -153,7 +183,7 @@ class SqlStore:
             .where(friends.c.user_id == user_id)
             .order_by(users.c.id)
         )
-        async with self._engine.connect() as conn:
+        async with self._connect() as conn:
             rows = (await conn.execute(query)).all()
         return [User(row.id, row.name) for row in rows]
 
@@ -161,7 +191,7 @@ class SqlStore:
 
     async def create_group(self, name: str, description: str, creator_id: int) -> int:
         try:
-            async with self._engine.begin() as conn:
+            async with self._begin() as conn:
                 result = await conn.execute(
                     insert(chat_groups).values(name=name, description=description)
                 )
@@ -178,7 +208,7 @@ class SqlStore:
         return group_id
 
     async def get_group(self, group_id: int) -> Group | None:
-        async with self._engine.connect() as conn:
+        async with self._connect() as conn:
             row = (
                 await conn.execute(select(chat_groups).where(chat_groups.c.id == group_id))
             ).first()
@@ -186,7 +216,7 @@ class SqlStore:
 
     async def add_member(self, group_id: int, user_id: int, role: str = "normal") -> bool:
         try:
-            async with self._engine.begin() as conn:
+            async with self._begin() as conn:
                 await conn.execute(
                     insert(group_members).values(group_id=group_id, user_id=user_id, role=role)
                 )
@@ -201,7 +231,7 @@ class SqlStore:
             .where(group_members.c.group_id == group_id)
             .order_by(group_members.c.user_id)
         )
-        async with self._engine.connect() as conn:
+        async with self._connect() as conn:
             rows = (await conn.execute(query)).all()
         return [Member(row.user_id, row.name, row.role) for row in rows]
 
@@ -221,7 +251,7 @@ class SqlStore:
             .where(chat_groups.c.id.in_(mine))
             .order_by(chat_groups.c.id, group_members.c.user_id)
         )
-        async with self._engine.connect() as conn:
+        async with self._connect() as conn:
             rows = (await conn.execute(query)).all()
         groups: dict[int, tuple[Group, list[Member]]] = {}
         for row in rows:
@@ -257,7 +287,7 @@ class SqlStore:
             .order_by(inbox.c.pos)
             .limit(limit)
         )
-        async with self._engine.connect() as conn:
+        async with self._connect() as conn:
             rows = (await conn.execute(query)).all()
         return [LogEntry(row.pos, bytes(row.body)) for row in rows]
 
@@ -265,7 +295,7 @@ class SqlStore:
         ids = list(user_ids)
         if not ids:
             return {}
-        async with self._engine.connect() as conn:
+        async with self._connect() as conn:
             known: set[int] = set()
             for start in range(0, len(ids), _IN_BATCH):
                 query = select(users.c.id).where(users.c.id.in_(ids[start : start + _IN_BATCH]))
@@ -275,7 +305,7 @@ class SqlStore:
 
     async def load_cursors(self, user_id: int) -> dict[str, int]:
         query = select(cursors.c.device, cursors.c.pos).where(cursors.c.user_id == user_id)
-        async with self._engine.connect() as conn:
+        async with self._connect() as conn:
             return {row.device: row.pos for row in await conn.execute(query)}
 
     async def save_cursors(self, items: Sequence[tuple[int, str, int]]) -> None:
@@ -286,7 +316,7 @@ class SqlStore:
         """Run ``work`` in one write transaction (on SQLite, in the writer thread)."""
         if self._writer is not None:
             return await self._writer.run(work)
-        async with self._engine.begin() as conn:
+        async with self._begin() as conn:
             return await conn.run_sync(work)
 
 

@@ -12,7 +12,13 @@ Error handling at the edge (STYLE.md §3):
 * ``InvalidMessage`` (malformed JSON, bad field, unknown msgid): error answer.
 * A client over its request rate (flooding) is disconnected; others are
   unaffected.
-* A connection that does not log in within ``login_timeout`` is closed.
+* A connection that is not logged in (not yet, or no longer after a logout)
+  for ``login_timeout`` seconds is closed.
+* Capacity: a node takes at most ``max_connections`` connections, and at most
+  ``max_per_address`` from one address (the client's own, from the PROXY
+  header when the node sits behind nginx: ``proxy_protocol``). A connection
+  over a limit gets an error answer naming the limit, then is closed; the
+  refusals are logged at most once a minute per address and limit.
 
 Output and slow readers (docs/delivery.md §Slow readers): outgoing messages
 are coalesced into one write per event-loop turn. Above ``high_water`` bytes
@@ -51,7 +57,9 @@ from clusterchat.protocol import (
 )
 from clusterchat.service.chat import ChatService
 from clusterchat.service.sessions import SessionState, WritableWaiters
+from clusterchat.service.throttled_log import ThrottledLog
 from clusterchat.transport.flood import TokenBucket
+from clusterchat.transport.proxy_protocol import ProxyHeaderError, parse_proxy_header
 
 __all__ = ["ConnectionLimits", "TcpConnection", "TcpServer"]
 
@@ -76,7 +84,12 @@ class ConnectionLimits:
         send_buffer: The kernel's send buffer per connection (``SO_SNDBUF``;
             Linux doubles it); 0 keeps the kernel's default.
         max_backlog: Requests queued behind a slow request before reading pauses.
-        login_timeout: Seconds a connection may stay without logging in.
+        login_timeout: Seconds a connection may stay without logging in (also
+            after logging out).
+        max_connections: Connections the node takes at once.
+        max_per_address: Connections from one client address at once.
+        proxy_protocol: Each connection begins with a PROXY header (nginx's
+            ``proxy_protocol on``) naming the client's address.
     """
 
     max_rate: float = 200.0
@@ -87,6 +100,9 @@ class ConnectionLimits:
     send_buffer: int = 64 * 1024
     max_backlog: int = 256
     login_timeout: float = 120.0
+    max_connections: int = 10_000
+    max_per_address: int = 100
+    proxy_protocol: bool = False
 
 
 class TcpConnection(asyncio.Protocol):
@@ -94,6 +110,9 @@ class TcpConnection(asyncio.Protocol):
 
     def __init__(self, server: "TcpServer") -> None:
         self._server = server
+        # Cached: in Python 3.11 every get_running_loop() is a getpid() system
+        # call, which cost 14% of a busy node's event loop (docs/performance.md).
+        self._loop = asyncio.get_running_loop()
         self._service = server.service
         self._limits = server.limits
         self._decoder = JsonStreamDecoder(server.protocol_limits)
@@ -115,7 +134,10 @@ class TcpConnection(asyncio.Protocol):
         self._login_timer: asyncio.TimerHandle | None = None
         self.id = next(_ids)
         self.peer = "?"
+        self.address = "?"
         self.state: SessionState | None = None
+        # Bytes that came before the PROXY header was complete (proxy_protocol).
+        self._header: bytearray | None = None
 
     # --- asyncio.Protocol ------------------------------------------------------------
 
@@ -129,23 +151,55 @@ class TcpConnection(asyncio.Protocol):
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, self._limits.send_buffer)
         peer = transport.get_extra_info("peername")
-        self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
+        if isinstance(peer, tuple):
+            self.address, self.peer = str(peer[0]), f"{peer[0]}:{peer[1]}"
+        else:
+            self.address = self.peer = str(peer)
+        if self._limits.proxy_protocol:
+            self._header = bytearray()
+            # The header is the first thing nginx sends: a peer that sends none
+            # is closed by the login timer like any silent connection.
+            self._login_timer = self._loop.call_later(
+                self._limits.login_timeout, self._login_expired
+            )
+            return
+        self._admit()
+
+    def _admit(self) -> None:
+        """The client's address is known: take the connection, or refuse it at a limit."""
+        refusal = self._server.admit(self)
+        if refusal is not None:
+            self._refuse(refusal)
+            return
         self.state = self._service.open(self)
-        self._server.connections.add(self)
-        self._login_timer = asyncio.get_running_loop().call_later(
-            self._limits.login_timeout, self._login_expired
-        )
+        if self._login_timer is None:
+            self._login_timer = self._loop.call_later(
+                self._limits.login_timeout, self._login_expired
+            )
         log.info("[%d] = connection from %s", self.id, self.peer)
+
+    def _refuse(self, reason: str) -> None:
+        """Answer with the limit the connection broke, then close it."""
+        assert self._transport is not None
+        self._closed = True
+        answer = error_answer(None, ErrorCode.TOO_MANY_CONNECTIONS, reason)
+        # A newline ends it for both kinds of peer: a classic client parses a
+        # JSON text with trailing whitespace as well.
+        self._transport.write(Outbound.of(answer).line)
+        self._transport.close()
+        self._server.refused(self.address, reason)
 
     def connection_lost(self, exc: Exception | None) -> None:
         # ``_delivered`` stays as last observed: the transport may have dropped
         # its buffer already, so asking it now could count lost bytes as handed.
         self._closed = True
-        self._server.connections.discard(self)
+        self._server.release(self)
         for timer in (self._login_timer, self._stall_timer):
             if timer is not None:
                 timer.cancel()
         self._waiters.wake(False)
+        if self.state is None:
+            return  # refused, or closed before its PROXY header: no session
         log.info("[%d] = connection from %s closed", self.id, self.peer)
         # A request still running (a login half-way) is not cancelled: it
         # finishes against a closed session, then the worker tells the service.
@@ -177,6 +231,11 @@ class TcpConnection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self._closed:
             return
+        if self._header is not None:
+            rest = self._read_header(data)
+            if rest is None:
+                return
+            data = rest
         try:
             frames = self._decoder.feed(data)
         except FramingError as exc:
@@ -200,6 +259,28 @@ class TcpConnection(asyncio.Protocol):
                     self._update_reading()
                 continue
             self._run(request)
+
+    def _read_header(self, data: bytes) -> bytes | None:
+        """Take the PROXY header; return the bytes after it once it is complete."""
+        assert self._header is not None
+        self._header += data
+        try:
+            parsed = parse_proxy_header(bytes(self._header))
+        except ProxyHeaderError as exc:
+            self._server.refused(self.address, str(exc))
+            self._closed = True
+            assert self._transport is not None
+            self._transport.abort()
+            return None
+        if parsed is None:
+            return None
+        taken, source = parsed
+        rest = bytes(self._header[taken:])
+        self._header = None
+        if source is not None:
+            self.address, self.peer = source[0], f"{source[0]}:{source[1]}"
+        self._admit()
+        return None if self._closed else rest
 
     def _update_reading(self) -> None:
         """Read requests only while their answers can go out and the backlog has room."""
@@ -235,12 +316,21 @@ class TcpConnection(asyncio.Protocol):
         if self._closed:
             self._end_session()
             return
-        if self.state.logged_in and self._login_timer is not None:
-            self._login_timer.cancel()
-            self._login_timer = None
+        self._watch_login()
         if self._backlog_full:
             self._backlog_full = False
             self._update_reading()
+
+    def _watch_login(self) -> None:
+        """Time a connection that is not logged in: before its login, and after a logout."""
+        assert self.state is not None
+        if self.state.logged_in and self._login_timer is not None:
+            self._login_timer.cancel()
+            self._login_timer = None
+        elif not self.state.logged_in and self._login_timer is None and not self._closed:
+            self._login_timer = self._loop.call_later(
+                self._limits.login_timeout, self._login_expired
+            )
 
     def _login_expired(self) -> None:
         if self.state is not None and self.state.logged_in:
@@ -298,7 +388,7 @@ class TcpConnection(asyncio.Protocol):
         data = message.classic if self._decoder.nul_terminated else message.line
         assert self._transport is not None
         if not self._out:
-            asyncio.get_running_loop().call_soon(self._flush)
+            self._loop.call_soon(self._flush)
         self._out.append(data)
         self._out_size += len(data)
         self._written += len(data)
@@ -351,8 +441,39 @@ class TcpServer:
         self.protocol_limits = protocol_limits or Limits()
         self.limits = limits or ConnectionLimits()
         self.connections: set[TcpConnection] = set()
+        self._per_address: dict[str, int] = {}
+        self._refusals = ThrottledLog(log)
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+
+    def admit(self, connection: TcpConnection) -> str | None:
+        """Count ``connection`` in, or say which limit it would break."""
+        limits = self.limits
+        if len(self.connections) >= limits.max_connections:
+            return f"the node is full: {limits.max_connections} connections"
+        count = self._per_address.get(connection.address, 0)
+        if count >= limits.max_per_address:
+            return f"too many connections from {connection.address}: {limits.max_per_address}"
+        self._per_address[connection.address] = count + 1
+        self.connections.add(connection)
+        return None
+
+    def release(self, connection: TcpConnection) -> None:
+        """Count ``connection`` out (it closed); nothing if it was never counted in."""
+        if connection not in self.connections:
+            return
+        self.connections.discard(connection)
+        count = self._per_address[connection.address] - 1
+        if count:
+            self._per_address[connection.address] = count
+        else:
+            del self._per_address[connection.address]
+
+    def refused(self, address: str, reason: str) -> None:
+        """Log a refused connection (at most once a minute per address and reason)."""
+        self._refusals.log(
+            (address, reason), logging.WARNING, "refused a connection from %s: %s", address, reason
+        )
 
     async def start(self, host: str, port: int) -> tuple[str, int]:
         """Listen; return the bound address (port 0 picks a free one)."""

@@ -316,3 +316,14 @@ async def test_nginx_factory_fixture_balances_and_stops_by_pid(
     assert_stopped(handle.child)
     with pytest.raises(ConnectionRefusedError):
         await asyncio.open_connection("127.0.0.1", handle.port)
+
+
+def test_proxy_protocol_names_the_client_to_the_nodes(tmp_path: Path) -> None:
+    """Nodes count limits per client address: nginx must name the client (PROXY header)."""
+    plain = render_nginx_conf(tmp_path, listen=("127.0.0.1", 1), upstreams=[("127.0.0.1", 2)])
+    assert "proxy_protocol on;" not in plain
+    conf = render_nginx_conf(
+        tmp_path, listen=("127.0.0.1", 1), upstreams=[("127.0.0.1", 2)], proxy_protocol=True
+    )
+    stream = conf[conf.index("stream {") :]
+    assert "        proxy_protocol on;" in stream.splitlines()

@@ -6,6 +6,8 @@ decoder must agree with it on every input:
 
 * between frames, space, tab, CR, LF and NUL are skipped; a NUL marks the peer
   as a classic (NUL-terminating) client;
+* a NUL ends the frame in progress wherever it comes (inside a string or
+  after a backslash too): the bytes before it are the frame;
 * a frame starting with ``{`` or ``[`` ends at the bracket (of either kind) that
   brings the nesting back to zero, brackets inside strings not counting;
 * a frame starting with ``"`` is a top-level string ending at its closing quote;
@@ -66,6 +68,11 @@ class ReferenceDecoder:
     def _step(self, byte: int, frames: list[bytes]) -> None:
         frame = self._frame
         if frame is None:
+            self._begin(byte)
+            return
+        if byte == 0:
+            frames.append(bytes(frame))
+            self._frame = None
             self._begin(byte)
             return
         if self._scalar:

@@ -15,6 +15,7 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 
 from clusterchat.protocol import (
+    MAX_ID,
     AddFriendAck,
     AddGroupAck,
     CreateGroupAck,
@@ -122,8 +123,9 @@ def chunked(draw: st.DrawFn, data: bytes) -> list[bytes]:
 
 
 _NAMES = st.text(max_size=20)
-_IDS = st.integers(-(2**63), 2**63 - 1)
+_IDS = st.integers(1, MAX_ID)
 _OPT_IDS = st.none() | _IDS
+_OPT_REFS = st.none() | st.integers(-(2**63), 2**63 - 1)
 _OPT_TEXT = st.none() | st.text(max_size=30)
 _ENTRIES = st.lists(st.text(max_size=40), max_size=4)
 
@@ -135,7 +137,7 @@ _CHAT: dict[str, st.SearchStrategy[object]] = {
     "name": _OPT_TEXT,
     "time": _OPT_TEXT,
     "mid": _OPT_TEXT,
-    "ref": _OPT_IDS,
+    "ref": _OPT_REFS,
 }
 
 #: One strategy per server message type, optional fields set or left out at random.
@@ -153,13 +155,13 @@ SERVER_MESSAGE_STRATEGIES: dict[type[ServerMessage], st.SearchStrategy[ServerMes
     OneChat: st.builds(OneChat, toid=_IDS, **_CHAT),
     GroupChat: st.builds(GroupChat, groupid=_IDS, **_CHAT),
     LogoutAck: st.builds(LogoutAck, **_ANSWER),
-    OneChatAck: st.builds(OneChatAck, **_ANSWER, mid=_OPT_TEXT, ref=_OPT_IDS),
+    OneChatAck: st.builds(OneChatAck, **_ANSWER, mid=_OPT_TEXT, ref=_OPT_REFS),
     AddFriendAck: st.builds(AddFriendAck, **_ANSWER, friendid=_OPT_IDS),
     CreateGroupAck: st.builds(CreateGroupAck, **_ANSWER, groupid=_OPT_IDS, groupname=_OPT_TEXT),
     AddGroupAck: st.builds(AddGroupAck, **_ANSWER, groupid=_OPT_IDS),
-    GroupChatAck: st.builds(GroupChatAck, **_ANSWER, mid=_OPT_TEXT, ref=_OPT_IDS),
+    GroupChatAck: st.builds(GroupChatAck, **_ANSWER, mid=_OPT_TEXT, ref=_OPT_REFS),
     Error: st.builds(Error, **_ANSWER, req=st.none() | st.integers(0, 200)),
-    Pong: st.builds(Pong, ref=_OPT_IDS),
+    Pong: st.builds(Pong, ref=_OPT_REFS),
 }
 
 

@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 from clusterchat.protocol import (
     CLASSIC_FRAME_MAX,
+    MAX_ID,
     Ack,
     AddFriend,
     AddGroup,
@@ -414,7 +415,7 @@ def test_classic_rendering_round_trip(messages: list[ServerMessage], data: st.Da
 
 @PROTOCOL
 @given(
-    toid=st.integers(-(2**63), 2**63 - 1),
+    toid=st.integers(1, MAX_ID),
     text=TEXT.filter(lambda t: t.strip() != "" and len(t) <= LIMITS.max_message),
     ref=st.none() | st.integers(0, 2**31),
 )
@@ -455,3 +456,42 @@ def test_outbound_renders_each_form_once() -> None:
     assert out.classic == out.json + b"\x00"
     assert out.line is out.line
     assert out.classic is out.classic
+
+
+@pytest.mark.parametrize(
+    ("request_json", "field"),
+    [
+        (b'{"msgid":1,"id":%d,"password":"p"}', "id"),
+        (b'{"msgid":1,"id":1,"password":"p","after":%d}', "after"),
+        (b'{"msgid":3,"id":%d}', "id"),
+        (b'{"msgid":6,"toid":%d,"msg":"m"}', "toid"),
+        (b'{"msgid":6,"toid":1,"msg":"m","ref":%d}', "ref"),
+        (b'{"msgid":7,"friendid":%d}', "friendid"),
+        (b'{"msgid":8,"groupname":"g","id":%d}', "id"),
+        (b'{"msgid":9,"groupid":%d}', "groupid"),
+        (b'{"msgid":10,"groupid":%d,"msg":"m"}', "groupid"),
+        (b'{"msgid":120,"ref":%d}', "ref"),
+        (b'{"msgid":130,"cursor":%d}', "cursor"),
+    ],
+)
+@pytest.mark.parametrize("value", [2**64, -(2**64), 2**63, 2**70])
+def test_numbers_out_of_the_stores_range_are_invalid_fields(
+    request_json: bytes, field: str, value: int
+) -> None:
+    """Every number is range-checked while decoding, before any I/O (errno 13)."""
+    frame = request_json % value
+    with pytest.raises(InvalidMessage) as info:
+        decode_request(frame, Limits())
+    assert info.value.code == ErrorCode.INVALID_FIELD
+    assert f"$.{field}" in info.value.message
+    assert info.value.request_msgid == json.loads(frame)["msgid"]
+
+
+@pytest.mark.parametrize("value", [0, -1, MAX_ID + 1])
+def test_ids_are_positive_32_bit(value: int) -> None:
+    with pytest.raises(InvalidMessage) as info:
+        decode_request(b'{"msgid":7,"friendid":%d}' % value, Limits())
+    assert info.value.code == ErrorCode.INVALID_FIELD
+    assert decode_request(b'{"msgid":7,"friendid":%d}' % MAX_ID, Limits()) == AddFriend(
+        friendid=MAX_ID
+    )

@@ -33,6 +33,8 @@ PUBLIC_NAMES = [
     "LoginAck",
     "Logout",
     "LogoutAck",
+    "MAX_ID",
+    "MAX_POSITION",
     "MemberEntry",
     "Message",
     "MsgId",

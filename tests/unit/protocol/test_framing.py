@@ -212,11 +212,24 @@ def test_nul_flag_wherever_the_nul_falls(feeds: list[bytes]) -> None:
     assert decoder.nul_terminated
 
 
-def test_nul_inside_a_string_is_not_a_terminator() -> None:
-    """A raw NUL inside a string belongs to the (malformed) frame and sets no flag."""
+def test_nul_ends_the_frame_wherever_it_comes() -> None:
+    """JSON never holds a raw NUL: it ends the frame, inside a string or an escape too."""
     decoder = JsonStreamDecoder()
-    assert decoder.feed(b'{"a":"x\x00y"}\n') == [b'{"a":"x\x00y"}']
-    assert not decoder.nul_terminated
+    # After the NUL: the scalar y, then a string that has not ended yet.
+    assert decoder.feed(b'{"a":"x\x00y"}\n') == [b'{"a":"x', b"y"]
+    assert decoder.nul_terminated
+    assert decoder.buffered == len(b'"}\n')
+    assert JsonStreamDecoder().feed(b'{"a":"\\\x00{"b":1}\x00') == [b'{"a":"\\', b'{"b":1}']
+
+
+def test_unclosed_garbage_before_a_nul_is_a_frame() -> None:
+    """The issue's bytes: main waited for the braces to close and never answered."""
+    decoder = JsonStreamDecoder()
+    assert decoder.feed(b"{{{not json\x00\xff\xfe garbage\n") == [
+        b"{{{not json",
+        b"\xff\xfe",
+        b"garbage",
+    ]
 
 
 # --- Size limit -------------------------------------------------------------------------

@@ -36,14 +36,14 @@ async def test_register_answers_with_the_new_id(chat_cluster: ChatCluster) -> No
 
 
 async def test_register_with_a_taken_name_is_refused(chat_cluster: ChatCluster) -> None:
-    """A second registration of one name gets RegAck errno 37 and no id."""
+    """A second registration of one name gets RegAck errno 1 (classic) and no id."""
     node = await chat_cluster.node()
     await node.register("alice")
     client = node.connect()
     await client.send(Register(name="alice", password="other"))
     [ack] = client.session.received
     assert isinstance(ack, RegAck)
-    assert ack.errno == 37
+    assert ack.errno == 1
     assert ack.id is None
     assert ack.errmsg
 
