@@ -78,6 +78,9 @@ def test_up_serves_chat_and_ctrl_c_leaves_nothing(tmp_path: Path) -> None:
         ann.close()
         bob.close()
 
+        # Two signals back to back (an impatient Ctrl-C): the second one used to
+        # deadlock in the handler while the first one's Event.set held its lock.
+        os.kill(up.pid, signal.SIGINT)
         os.kill(up.pid, signal.SIGINT)
         assert processes.stop(up, timeout=seconds(30), sig=signal.SIGINT) == 0
         for name, pid in pids.items():

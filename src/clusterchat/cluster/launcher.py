@@ -12,7 +12,7 @@ then Redis.
 
 import signal
 import sys
-import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,6 +35,8 @@ from clusterchat.cluster.redis import REDIS_PACKAGE, redis_argv
 __all__ = ["Cluster", "ClusterSpec", "run_cluster"]
 
 _READY = "listening on"
+#: Seconds between two checks that every child still runs.
+_SUPERVISE_INTERVAL = 0.5
 
 
 @dataclass(frozen=True)
@@ -149,6 +151,8 @@ class Cluster:
             self.redis_url,
             "--node-id",
             slot.name,
+            # nginx names each client in a PROXY header (limits per address).
+            "--proxy-protocol",
             *self.spec.node_args,
         ]
         child = spawn(slot.name, argv, log_path=self.spec.dir / f"{slot.name}.log")
@@ -162,6 +166,7 @@ class Cluster:
             prefix,
             listen=(self.spec.host, self.spec.port),
             upstreams=[(self.spec.host, node.port) for node in self.nodes],
+            proxy_protocol=True,
         )
         (prefix / "nginx.conf").write_text(conf)
         # nginx writes its own errors to <prefix>/error.log (-e): read that one on failure.
@@ -214,10 +219,12 @@ class Cluster:
 def run_cluster(spec: ClusterSpec) -> int:
     """Run a cluster until SIGINT/SIGTERM; return the exit status."""
     cluster = Cluster(spec)
-    stopping = threading.Event()
+    # A plain flag, polled: a handler that took a lock (threading.Event.set)
+    # deadlocked when a second signal came while the first one's set() held it.
+    stopping: list[int] = []
 
     def request_stop(signum: int, _frame: FrameType | None) -> None:
-        stopping.set()
+        stopping.append(signum)
 
     previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
@@ -231,7 +238,10 @@ def run_cluster(spec: ClusterSpec) -> int:
             return 1
         print(cluster.table(), file=sys.stderr, flush=True)
         print("cluster ready (Ctrl-C stops it)", file=sys.stderr, flush=True)
-        while not stopping.wait(0.5):
+        while not stopping:
+            time.sleep(_SUPERVISE_INTERVAL)
+            if stopping:
+                break
             for event in cluster.supervise_once():
                 print(f"clusterchat up: {event}", file=sys.stderr, flush=True)
         print("clusterchat up: stopping", file=sys.stderr, flush=True)
