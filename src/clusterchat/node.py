@@ -71,6 +71,9 @@ class Node:
                 login_attempts=settings.login_attempts,
                 login_attempts_per_address=settings.login_attempts_per_address,
                 registrations_per_address=settings.registrations_per_address,
+                max_sessions_per_user=settings.max_sessions_per_user,
+                max_group_size=settings.max_group_size,
+                max_friends=settings.max_friends,
             ),
         )
         self.tcp = TcpServer(

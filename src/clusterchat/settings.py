@@ -41,6 +41,9 @@ class Settings:
     login_attempts: int = 5
     login_attempts_per_address: int = 20
     registrations_per_address: int = 10
+    max_sessions_per_user: int = 10
+    max_group_size: int = 1000
+    max_friends: int = 1000
     sweep_interval: float = 30.0
     argon2_time_cost: int = 2
     argon2_memory_kib: int = 19 * 1024

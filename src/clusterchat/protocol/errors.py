@@ -35,6 +35,7 @@ class ErrorCode(IntEnum):
     # Limits (docs/security.md).
     TOO_MANY_CONNECTIONS = 17
     TRY_LATER = 18
+    LIMIT_REACHED = 19
     # Session rules.
     NOT_LOGGED_IN = 20
     SENDER_MISMATCH = 21

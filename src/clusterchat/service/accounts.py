@@ -70,6 +70,11 @@ async def _login(ctx: Context, state: SessionState, request: Login) -> None:
         raise ChatError(ErrorCode.REFUSED, "id or password is invalid!")
     assert user is not None
     ctx.attempts.login_succeeded(user.id)
+    limit = ctx.policy.max_sessions_per_user
+    if len(ctx.registry.local(user.id)) >= limit:
+        raise ChatError(
+            ErrorCode.LIMIT_REACHED, f"too many sessions of this user on this node: {limit}"
+        )
     if ctx.policy.single_session and (
         ctx.registry.has(user.id) or await ctx.presence.online([user.id])
     ):

@@ -48,6 +48,9 @@ class Policy:
         max_logins_at_once: Logins and registrations the node works on at
             once; the others wait their turn (a login storm queues instead
             of flooding the event loop and the database pool).
+        max_sessions_per_user: Sessions of one user on one node at once.
+        max_group_size: Members of one group.
+        max_friends: Friends of one user.
     """
 
     single_session: bool = False
@@ -62,6 +65,9 @@ class Policy:
     registrations_per_address: int = 10
     max_refusals: int = 3
     max_logins_at_once: int = 16
+    max_sessions_per_user: int = 10
+    max_group_size: int = 1000
+    max_friends: int = 1000
 
 
 @dataclass(slots=True)

@@ -42,6 +42,9 @@ async def add_group(ctx: Context, state: SessionState, request: AddGroup) -> Non
     assert state.user_id is not None
     if await ctx.store.get_group(request.groupid) is None:
         raise ChatError(ErrorCode.UNKNOWN_GROUP, f"no group with id {request.groupid}")
+    limit = ctx.policy.max_group_size
+    if len(await ctx.store.members(request.groupid)) >= limit:
+        raise ChatError(ErrorCode.LIMIT_REACHED, f"group {request.groupid} is full: {limit}")
     if not await ctx.store.add_member(request.groupid, state.user_id):
         raise ChatError(ErrorCode.ALREADY_MEMBER, f"you are already in group {request.groupid}")
     ctx.groups.invalidate(request.groupid)

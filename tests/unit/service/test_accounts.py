@@ -193,3 +193,17 @@ async def test_logout_ends_the_session_and_allows_a_new_login(chat_cluster: Chat
     await client.send(Login(id=alice, password=PASSWORD))
     assert client.session.of_type(LoginAck)[-1].errno == 0
     assert node.service.registry.has(alice)
+
+
+async def test_sessions_per_user_are_bounded(chat_cluster: ChatCluster) -> None:
+    """A login past max_sessions_per_user on one node gets errno 19; other nodes are apart."""
+    first = await chat_cluster.node(Policy(max_sessions_per_user=2))
+    alice = await first.register("alice")
+    await first.login(alice)
+    await first.login(alice)
+    client = first.connect()
+    ack = await client.login(alice)
+    assert (ack.errno, ack.errmsg) == (19, "too many sessions of this user on this node: 2")
+    assert not client.state.logged_in
+    second = await chat_cluster.node(Policy(max_sessions_per_user=2))
+    await second.login(alice)

@@ -3,6 +3,7 @@
 import msgspec
 
 from clusterchat.protocol import AddFriend, AddFriendAck, ErrorCode, FriendEntry, LoginAck
+from clusterchat.service.context import Policy
 from tests.support.service import ChatCluster, ChatNode
 
 
@@ -56,3 +57,20 @@ async def test_adding_an_unknown_user_is_refused(chat_cluster: ChatCluster) -> N
     await a.send(AddFriend(friendid=4242))
     assert a.session.of_type(AddFriendAck)[-1].errno == 30
     assert await _friend_ids(node, alice) == []
+
+
+async def test_friends_are_bounded_on_both_sides(chat_cluster: ChatCluster) -> None:
+    """At max_friends an add gets errno 19, whichever side is full."""
+    node = await chat_cluster.node(Policy(max_friends=1))
+    alice, bob, carol = [await node.register(n) for n in ("alice", "bob", "carol")]
+    a, c = await node.login(alice), await node.login(carol)
+    await a.send(AddFriend(friendid=bob))
+    await a.send(AddFriend(friendid=carol))
+    assert a.session.of_type(AddFriendAck)[-1] == AddFriendAck(
+        errno=19, errmsg="you have the most friends: 1"
+    )
+    await c.send(AddFriend(friendid=alice))
+    assert c.session.of_type(AddFriendAck)[-1] == AddFriendAck(
+        errno=19, errmsg="that user has the most friends: 1"
+    )
+    assert await _friend_ids(node, alice) == [bob]

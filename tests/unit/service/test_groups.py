@@ -13,6 +13,7 @@ from clusterchat.protocol import (
     GroupEntry,
     MemberEntry,
 )
+from clusterchat.service.context import Policy
 from tests.support.service import ChatCluster, Client
 
 
@@ -204,3 +205,15 @@ async def test_member_who_joins_on_another_node_gets_the_next_message(
 
     assert _texts(c) == ["after"]
     assert _texts(b) == ["before", "after"]
+
+
+async def test_a_full_group_refuses_new_members(chat_cluster: ChatCluster) -> None:
+    """At max_group_size a join gets errno 19 naming the limit (fan-out is bounded)."""
+    node = await chat_cluster.node(Policy(max_group_size=2))
+    alice, bob, carol = [await node.register(n) for n in ("alice", "bob", "carol")]
+    a, b, c = await node.login(alice), await node.login(bob), await node.login(carol)
+    group = await _create(a, "pair")
+    await _join(b, group)
+    await c.send(AddGroup(groupid=group))
+    refused = c.session.of_type(AddGroupAck)[-1]
+    assert (refused.errno, refused.errmsg) == (19, f"group {group} is full: 2")
