@@ -256,3 +256,45 @@ def test_mass_registration_from_one_address_backs_off(node_factory: NodeFactory)
     other = ClassicClient.over(_connect(node, "127.0.0.8"))
     assert other.request({"msgid": 4, "name": "bulk11", "password": PASSWORD})["errno"] == 0
     other.close()
+
+
+def test_names_that_lie_are_refused(node_factory: NodeFactory) -> None:
+    """On main `alice\\0`, `\\u0430lice` (Cyrillic a) and `bob\\u202e` all registered."""
+    node = node_factory()
+    register(node, "alice", "bob")
+    client = ClassicClient(node.host, node.port)
+
+    def registered(name: str) -> dict[str, Any]:
+        return client.request({"msgid": 4, "name": name, "password": PASSWORD})
+
+    for name, why in [
+        ("alice\u0000", "control characters are not allowed (U+0000)"),
+        ("bob\u202e", "invisible characters are not allowed (U+202E)"),
+        ("zero\u200bwidth", "invisible characters are not allowed (U+200B)"),
+    ]:
+        answer = registered(name)
+        assert (answer["msgid"], answer["errno"], answer["errmsg"]) == (5, 13, f"name: {why}")
+    for look_alike in ["\u0430lice", "ALICE", "a1ice", "b\u043eb"]:
+        answer = registered(look_alike)
+        assert (answer["errno"], answer["errmsg"]) == (
+            1,
+            "this name is already taken, or one that looks like it",
+        ), look_alike
+    # Width forms are folded: full-width letters register as the plain name.
+    answer = registered("\uff43\uff41\uff52\uff4f\uff4c")
+    assert answer["errno"] == 0
+    carol, login_answer = login(node, int(answer["id"]))
+    assert login_answer["name"] == "carol"
+    carol.close()
+    group = login(node, int(answer["id"]))[0]
+    created = group.request({"msgid": 8, "groupname": "team", "groupdesc": ""})
+    assert created["errno"] == 0
+    taken = group.request({"msgid": 8, "groupname": "TEAM", "groupdesc": ""})
+    assert taken["errno"] == 34
+    bidi = group.request({"msgid": 8, "groupname": "te\u202eam", "groupdesc": ""})
+    assert (bidi["errno"], bidi["errmsg"]) == (
+        13,
+        "groupname: invisible characters are not allowed (U+202E)",
+    )
+    group.close()
+    client.close()

@@ -216,9 +216,11 @@ class InstrumentedStore:
     async def close(self) -> None:
         await self.inner.close()
 
-    async def create_user(self, name: str, password_hash: str) -> int:
+    async def create_user(
+        self, name: str, password_hash: str, *, name_key: str | None = None
+    ) -> int:
         await self._enter("create_user")
-        return await self.inner.create_user(name, password_hash)
+        return await self.inner.create_user(name, password_hash, name_key=name_key)
 
     async def get_user(self, user_id: int) -> User | None:
         await self._enter("get_user")
@@ -232,9 +234,11 @@ class InstrumentedStore:
         await self._enter("friends_of")
         return await self.inner.friends_of(user_id)
 
-    async def create_group(self, name: str, description: str, creator_id: int) -> int:
+    async def create_group(
+        self, name: str, description: str, creator_id: int, *, name_key: str | None = None
+    ) -> int:
         await self._enter("create_group")
-        return await self.inner.create_group(name, description, creator_id)
+        return await self.inner.create_group(name, description, creator_id, name_key=name_key)
 
     async def get_group(self, group_id: int) -> Group | None:
         await self._enter("get_group")

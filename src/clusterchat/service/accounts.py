@@ -17,6 +17,7 @@ from clusterchat.protocol import (
     Register,
     encode_entry,
 )
+from clusterchat.service import names
 from clusterchat.service.context import Context
 from clusterchat.service.errors import ChatError
 from clusterchat.service.feed import Feed
@@ -38,12 +39,16 @@ async def register(ctx: Context, state: SessionState, request: Register) -> None
 
 
 async def _register(ctx: Context, state: SessionState, request: Register) -> None:
+    name = names.normalize(request.name, "name")
+    key = names.look_alike_key(name)
     password_hash = await ctx.passwords.hash(request.password)
     try:
-        user_id = await ctx.store.create_user(request.name, password_hash)
+        user_id = await ctx.store.create_user(name, password_hash, name_key=key)
     except NameTaken:
-        raise ChatError(ErrorCode.REFUSED, "this name is already taken") from None
-    ctx.users.remember(user_id, request.name)
+        raise ChatError(
+            ErrorCode.REFUSED, "this name is already taken, or one that looks like it"
+        ) from None
+    ctx.users.remember(user_id, name)
     state.session.send(Outbound.of(RegAck(errno=0, id=user_id)))
 
 

@@ -17,6 +17,7 @@ from clusterchat.protocol import (
     ErrorCode,
     Outbound,
 )
+from clusterchat.service import names
 from clusterchat.service.context import Context
 from clusterchat.service.envelope import encode_group_changed
 from clusterchat.service.errors import ChatError
@@ -28,13 +29,18 @@ __all__ = ["add_group", "create_group"]
 
 async def create_group(ctx: Context, state: SessionState, request: CreateGroup) -> None:
     assert state.user_id is not None
+    name = names.normalize(request.groupname, "groupname")
+    key = names.look_alike_key(name)
     try:
-        group_id = await ctx.store.create_group(request.groupname, request.groupdesc, state.user_id)
+        group_id = await ctx.store.create_group(
+            name, request.groupdesc, state.user_id, name_key=key
+        )
     except NameTaken:
         raise ChatError(
-            ErrorCode.GROUP_NAME_TAKEN, f"a group named {request.groupname!r} exists already"
+            ErrorCode.GROUP_NAME_TAKEN,
+            f"a group named {name!r}, or one that looks like it, exists already",
         ) from None
-    answer = CreateGroupAck(errno=0, groupid=group_id, groupname=request.groupname)
+    answer = CreateGroupAck(errno=0, groupid=group_id, groupname=name)
     state.session.send(Outbound.of(answer))
 
 

@@ -141,8 +141,14 @@ class Store(MessageLog, Protocol):
     async def close(self) -> None:
         """Release every connection."""
 
-    async def create_user(self, name: str, password_hash: str) -> int:
-        """Add a user; return its id. Raises ``NameTaken``."""
+    async def create_user(
+        self, name: str, password_hash: str, *, name_key: str | None = None
+    ) -> int:
+        """Add a user; return its id.
+
+        ``name_key`` must be unique as well as ``name`` (the service passes the
+        name's look-alike key; None: the name itself). Raises ``NameTaken``.
+        """
         ...
 
     async def get_user(self, user_id: int) -> User | None:
@@ -157,8 +163,13 @@ class Store(MessageLog, Protocol):
         """The user's friends (without password hashes), by id."""
         ...
 
-    async def create_group(self, name: str, description: str, creator_id: int) -> int:
-        """Add a group with its creator as first member; return its id. Raises ``NameTaken``."""
+    async def create_group(
+        self, name: str, description: str, creator_id: int, *, name_key: str | None = None
+    ) -> int:
+        """Add a group with its creator as first member; return its id.
+
+        ``name_key`` as for ``create_user``. Raises ``NameTaken``.
+        """
         ...
 
     async def get_group(self, group_id: int) -> Group | None:

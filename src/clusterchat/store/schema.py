@@ -40,6 +40,8 @@ users = Table(
     metadata,
     Column("id", Integer, primary_key=True, autoincrement=True),
     Column("name", String(64), nullable=False, unique=True),
+    # Unique: two names that could be taken for each other (service/names.py).
+    Column("name_key", String(255), nullable=False, unique=True),
     Column("password_hash", String(255), nullable=False),
     Column("created_at", DateTime, nullable=False, server_default=func.now()),
     **_MYSQL,
@@ -58,6 +60,7 @@ chat_groups = Table(
     metadata,
     Column("id", Integer, primary_key=True, autoincrement=True),
     Column("name", String(64), nullable=False, unique=True),
+    Column("name_key", String(255), nullable=False, unique=True),
     Column("description", String(256), nullable=False, default=""),
     Column("created_at", DateTime, nullable=False, server_default=func.now()),
     **_MYSQL,

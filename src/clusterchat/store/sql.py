@@ -137,11 +137,15 @@ class SqlStore:
 
     # --- users ---------------------------------------------------------------------
 
-    async def create_user(self, name: str, password_hash: str) -> int:
+    async def create_user(
+        self, name: str, password_hash: str, *, name_key: str | None = None
+    ) -> int:
         try:
             async with self._begin() as conn:
                 result = await conn.execute(
-                    insert(users).values(name=name, password_hash=password_hash)
+                    insert(users).values(
+                        name=name, name_key=name_key or name, password_hash=password_hash
+                    )
                 )
         except IntegrityError as exc:
             raise NameTaken(name) from exc
@@ -189,11 +193,15 @@ class SqlStore:
 
     # --- groups --------------------------------------------------------------------
 
-    async def create_group(self, name: str, description: str, creator_id: int) -> int:
+    async def create_group(
+        self, name: str, description: str, creator_id: int, *, name_key: str | None = None
+    ) -> int:
         try:
             async with self._begin() as conn:
                 result = await conn.execute(
-                    insert(chat_groups).values(name=name, description=description)
+                    insert(chat_groups).values(
+                        name=name, name_key=name_key or name, description=description
+                    )
                 )
                 key = result.inserted_primary_key
                 assert key is not None
