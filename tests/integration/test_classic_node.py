@@ -21,10 +21,12 @@ def test_classic_session_end_to_end(node_factory: NodeFactory) -> None:
     a, login_a = login(node, zhang)
     assert login_a == {"errno": 0, "id": zhang, "msgid": 2, "name": "张三"}
 
+    # A friend request waits for li's consent (li is offline: it is in li's login).
     assert a.request({"msgid": 7, "id": zhang, "friendid": li}) == {
         "errno": 0,
         "friendid": li,
         "msgid": 107,
+        "pending": True,
     }
     created = a.request({"msgid": 8, "id": zhang, "groupname": "茶馆", "groupdesc": "喝茶"})
     assert (created["errno"], created["msgid"]) == (0, 108)
@@ -46,9 +48,21 @@ def test_classic_session_end_to_end(node_factory: NodeFactory) -> None:
     offline = [json.loads(text) for text in login_b["offlinemsg"]]
     assert [m["msg"] for m in offline] == ["你好", "second"]
     assert all(m["id"] == zhang and m["name"] == "张三" and m["msgid"] == 6 for m in offline)
-    friends = [json.loads(text) for text in login_b["friends"]]
-    assert friends == [{"id": zhang, "name": "张三", "state": "online"}]
+    assert "friends" not in login_b  # not before li consents
+    assert [json.loads(text) for text in login_b["requests"]] == [{"id": zhang, "name": "张三"}]
     assert "groups" not in login_b
+    # li asks back (all a classic client can do): they are friends, presence shows.
+    assert b.request({"msgid": 7, "id": li, "friendid": zhang}) == {
+        "errno": 0,
+        "friendid": zhang,
+        "msgid": 107,
+    }
+    check = ClassicClient(node.host, node.port)
+    again = check.request({"msgid": 1, "id": li, "password": PASSWORD})
+    friends = [json.loads(text) for text in again["friends"]]
+    assert friends == [{"id": zhang, "name": "张三", "state": "online"}]
+    assert "requests" not in again
+    check.close()
 
     assert b.request({"msgid": 9, "id": li, "groupid": group_id})["errno"] == 0
     # Live chat both ways, with the real sender whatever the client claims.

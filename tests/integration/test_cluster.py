@@ -197,8 +197,16 @@ def test_redis_outage_loses_nothing(node_factory: NodeFactory, redis_server: Red
     redis_server.start()
     b.sock.settimeout(seconds(30))
     assert _receive_texts(b, len(cross)) == cross
-    # Presence recovers: bob reads online again in alice's friend list.
-    assert a.request({"msgid": 7, "friendid": bob})["errno"] == 0
+    # Presence recovers: bob reads online again in alice's friend list (once
+    # they are friends: alice asks, bob is pushed the request and asks back).
+    assert a.request({"msgid": 7, "friendid": bob}) == {
+        "errno": 0,
+        "friendid": bob,
+        "msgid": 107,
+        "pending": True,
+    }
+    assert b.receive() == {"id": alice, "msgid": 140, "name": "alice"}
+    assert b.request({"msgid": 7, "friendid": alice})["errno"] == 0
     deadline = time.monotonic() + seconds(15)
     while True:
         again, answer = login(n1, alice)

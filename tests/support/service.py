@@ -36,6 +36,8 @@ from clusterchat.bus.local import LocalBus, LocalHub
 from clusterchat.bus.redis import RedisBus
 from clusterchat.presence.local import LocalPresence
 from clusterchat.protocol import (
+    AddFriend,
+    AddFriendAck,
     Login,
     LoginAck,
     Outbound,
@@ -52,6 +54,7 @@ from clusterchat.service.passwords import PasswordHasher
 from clusterchat.service.sessions import SessionState, WritableWaiters
 from clusterchat.store.base import (
     Appended,
+    Friendship,
     Group,
     LogEntry,
     Member,
@@ -234,6 +237,14 @@ class InstrumentedStore:
         await self._enter("friends_of")
         return await self.inner.friends_of(user_id)
 
+    async def request_friendship(self, from_id: int, to_id: int) -> Friendship:
+        await self._enter("request_friendship")
+        return await self.inner.request_friendship(from_id, to_id)
+
+    async def friend_requests_to(self, user_id: int) -> list[User]:
+        await self._enter("friend_requests_to")
+        return await self.inner.friend_requests_to(user_id)
+
     async def create_group(
         self, name: str, description: str, creator_id: int, *, name_key: str | None = None
     ) -> int:
@@ -409,6 +420,15 @@ class ChatNode:
         assert ack.id is not None
         await client.close()
         return ack.id
+
+    async def befriend(self, a: int, b: int) -> None:
+        """Make ``a`` and ``b`` friends: a asks, b asks back (consent), on throwaway logins."""
+        for asker, other in ((a, b), (b, a)):
+            client = await self.login(asker)
+            await client.send(AddFriend(friendid=other))
+            ack = client.session.of_type(AddFriendAck)[-1]
+            assert ack.errno == 0, ack
+            await client.close()
 
 
 @dataclass

@@ -14,11 +14,13 @@ from clusterchat.protocol import (
     MemberEntry,
     MsgId,
     OneChat,
+    RequestEntry,
 )
 
-__all__ = ["friends", "groups", "offline_messages"]
+__all__ = ["friend_requests", "friends", "groups", "offline_messages"]
 
 _FRIEND_DECODER: Final = msgspec.json.Decoder(FriendEntry)
+_REQUEST_DECODER: Final = msgspec.json.Decoder(RequestEntry)
 _GROUP_DECODER: Final = msgspec.json.Decoder(GroupEntry)
 _MEMBER_DECODER: Final = msgspec.json.Decoder(MemberEntry)
 _CHAT_DECODER: Final = msgspec.json.Decoder(OneChat | GroupChat)
@@ -31,6 +33,15 @@ def friends(ack: LoginAck) -> list[FriendEntry]:
         InvalidMessage: An entry is not a friend entry's JSON text.
     """
     return [_decode_entry(_FRIEND_DECODER, text, "friends") for text in ack.friends]
+
+
+def friend_requests(ack: LoginAck) -> list[RequestEntry]:
+    """Decode who asked the user to be friends and waits (a login answer's ``requests``).
+
+    Raises:
+        InvalidMessage: An entry is not a request entry's JSON text.
+    """
+    return [_decode_entry(_REQUEST_DECODER, text, "requests") for text in ack.requests]
 
 
 def groups(ack: LoginAck) -> list[tuple[GroupEntry, list[MemberEntry]]]:

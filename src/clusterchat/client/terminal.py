@@ -22,8 +22,16 @@ from prompt_toolkit.history import DummyHistory
 from prompt_toolkit.patch_stdout import patch_stdout
 
 from clusterchat.client.client import ChatClient, ChatClientError
-from clusterchat.client.entries import friends, groups, offline_messages
-from clusterchat.protocol import Answer, GroupChat, InvalidMessage, LoginAck, Message, OneChat
+from clusterchat.client.entries import friend_requests, friends, groups, offline_messages
+from clusterchat.protocol import (
+    Answer,
+    FriendRequest,
+    GroupChat,
+    InvalidMessage,
+    LoginAck,
+    Message,
+    OneChat,
+)
 
 __all__ = [
     "COMMANDS",
@@ -89,6 +97,11 @@ def format_event(message: Message) -> str | None:
     """Render a push or unsolicited answer, or None for one not worth showing."""
     if isinstance(message, OneChat | GroupChat):
         return format_chat(message)
+    if isinstance(message, FriendRequest):
+        return (
+            f"[{message.id}]{message.name} wants to be your friend"
+            f" (addfriend:{message.id} to accept)"
+        )
     if isinstance(message, Answer) and message.errno != 0:
         return f"error: {message.errmsg or f'errno {message.errno}'}"
     return None
@@ -106,6 +119,10 @@ def format_login(ack: LoginAck) -> list[str]:
         "----------------------friend list---------------------",
     ]
     lines += [f"{friend.id} {friend.name} {friend.state}" for friend in friends(ack)]
+    requests = friend_requests(ack)
+    if requests:
+        lines.append("-------------------friend requests--------------------")
+        lines += [f"{r.id} {r.name} (addfriend:{r.id} to accept)" for r in requests]
     lines.append("----------------------group list----------------------")
     for group, members in groups(ack):
         lines.append(f"{group.id} {group.groupname} {group.groupdesc}")
@@ -308,7 +325,10 @@ class Terminal:
 
     async def _add_friend(self, args: str) -> None:
         friend_id = parse_id(args, "friendid")
-        if await self._answer(self._client.add_friend(friend_id)) is not None:
+        ack = await self._answer(self._client.add_friend(friend_id))
+        if ack is not None and ack.pending:
+            _show(f"friend request sent to {friend_id}: friends once they add you too")
+        elif ack is not None:
             _show(f"friend {friend_id} added")
 
     async def _create_group(self, args: str) -> None:

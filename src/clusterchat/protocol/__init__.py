@@ -31,6 +31,7 @@ from clusterchat.protocol.messages import (
     CreateGroupAck,
     Error,
     FriendEntry,
+    FriendRequest,
     GroupChat,
     GroupChatAck,
     GroupEntry,
@@ -47,6 +48,7 @@ from clusterchat.protocol.messages import (
     RegAck,
     Register,
     Request,
+    RequestEntry,
     ServerMessage,
 )
 from clusterchat.protocol.msgid import MsgId
@@ -68,6 +70,7 @@ __all__ = [
     "ErrorCode",
     "FramingError",
     "FriendEntry",
+    "FriendRequest",
     "GroupChat",
     "GroupChatAck",
     "GroupEntry",
@@ -90,6 +93,7 @@ __all__ = [
     "RegAck",
     "Register",
     "Request",
+    "RequestEntry",
     "ServerMessage",
     "classic_frame",
     "decode_request",

@@ -215,9 +215,9 @@ def _split_chat(message: OneChat | GroupChat) -> list[OneChat | GroupChat]:
 
 
 def _split_login(message: LoginAck) -> list[bytes]:
-    kept: dict[str, list[str]] = {"friends": [], "groups": [], "offlinemsg": []}
+    kept: dict[str, list[str]] = {"friends": [], "groups": [], "requests": [], "offlinemsg": []}
     overflow: list[str] = []
-    for key in ("friends", "groups", "offlinemsg"):
+    for key in ("friends", "groups", "requests", "offlinemsg"):
         items: list[str] = getattr(message, key)
         for index, item in enumerate(items):
             trial = {**kept, key: [*kept[key], item]}

@@ -33,6 +33,7 @@ __all__ = [
     "CreateGroupAck",
     "Error",
     "FriendEntry",
+    "FriendRequest",
     "GroupChat",
     "GroupChatAck",
     "GroupEntry",
@@ -49,6 +50,7 @@ __all__ = [
     "RegAck",
     "Register",
     "Request",
+    "RequestEntry",
     "ServerMessage",
 ]
 
@@ -214,13 +216,18 @@ class Answer(Message, frozen=True):
 
 
 class LoginAck(Answer, tag=int(MsgId.LOGIN_ACK), frozen=True):
-    """Classic login answer. The three lists hold JSON texts and are omitted when empty."""
+    """Classic login answer. The lists hold JSON texts and are omitted when empty.
+
+    ``requests`` (extension) lists who asked this user to be friends and waits
+    for an answer (``RequestEntry`` texts).
+    """
 
     id: int | None = None
     name: str | None = None
     offlinemsg: list[str] = []
     friends: list[str] = []
     groups: list[str] = []
+    requests: list[str] = []
     cursor: int | None = None
 
 
@@ -248,7 +255,17 @@ class OneChatAck(Answer, tag=int(MsgId.ONE_CHAT_ACK), frozen=True):
 
 
 class AddFriendAck(Answer, tag=int(MsgId.ADD_FRIEND_ACK), frozen=True):
+    """``pending``: the request waits for the other user's consent (docs/protocol.md §2.5)."""
+
     friendid: int | None = None
+    pending: bool | None = None
+
+
+class FriendRequest(Message, tag=int(MsgId.FRIEND_REQUEST), frozen=True):
+    """Pushed to a user whom ``id`` (named ``name``) asked to be friends."""
+
+    id: int
+    name: str
 
 
 class CreateGroupAck(Answer, tag=int(MsgId.CREATE_GROUP_ACK), frozen=True):
@@ -296,6 +313,7 @@ ServerMessage = (
     | GroupChatAck
     | Error
     | Pong
+    | FriendRequest
 )
 SERVER_MESSAGE_TYPES: tuple[type[Message], ...] = (
     LoginAck,
@@ -310,6 +328,7 @@ SERVER_MESSAGE_TYPES: tuple[type[Message], ...] = (
     GroupChatAck,
     Error,
     Pong,
+    FriendRequest,
 )
 
 
@@ -320,6 +339,11 @@ class FriendEntry(msgspec.Struct, frozen=True, kw_only=True):
     id: int
     name: str
     state: str
+
+
+class RequestEntry(msgspec.Struct, frozen=True, kw_only=True):
+    id: int
+    name: str
 
 
 class MemberEntry(msgspec.Struct, frozen=True, kw_only=True):

@@ -37,3 +37,4 @@ class MsgId(IntEnum):
     PING = 120
     PONG = 121
     ACK = 130
+    FRIEND_REQUEST = 140

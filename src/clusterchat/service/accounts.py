@@ -15,6 +15,7 @@ from clusterchat.protocol import (
     Outbound,
     RegAck,
     Register,
+    RequestEntry,
     encode_entry,
 )
 from clusterchat.service import names
@@ -102,6 +103,7 @@ async def _login(ctx: Context, state: SessionState, request: Login) -> None:
         raise
 
     friends = await ctx.store.friends_of(user.id)
+    requests = await ctx.store.friend_requests_to(user.id)
     groups = await ctx.store.groups_of(user.id)
     people = {f.id for f in friends} | {m.user_id for _, ms in groups for m in ms}
     online = await ctx.presence.online(people)
@@ -139,6 +141,7 @@ async def _login(ctx: Context, state: SessionState, request: Login) -> None:
             )
             for group, members in groups
         ],
+        requests=[encode_entry(RequestEntry(id=r.id, name=r.name)) for r in requests],
         cursor=None if request.device is None else feed.next - 1,
     )
     state.session.send(Outbound.of(answer))

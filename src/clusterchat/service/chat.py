@@ -283,6 +283,8 @@ class ChatService:
             self.ctx.delivery.offer(envelope.user, envelope.pos, Outbound(bytes(envelope.body)))
         elif envelope.kind == Kind.GROUP_CHANGED:
             self.ctx.groups.invalidate(envelope.group)
+        elif envelope.kind == Kind.NOTICE:
+            self.ctx.delivery.notice(envelope.user, Outbound(bytes(envelope.body)))
 
     def bus_channels(self) -> Iterable[str]:
         yield GROUPS_CHANNEL

@@ -25,7 +25,7 @@ from functools import partial
 from clusterchat.bus.base import Bus
 from clusterchat.bus.channels import ChannelNames
 from clusterchat.protocol import Outbound
-from clusterchat.service.envelope import encode_deliver
+from clusterchat.service.envelope import encode_deliver, encode_notice
 from clusterchat.service.sessions import SessionRegistry
 from clusterchat.store.base import Appended, MessageLog
 
@@ -60,6 +60,25 @@ class Delivery:
         for user_id, pos in appended.positions:
             self.offer(user_id, pos, push)
             self._publish(user_id, encode_deliver(self._node_id, user_id, pos, appended.body))
+
+    def notify(self, user_id: int, push: Outbound) -> None:
+        """Send ``push`` to every session of the user, here and on the other nodes.
+
+        Not in the log: a session that misses it (offline, bus down) must learn
+        the same from its next login answer.
+        """
+        self.notice(user_id, push)
+        future = self._bus.publish(
+            ChannelNames.user(user_id), encode_notice(self._node_id, user_id, push.json)
+        )
+        self._inflight.add(future)
+        future.add_done_callback(self._inflight.discard)
+        future.add_done_callback(_retrieve)
+
+    def notice(self, user_id: int, push: Outbound) -> None:
+        """Send ``push`` to the user's sessions on this node."""
+        for state in self._registry.local(user_id):
+            state.session.send(push)
 
     def _publish(self, user_id: int, envelope: bytes) -> None:
         future = self._bus.publish(ChannelNames.user(user_id), envelope)
@@ -158,5 +177,11 @@ def _log_failure(task: asyncio.Task[None]) -> None:
 
 
 def _ignore_result(future: asyncio.Future[int]) -> None:
+    if not future.cancelled():
+        future.exception()
+
+
+def _retrieve(future: "asyncio.Future[int]") -> None:
+    """A notice that could not be published is only missed live (see ``notify``)."""
     if not future.cancelled():
         future.exception()

@@ -6,18 +6,28 @@ a compact JSON array ``[kind, origin, user, pos, group, body]``.
 * ``DELIVER``: ``user``'s log has the entry ``pos``; ``body`` is the push
   exactly as it is written to clients (kept raw, never re-encoded).
 * ``GROUP_CHANGED``: the membership of ``group`` changed (drop cached members).
+* ``NOTICE``: ``body`` is a push for ``user``'s sessions that is not in the log
+  (a friend request: whoever misses it sees it in the next login answer).
 """
 
 from enum import IntEnum
 
 import msgspec
 
-__all__ = ["Envelope", "Kind", "decode_envelope", "encode_deliver", "encode_group_changed"]
+__all__ = [
+    "Envelope",
+    "Kind",
+    "decode_envelope",
+    "encode_deliver",
+    "encode_group_changed",
+    "encode_notice",
+]
 
 
 class Kind(IntEnum):
     DELIVER = 1
     GROUP_CHANGED = 3
+    NOTICE = 4
 
 
 class Envelope(msgspec.Struct, array_like=True, frozen=True, gc=False):
@@ -40,6 +50,10 @@ def encode_deliver(origin: str, user: int, pos: int, body: bytes) -> bytes:
 
 def encode_group_changed(origin: str, group: int) -> bytes:
     return _encoder.encode(Envelope(Kind.GROUP_CHANGED, origin, 0, 0, group, _NULL))
+
+
+def encode_notice(origin: str, user: int, body: bytes) -> bytes:
+    return _encoder.encode(Envelope(Kind.NOTICE, origin, user, 0, 0, msgspec.Raw(body)))
 
 
 def decode_envelope(payload: bytes) -> Envelope:

@@ -5,7 +5,9 @@ Contract (tests/contract/test_store.py runs it against every dialect):
 * ``create_user`` / ``create_group`` raise ``NameTaken`` for a duplicate name;
   names compare exactly (no case folding), UTF-8 intact.
 * Friendship is symmetric: ``add_friendship(a, b)`` makes each the friend of
-  the other and returns False if they already were.
+  the other and returns False if they already were. ``request_friendship(a,
+  b)`` is the consented way: it stores a's request, or, when b had asked a,
+  makes them friends (``Friendship``).
 * ``add_member`` returns False if the user already is a member.
 * The message log (``MessageLog``): ``append`` commits a batch in one
   transaction, or nothing. Each recipient's entries get consecutive positions
@@ -21,10 +23,12 @@ Contract (tests/contract/test_store.py runs it against every dialect):
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from enum import Enum
 from typing import Protocol
 
 __all__ = [
     "Appended",
+    "Friendship",
     "Group",
     "LogEntry",
     "Member",
@@ -34,6 +38,15 @@ __all__ = [
     "Store",
     "User",
 ]
+
+
+class Friendship(Enum):
+    """What ``request_friendship(a, b)`` did."""
+
+    REQUESTED = "requested"  # a's request is stored now and waits for b
+    PENDING = "pending"  # a had asked b before: the request still waits
+    ACCEPTED = "accepted"  # b had asked a: now they are friends
+    ALREADY = "already"  # they were friends already
 
 
 class NameTaken(Exception):
@@ -161,6 +174,14 @@ class Store(MessageLog, Protocol):
 
     async def friends_of(self, user_id: int) -> list[User]:
         """The user's friends (without password hashes), by id."""
+        ...
+
+    async def request_friendship(self, from_id: int, to_id: int) -> Friendship:
+        """``from_id`` asks ``to_id`` to be friends (both exist); one transaction."""
+        ...
+
+    async def friend_requests_to(self, user_id: int) -> list[User]:
+        """Who asked ``user_id`` to be friends and waits, by id."""
         ...
 
     async def create_group(

@@ -22,6 +22,7 @@ from sqlalchemy import (
 __all__ = [
     "chat_groups",
     "cursors",
+    "friend_requests",
     "friends",
     "group_members",
     "inbox",
@@ -52,6 +53,18 @@ friends = Table(
     metadata,
     Column("user_id", Integer, ForeignKey("users.id"), primary_key=True),
     Column("friend_id", Integer, ForeignKey("users.id"), primary_key=True),
+    **_MYSQL,
+)
+
+# A friend request from one user to another, waiting for the other's consent
+# (docs/protocol.md §2.5); it becomes two ``friends`` rows when accepted.
+friend_requests = Table(
+    "friend_requests",
+    metadata,
+    Column("from_id", Integer, ForeignKey("users.id"), primary_key=True),
+    Column("to_id", Integer, ForeignKey("users.id"), primary_key=True),
+    Column("created_at", DateTime, nullable=False, server_default=func.now()),
+    Index("ix_friend_requests_to", "to_id"),
     **_MYSQL,
 )
 

@@ -30,6 +30,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 from clusterchat.store import log_sql
 from clusterchat.store.base import (
     Appended,
+    Friendship,
     Group,
     LogEntry,
     Member,
@@ -41,6 +42,7 @@ from clusterchat.store.base import (
 from clusterchat.store.schema import (
     chat_groups,
     cursors,
+    friend_requests,
     friends,
     group_members,
     inbox,
@@ -191,6 +193,20 @@ class SqlStore:
             rows = (await conn.execute(query)).all()
         return [User(row.id, row.name) for row in rows]
 
+    async def request_friendship(self, from_id: int, to_id: int) -> Friendship:
+        return await self._write(partial(_request_friendship, from_id=from_id, to_id=to_id))
+
+    async def friend_requests_to(self, user_id: int) -> list[User]:
+        query = (
+            select(users.c.id, users.c.name)
+            .join(friend_requests, friend_requests.c.from_id == users.c.id)
+            .where(friend_requests.c.to_id == user_id)
+            .order_by(users.c.id)
+        )
+        async with self._connect() as conn:
+            rows = (await conn.execute(query)).all()
+        return [User(row.id, row.name) for row in rows]
+
     # --- groups --------------------------------------------------------------------
 
     async def create_group(
@@ -326,6 +342,38 @@ class SqlStore:
             return await self._writer.run(work)
         async with self._begin() as conn:
             return await conn.run_sync(work)
+
+
+def _request_friendship(conn: Connection, from_id: int, to_id: int) -> Friendship:
+    """Inside one write transaction: already friends, accept the other's request, or ask."""
+    if conn.execute(
+        select(friends.c.user_id).where(friends.c.user_id == from_id, friends.c.friend_id == to_id)
+    ).first():
+        return Friendship.ALREADY
+    pending = friend_requests.c
+    if conn.execute(
+        select(pending.from_id).where(pending.from_id == to_id, pending.to_id == from_id)
+    ).first():
+        conn.execute(
+            friend_requests.delete().where(
+                ((pending.from_id == to_id) & (pending.to_id == from_id))
+                | ((pending.from_id == from_id) & (pending.to_id == to_id))
+            )
+        )
+        conn.execute(
+            insert(friends),
+            [
+                {"user_id": from_id, "friend_id": to_id},
+                {"user_id": to_id, "friend_id": from_id},
+            ],
+        )
+        return Friendship.ACCEPTED
+    if conn.execute(
+        select(pending.from_id).where(pending.from_id == from_id, pending.to_id == to_id)
+    ).first():
+        return Friendship.PENDING
+    conn.execute(insert(friend_requests).values(from_id=from_id, to_id=to_id))
+    return Friendship.REQUESTED
 
 
 _APPEND_ATTEMPTS = 3

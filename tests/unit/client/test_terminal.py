@@ -17,6 +17,7 @@ from clusterchat.client.terminal import (
 from clusterchat.protocol import (
     Error,
     FriendEntry,
+    FriendRequest,
     GroupChat,
     GroupEntry,
     LoginAck,
@@ -24,6 +25,7 @@ from clusterchat.protocol import (
     OneChat,
     OneChatAck,
     Pong,
+    RequestEntry,
     encode,
     encode_entry,
 )
@@ -83,6 +85,16 @@ def test_login_lists_friends_and_groups_with_members() -> None:
     assert "current login user => id:1 name:alice" in lines
     assert "2 bob offline" in lines
     assert lines.index("5 room talk") < lines.index("    1 alice online creator")
+
+
+def test_friend_requests_show_how_to_accept() -> None:
+    """A request pushed live, or listed at login, says how to accept it."""
+    pushed = format_event(FriendRequest(id=7, name="carol"))
+    assert pushed == "[7]carol wants to be your friend (addfriend:7 to accept)"
+    ack = LoginAck(
+        errno=0, id=1, name="alice", requests=[encode_entry(RequestEntry(id=7, name="carol"))]
+    )
+    assert "7 carol (addfriend:7 to accept)" in format_login(ack)
 
 
 @pytest.mark.parametrize("text", ["", "x", "-3", "0", "1.5", "٣"])

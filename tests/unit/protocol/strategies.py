@@ -20,6 +20,7 @@ from clusterchat.protocol import (
     AddGroupAck,
     CreateGroupAck,
     Error,
+    FriendRequest,
     GroupChat,
     GroupChatAck,
     LoginAck,
@@ -150,18 +151,22 @@ SERVER_MESSAGE_STRATEGIES: dict[type[ServerMessage], st.SearchStrategy[ServerMes
         offlinemsg=_ENTRIES,
         friends=_ENTRIES,
         groups=_ENTRIES,
+        requests=_ENTRIES,
     ),
     RegAck: st.builds(RegAck, **_ANSWER, id=_OPT_IDS),
     OneChat: st.builds(OneChat, toid=_IDS, **_CHAT),
     GroupChat: st.builds(GroupChat, groupid=_IDS, **_CHAT),
     LogoutAck: st.builds(LogoutAck, **_ANSWER),
     OneChatAck: st.builds(OneChatAck, **_ANSWER, mid=_OPT_TEXT, ref=_OPT_REFS),
-    AddFriendAck: st.builds(AddFriendAck, **_ANSWER, friendid=_OPT_IDS),
+    AddFriendAck: st.builds(
+        AddFriendAck, **_ANSWER, friendid=_OPT_IDS, pending=st.none() | st.just(True)
+    ),
     CreateGroupAck: st.builds(CreateGroupAck, **_ANSWER, groupid=_OPT_IDS, groupname=_OPT_TEXT),
     AddGroupAck: st.builds(AddGroupAck, **_ANSWER, groupid=_OPT_IDS),
     GroupChatAck: st.builds(GroupChatAck, **_ANSWER, mid=_OPT_TEXT, ref=_OPT_REFS),
     Error: st.builds(Error, **_ANSWER, req=st.none() | st.integers(0, 200)),
     Pong: st.builds(Pong, ref=_OPT_REFS),
+    FriendRequest: st.builds(FriendRequest, id=_IDS, name=_NAMES),
 }
 
 

@@ -3,7 +3,6 @@
 import msgspec
 
 from clusterchat.protocol import (
-    AddFriend,
     AddGroup,
     CreateGroup,
     CreateGroupAck,
@@ -53,8 +52,7 @@ async def test_chinese_name_round_trips(chat_cluster: ChatCluster) -> None:
     node = await chat_cluster.node()
     zhang = await node.register("张三")
     li = await node.register("李四")
-    client = await node.login(zhang)
-    await client.send(AddFriend(friendid=li))
+    await node.befriend(zhang, li)
     again = node.connect()
     ack = await again.login(zhang)
     assert ack.name == "张三"
@@ -70,8 +68,8 @@ async def test_login_answer_has_the_classic_shape(chat_cluster: ChatCluster) -> 
     alice = await node.register("alice")
     bob = await node.register("bob")
     carol = await node.register("carol")
+    await node.befriend(alice, bob)
     a = await node.login(alice)
-    await a.send(AddFriend(friendid=bob))
     await a.send(CreateGroup(groupname="team", groupdesc="the team"))
     [created] = a.session.of_type(CreateGroupAck)
     assert created.groupid is not None
@@ -115,8 +113,7 @@ async def test_friend_state_follows_presence(chat_cluster: ChatCluster) -> None:
     first, second = await chat_cluster.node(), await chat_cluster.node()
     alice = await first.register("alice")
     bob = await first.register("bob")
-    a = await first.login(alice)
-    await a.send(AddFriend(friendid=bob))
+    await first.befriend(alice, bob)
     b = await second.login(bob)
     online = await first.connect().login(alice)
     assert [msgspec.json.decode(f, type=FriendEntry).state for f in online.friends] == ["online"]
