@@ -13,6 +13,7 @@ import statistics
 import time
 
 import pytest
+import redis
 
 from tests.support.classic import PASSWORD
 from tests.support.node import NodeFactory, NodeHandle
@@ -101,3 +102,95 @@ async def test_2000_parallel_logins_all_succeed_while_chat_goes_on(
     print(f"{storm} parallel logins over 2 nodes in {took:.1f} s")
     _report("login storm", latencies)
     assert latencies, "no chat message went through during the storm"
+
+
+def _leftovers(redis_url: str, user_ids: list[int]) -> tuple[list[int], list[int]]:
+    """Storm users still subscribed on the bus, and still online in presence."""
+    client = redis.Redis.from_url(redis_url)
+    try:
+        counts = client.pubsub_numsub(*(f"clusterchat:user:{u}" for u in user_ids))
+        subscribed = [u for u, (_, n) in zip(user_ids, counts, strict=True) if n]
+        online: set[int] = set()
+        for key in client.scan_iter(match="{clusterchat}:presence:users:*"):
+            online |= {int(m) for m in client.smembers(key)}
+        return subscribed, sorted(online & set(user_ids))
+    finally:
+        client.close()
+
+
+async def _until_no_leftovers(redis_url: str, user_ids: list[int]) -> tuple[list[int], list[int]]:
+    deadline = time.monotonic() + seconds(20)
+    while True:
+        subscribed, online = await asyncio.to_thread(_leftovers, redis_url, user_ids)
+        if (not subscribed and not online) or time.monotonic() > deadline:
+            return subscribed, online
+        await asyncio.sleep(0.2)
+
+
+async def test_2000_connections_closing_at_once_leave_nothing_behind(
+    node_factory: NodeFactory, redis_server: RedisServer, net: Net
+) -> None:
+    """The original C++ server crashed here; each node must end every session exactly."""
+    storm = 2000
+    nodes = await start_nodes(node_factory, redis_server, 2)
+    ids = await net.register(nodes[0], "sender", "receiver", *(f"c{i}" for i in range(storm)))
+    sender = await net.login(nodes[0], ids[0])
+    receiver = await net.login(nodes[1], ids[1])
+    peers = [await net.connect(nodes[i % 2], source=_source(i), nul=True) for i in range(storm)]
+    answers = await asyncio.gather(
+        *(
+            peer.request({"msgid": 1, "id": ids[2 + i], "password": PASSWORD}, within=seconds(120))
+            for i, peer in enumerate(peers)
+        )
+    )
+    assert all(a.get("errno") == 0 for a in answers)
+    subscribed, online = await asyncio.to_thread(_leftovers, redis_server.url, ids[2:])
+    assert len(subscribed) == storm
+    assert len(online) == storm
+
+    stop = asyncio.Event()
+    beside = asyncio.create_task(_chat_beside(sender, receiver, ids[1], stop))
+    await asyncio.sleep(0.2)
+    # All at once, without a logout.
+    await asyncio.gather(*(peer.close() for peer in peers))
+    subscribed, online = await _until_no_leftovers(redis_server.url, ids[2:])
+    stop.set()
+    latencies = await beside
+    assert not subscribed, f"{len(subscribed)} users still subscribed, e.g. {subscribed[:5]}"
+    assert not online, f"{len(online)} users still online, e.g. {online[:5]}"
+    _report("2,000 connections closing at once", latencies)
+    for node in nodes:
+        assert node.child.returncode is None, "a node died"
+
+
+async def test_100_disconnects_a_second_leave_nothing_behind(
+    node_factory: NodeFactory, redis_server: RedisServer, net: Net
+) -> None:
+    """Clients that log in and drop, 100 a second for 5 s, while others chat."""
+    per_second, seconds_run = 100, 5
+    nodes = await start_nodes(node_factory, redis_server, 2)
+    users = per_second * seconds_run
+    ids = await net.register(nodes[0], "sender", "receiver", *(f"d{i}" for i in range(users)))
+    sender = await net.login(nodes[0], ids[0])
+    receiver = await net.login(nodes[1], ids[1])
+    stop = asyncio.Event()
+    beside = asyncio.create_task(_chat_beside(sender, receiver, ids[1], stop))
+
+    async def drop(index: int) -> None:
+        peer = await net.connect(nodes[index % 2], source=_source(index), nul=index % 3 == 0)
+        answer = await peer.request({"msgid": 1, "id": ids[2 + index], "password": PASSWORD})
+        assert answer.get("errno") == 0, answer
+        await peer.close()  # no logout
+
+    started = time.perf_counter()
+    drops = []
+    for index in range(users):
+        drops.append(asyncio.create_task(drop(index)))
+        await asyncio.sleep(max(0.0, started + (index + 1) / per_second - time.perf_counter()))
+    await asyncio.gather(*drops)
+    subscribed, online = await _until_no_leftovers(redis_server.url, ids[2:])
+    stop.set()
+    latencies = await beside
+    assert not subscribed, f"{len(subscribed)} users still subscribed, e.g. {subscribed[:5]}"
+    assert not online, f"{len(online)} users still online, e.g. {online[:5]}"
+    _report(f"{per_second} disconnects a second", latencies)
