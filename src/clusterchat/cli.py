@@ -3,6 +3,7 @@
 import argparse
 import asyncio
 import logging
+import ssl
 import sys
 from collections.abc import Coroutine, Sequence
 from pathlib import Path
@@ -68,6 +69,8 @@ def _node_parser(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> 
         const=True,
         help="connections begin with nginx's PROXY header (the client's address)",
     )
+    node.add_argument("--tls-cert", dest="tls_cert", help="PEM certificate: listen with TLS")
+    node.add_argument("--tls-key", dest="tls_key", help="PEM private key of --tls-cert")
     node.add_argument(
         "--sweep-interval",
         dest="sweep_interval",
@@ -79,6 +82,10 @@ def _node_parser(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> 
 
 def _client_parser(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
     client = sub.add_parser("client", help="the interactive terminal client")
+    client.add_argument("--tls", action="store_true", help="connect with TLS")
+    client.add_argument(
+        "--ca", type=Path, help="with --tls: trust this PEM certificate (e.g. up's self-signed one)"
+    )
     client.add_argument("host", nargs="?", default="127.0.0.1")
     client.add_argument("port", nargs="?", type=int, default=6000)
 
@@ -91,6 +98,11 @@ def _up_parser(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> No
     up.add_argument("--dir", type=Path, default=Path("clusterchat-run"), help="working dir")
     up.add_argument(
         "--redis-persistence", action="store_true", help="keep Redis snapshots (default off)"
+    )
+    up.add_argument(
+        "--tls",
+        action="store_true",
+        help="TLS on the public port, with a self-signed certificate made in DIR/tls",
     )
 
 
@@ -152,7 +164,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "client":
         from clusterchat.client.terminal import run_terminal
 
-        return _run(run_terminal(args.host, args.port))
+        tls = None
+        if args.tls or args.ca is not None:
+            tls = ssl.create_default_context(cafile=str(args.ca) if args.ca else None)
+        return _run(run_terminal(args.host, args.port, tls=tls))
     if args.command == "up":
         from clusterchat.cluster.launcher import ClusterSpec, run_cluster
 
@@ -165,6 +180,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             dir=args.dir,
             db=args.db,
             redis_persistence=args.redis_persistence,
+            tls=args.tls,
         )
         return run_cluster(spec)
     if args.command == "status":

@@ -12,6 +12,7 @@ import gc
 import logging
 import secrets
 import signal
+import ssl
 import sys
 
 from clusterchat.bus.base import Bus
@@ -22,7 +23,7 @@ from clusterchat.protocol import Limits
 from clusterchat.service.chat import ChatService
 from clusterchat.service.context import Policy
 from clusterchat.service.passwords import PasswordHasher
-from clusterchat.settings import Settings
+from clusterchat.settings import Settings, redact_url
 from clusterchat.store.sql import SqlStore
 from clusterchat.transport.tcp import ConnectionLimits, TcpServer
 
@@ -38,6 +39,7 @@ class Node:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
+        self._tls = _tls_context(settings)  # first: a bad certificate starts nothing
         self.node_id = settings.node_id or secrets.token_hex(4)
         self.store = SqlStore(settings.db)
         self.bus: Bus
@@ -95,7 +97,7 @@ class Node:
         await self.store.create_schema()
         await self.presence.start()
         await self.service.start()
-        self.address = await self.tcp.start(self.settings.host, self.settings.port)
+        self.address = await self.tcp.start(self.settings.host, self.settings.port, tls=self._tls)
         return self.address
 
     async def stop(self) -> None:
@@ -138,18 +140,45 @@ def _tune_gc() -> None:
     gc.set_threshold(20_000, 20, 20)
 
 
+def _tls_context(settings: Settings) -> ssl.SSLContext | None:
+    """The listener's TLS context (TLS 1.2 and up), or None for plain TCP.
+
+    Raises:
+        ValueError: Only one of the certificate and the key is given, or TLS
+            with the PROXY header (nginx terminates TLS and sends the header
+            in clear; a node that terminates TLS itself is reached directly).
+        OSError, ssl.SSLError: The files cannot be read or do not match.
+    """
+    if settings.tls_cert is None and settings.tls_key is None:
+        return None
+    if settings.tls_cert is None or settings.tls_key is None:
+        raise ValueError("--tls-cert and --tls-key go together")
+    if settings.proxy_protocol:
+        raise ValueError("--proxy-protocol is for nodes behind nginx, which terminates TLS")
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(settings.tls_cert, settings.tls_key)
+    return context
+
+
 async def run_node(settings: Settings) -> int:
     """Run a node until SIGINT or SIGTERM; return the exit status."""
-    node = Node(settings)
+    try:
+        node = Node(settings)
+    except (ValueError, OSError) as exc:  # TLS files (ssl.SSLError is an OSError)
+        print(f"clusterchat node: {exc}", file=sys.stderr, flush=True)
+        return 2
     host, port = await node.start()
     _tune_gc()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    mode = f"redis {settings.redis}" if settings.redis else "single node"
+    mode = f"redis {redact_url(settings.redis)}" if settings.redis else "single node"
+    tls = ", TLS" if settings.tls_cert else ""
     print(
-        f"clusterchat node {node.node_id} listening on {host}:{port} ({mode}, db {settings.db})",
+        f"clusterchat node {node.node_id} listening on {host}:{port}"
+        f" ({mode}, db {redact_url(settings.db)}{tls})",
         file=sys.stderr,
         flush=True,
     )

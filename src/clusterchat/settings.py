@@ -11,8 +11,9 @@ from collections.abc import Mapping
 from dataclasses import MISSING, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
-__all__ = ["ENV_PREFIX", "Settings"]
+__all__ = ["ENV_PREFIX", "Settings", "redact_url"]
 
 ENV_PREFIX = "CLUSTERCHAT_"
 
@@ -37,6 +38,8 @@ class Settings:
     max_connections: int = 10_000
     max_per_address: int = 100
     proxy_protocol: bool = False
+    tls_cert: str | None = None
+    tls_key: str | None = None
     offline_batch: int = 1000
     login_attempts: int = 5
     login_attempts_per_address: int = 20
@@ -101,3 +104,16 @@ def _convert(default: Any, name: str, value: Any) -> Any:
     except ValueError:
         raise ValueError(f"{name}: expected a number, got {value!r}") from None
     return value or None if default is None else value
+
+
+def redact_url(url: str) -> str:
+    """``url`` with any password replaced by ``***`` (for logs and errors)."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    user = parts.username or ""
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    netloc = f"{user}:***@{host}" + (f":{parts.port}" if parts.port is not None else "")
+    return urlunsplit(parts._replace(netloc=netloc))

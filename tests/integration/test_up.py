@@ -1,7 +1,10 @@
 """`clusterchat up`: a whole cluster from one command, nothing left behind (cluster issue)."""
 
+import contextlib
 import os
 import signal
+import socket
+import ssl
 import sys
 from pathlib import Path
 
@@ -101,5 +104,41 @@ def test_up_restarts_a_node_that_dies(tmp_path: Path) -> None:
         deadline_answer = client.request({"msgid": 4, "name": "after", "password": "pw"})
         assert deadline_answer["errno"] == 0
         client.close()
+    finally:
+        processes.stop(up, timeout=seconds(30), sig=signal.SIGINT)
+
+
+def test_up_with_tls_serves_chat_through_nginx(tmp_path: Path) -> None:
+    """`up --tls`: nginx speaks TLS with a generated certificate; chat works end to end."""
+    port, log_path, up = _start_up(tmp_path, "--tls")
+    try:
+        processes.wait_for_log(up, "cluster ready", seconds(60))
+        cert = (tmp_path / "run" / "tls" / "cert.pem").resolve()
+        assert f"clusterchat client --tls --ca {cert} 127.0.0.1 {port}" in log_path.read_text()
+        context = ssl.create_default_context(cafile=str(cert))
+
+        def connect() -> ClassicClient:
+            raw = socket.create_connection(("127.0.0.1", port), timeout=seconds(10))
+            return ClassicClient.over(context.wrap_socket(raw, server_hostname="127.0.0.1"))
+
+        register = connect()
+        ids = [
+            register.request({"msgid": 4, "name": name, "password": "pw"})["id"]
+            for name in ("tess", "uma")
+        ]
+        register.close()
+        tess, uma = connect(), connect()
+        assert tess.request({"msgid": 1, "id": ids[0], "password": "pw"})["errno"] == 0
+        assert uma.request({"msgid": 1, "id": ids[1], "password": "pw"})["errno"] == 0
+        tess.send({"msgid": 6, "toid": ids[1], "msg": "over TLS"})
+        assert uma.receive()["msg"] == "over TLS"
+        tess.close()
+        uma.close()
+        # Without TLS the public port gives nothing.
+        plain = socket.create_connection(("127.0.0.1", port), timeout=seconds(10))
+        plain.sendall(b'{"msgid":120,"ref":1}\0')
+        with contextlib.suppress(ConnectionResetError, TimeoutError):
+            assert b"msgid" not in plain.recv(4096)
+        plain.close()
     finally:
         processes.stop(up, timeout=seconds(30), sig=signal.SIGINT)

@@ -41,6 +41,7 @@ import asyncio
 import contextlib
 import itertools
 import logging
+import ssl
 from collections import deque
 from collections.abc import AsyncIterator, Callable
 from types import TracebackType
@@ -175,7 +176,14 @@ class ChatClient:
         self._reader_task = self._loop.create_task(self._read_loop())
 
     @classmethod
-    async def connect(cls, host: str, port: int, *, classic: bool = False) -> Self:
+    async def connect(
+        cls,
+        host: str,
+        port: int,
+        *,
+        classic: bool = False,
+        tls: ssl.SSLContext | None = None,
+    ) -> Self:
         """Open a TCP connection to a node.
 
         Args:
@@ -183,6 +191,7 @@ class ChatClient:
             port: Its TCP port.
             classic: End frames with NUL as the classic client does (the server
                 then answers with NUL-terminated frames); else newline.
+            tls: Speak TLS, verifying the server with this context.
 
         Returns:
             A connected client.
@@ -190,7 +199,7 @@ class ChatClient:
         Raises:
             OSError: The connection could not be made.
         """
-        reader, writer = await asyncio.open_connection(host, port, limit=_READ_SIZE)
+        reader, writer = await asyncio.open_connection(host, port, limit=_READ_SIZE, ssl=tls)
         return cls(reader, writer, classic=classic)
 
     @property

@@ -12,6 +12,7 @@ Run it with ``clusterchat client HOST PORT`` or
 """
 
 import asyncio
+import ssl
 import sys
 import threading
 from collections.abc import Awaitable, Callable
@@ -362,19 +363,20 @@ def _show(text: str) -> None:
     print(text, flush=True)
 
 
-async def run_terminal(host: str, port: int) -> int:
+async def run_terminal(host: str, port: int, *, tls: ssl.SSLContext | None = None) -> int:
     """Run the interactive client against the node (or balancer) at ``host:port``.
 
     Args:
         host: Address to connect to.
         port: TCP port to connect to.
+        tls: Connect with TLS, verifying the server with this context.
 
     Returns:
         The process exit status: 0 when the user quit, 1 when the connection
         could not be made or was lost.
     """
     try:
-        client = await ChatClient.connect(host, port)
+        client = await ChatClient.connect(host, port, tls=tls)
     except OSError as exc:
         print(f"cannot connect to {host}:{port}: {exc.strerror or exc}", file=sys.stderr)
         return 1

@@ -31,6 +31,7 @@ from clusterchat.cluster.processes import (
     wait_for_port,
 )
 from clusterchat.cluster.redis import REDIS_PACKAGE, redis_argv
+from clusterchat.cluster.tls import self_signed
 
 __all__ = ["Cluster", "ClusterSpec", "run_cluster"]
 
@@ -52,6 +53,8 @@ class ClusterSpec:
         redis_persistence: Keep Redis snapshots (off: Redis is only a bus).
         node_args: Extra ``clusterchat node`` arguments for every node.
         ready_timeout: Seconds each child may take to become ready.
+        tls: nginx speaks TLS on the public port, with a self-signed
+            certificate made in ``dir/tls`` (cluster/tls.py).
     """
 
     nodes: int = 2
@@ -62,6 +65,7 @@ class ClusterSpec:
     redis_persistence: bool = False
     node_args: Sequence[str] = ()
     ready_timeout: float = 30.0
+    tls: bool = False
 
 
 @dataclass
@@ -82,6 +86,8 @@ class Cluster:
     redis: _Slot | None = None
     nodes: list[_Slot] = field(default_factory=list)
     nginx: _Slot | None = None
+    #: (certificate, key) of the public port with ``spec.tls``.
+    certificate: tuple[Path, Path] | None = None
 
     @property
     def redis_url(self) -> str:
@@ -96,6 +102,8 @@ class Cluster:
         """Raises ``MissingDependency`` naming the Debian package to install."""
         find_executable("redis-server", REDIS_PACKAGE)
         find_executable("nginx", NGINX_PACKAGES)
+        if self.spec.tls:
+            find_executable("openssl", "openssl")
         if not STREAM_MODULE.exists():
             raise MissingDependency(
                 f"nginx stream module not found: apt-get install {NGINX_PACKAGES}"
@@ -106,6 +114,8 @@ class Cluster:
         self.check_dependencies()
         spec = self.spec
         spec.dir.mkdir(parents=True, exist_ok=True)
+        if spec.tls:
+            self.certificate = self_signed(spec.dir.resolve() / "tls", spec.host)
         self.redis = _Slot("redis", free_port(spec.host), self._start_redis)
         self._launch(self.redis)
         for index in range(1, spec.nodes + 1):
@@ -167,6 +177,7 @@ class Cluster:
             listen=(self.spec.host, self.spec.port),
             upstreams=[(self.spec.host, node.port) for node in self.nodes],
             proxy_protocol=True,
+            tls=self.certificate,
         )
         (prefix / "nginx.conf").write_text(conf)
         # nginx writes its own errors to <prefix>/error.log (-e): read that one on failure.
@@ -189,7 +200,14 @@ class Cluster:
             "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)) for row in rows
         ]
         lines.append(f"chat on {self.spec.host}:{self.spec.port}   database {self.db_url}")
-        lines.append(f"try:  clusterchat client {self.spec.host} {self.spec.port}")
+        if self.certificate is None:
+            lines.append(f"try:  clusterchat client {self.spec.host} {self.spec.port}")
+        else:
+            cert = self.certificate[0]
+            lines.append(f"TLS, self-signed certificate {cert}")
+            lines.append(
+                f"try:  clusterchat client --tls --ca {cert} {self.spec.host} {self.spec.port}"
+            )
         return "\n".join(lines)
 
     def supervise_once(self) -> list[str]:

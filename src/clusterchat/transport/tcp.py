@@ -39,6 +39,7 @@ import contextlib
 import itertools
 import logging
 import socket
+import ssl
 from collections import deque
 from collections.abc import Coroutine
 from dataclasses import dataclass
@@ -475,11 +476,13 @@ class TcpServer:
             (address, reason), logging.WARNING, "refused a connection from %s: %s", address, reason
         )
 
-    async def start(self, host: str, port: int) -> tuple[str, int]:
-        """Listen; return the bound address (port 0 picks a free one)."""
+    async def start(
+        self, host: str, port: int, *, tls: ssl.SSLContext | None = None
+    ) -> tuple[str, int]:
+        """Listen (with TLS when ``tls`` is given); return the bound address (port 0: any)."""
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(
-            lambda: TcpConnection(self), host, port, reuse_address=True, backlog=4096
+            lambda: TcpConnection(self), host, port, reuse_address=True, backlog=4096, ssl=tls
         )
         sockname = self._server.sockets[0].getsockname()
         return str(sockname[0]), int(sockname[1])

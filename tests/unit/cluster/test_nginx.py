@@ -327,3 +327,17 @@ def test_proxy_protocol_names_the_client_to_the_nodes(tmp_path: Path) -> None:
     )
     stream = conf[conf.index("stream {") :]
     assert "        proxy_protocol on;" in stream.splitlines()
+
+
+def test_tls_on_the_public_port_only(tmp_path: Path) -> None:
+    """With a certificate, the TCP front door speaks TLS 1.2+; nodes stay in clear behind it."""
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    conf = render_nginx_conf(
+        tmp_path, listen=("127.0.0.1", 1), upstreams=[("127.0.0.1", 2)], tls=(cert, key)
+    )
+    lines = [line.strip() for line in conf.splitlines()]
+    assert "listen 127.0.0.1:1 ssl sndbuf=64k;" in lines
+    assert f"ssl_certificate {cert};" in lines
+    assert f"ssl_certificate_key {key};" in lines
+    assert "ssl_protocols TLSv1.2 TLSv1.3;" in lines
+    assert "proxy_ssl on;" not in lines
