@@ -246,10 +246,26 @@ class InstrumentedStore:
         return await self.inner.friend_requests_to(user_id)
 
     async def create_group(
-        self, name: str, description: str, creator_id: int, *, name_key: str | None = None
+        self,
+        name: str,
+        description: str,
+        creator_id: int,
+        *,
+        name_key: str | None = None,
+        invite_only: bool = False,
     ) -> int:
         await self._enter("create_group")
-        return await self.inner.create_group(name, description, creator_id, name_key=name_key)
+        return await self.inner.create_group(
+            name, description, creator_id, name_key=name_key, invite_only=invite_only
+        )
+
+    async def invite(self, group_id: int, user_id: int) -> None:
+        await self._enter("invite")
+        await self.inner.invite(group_id, user_id)
+
+    async def invited(self, group_id: int, user_id: int) -> bool:
+        await self._enter("invited")
+        return await self.inner.invited(group_id, user_id)
 
     async def get_group(self, group_id: int) -> Group | None:
         await self._enter("get_group")

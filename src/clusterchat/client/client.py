@@ -62,6 +62,8 @@ from clusterchat.protocol import (
     GroupChat,
     GroupChatAck,
     InvalidMessage,
+    Invite,
+    InviteAck,
     JsonStreamDecoder,
     Limits,
     Login,
@@ -100,6 +102,7 @@ _ANSWERS: Final[dict[type[Message], int]] = {
     AddFriendAck: MsgId.ADD_FRIEND,
     CreateGroupAck: MsgId.CREATE_GROUP,
     AddGroupAck: MsgId.ADD_GROUP,
+    InviteAck: MsgId.INVITE,
     Pong: MsgId.PING,
 }
 _CHAT_ACKS: Final[dict[type[Message], int]] = {
@@ -354,8 +357,12 @@ class ChatClient:
         """
         return await self._request(AddFriend(friendid=friend_id), AddFriendAck, check)
 
-    async def create_group(self, name: str, desc: str, *, check: bool = True) -> CreateGroupAck:
+    async def create_group(
+        self, name: str, desc: str, *, invite_only: bool = False, check: bool = True
+    ) -> CreateGroupAck:
         """Create a group with the logged-in user as its creator.
+
+        With ``invite_only``, only users the creator invites (``invite``) can join.
 
         Returns:
             The answer; its ``groupid`` is the new group's id.
@@ -364,8 +371,17 @@ class ChatClient:
             ChatClientError: ``check`` is true and the server refused (name taken...).
             ConnectionError: The connection ended before the answer came.
         """
-        request = CreateGroup(groupname=name, groupdesc=desc)
+        request = CreateGroup(groupname=name, groupdesc=desc, invite_only=invite_only)
         return await self._request(request, CreateGroupAck, check)
+
+    async def invite(self, group_id: int, user_id: int, *, check: bool = True) -> InviteAck:
+        """Let ``user_id`` join the invite-only group ``group_id`` (its creator only).
+
+        Raises:
+            ChatClientError: ``check`` is true and the server refused.
+            ConnectionError: The connection ended before the answer came.
+        """
+        return await self._request(Invite(groupid=group_id, userid=user_id), InviteAck, check)
 
     async def add_group(self, group_id: int, *, check: bool = True) -> AddGroupAck:
         """Join group ``group_id``.

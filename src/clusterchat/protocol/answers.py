@@ -12,6 +12,7 @@ from clusterchat.protocol.messages import (
     CreateGroupAck,
     Error,
     GroupChatAck,
+    InviteAck,
     LoginAck,
     LogoutAck,
     OneChatAck,
@@ -30,6 +31,7 @@ _ANSWER_TO: dict[int, type[Answer]] = {
     MsgId.CREATE_GROUP: CreateGroupAck,
     MsgId.ADD_GROUP: AddGroupAck,
     MsgId.GROUP_CHAT: GroupChatAck,
+    MsgId.INVITE: InviteAck,
 }
 
 

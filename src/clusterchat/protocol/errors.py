@@ -47,6 +47,8 @@ class ErrorCode(IntEnum):
     GROUP_NAME_TAKEN = 34
     ALREADY_MEMBER = 35
     NOT_A_MEMBER = 36
+    NOT_INVITED = 38
+    NOT_CREATOR = 39
     # Server side.
     INTERNAL = 50
     SLOW_CONSUMER = 51

@@ -37,6 +37,9 @@ __all__ = [
     "GroupChat",
     "GroupChatAck",
     "GroupEntry",
+    "GroupInvite",
+    "Invite",
+    "InviteAck",
     "Login",
     "LoginAck",
     "Logout",
@@ -136,6 +139,8 @@ class CreateGroup(Message, tag=int(MsgId.CREATE_GROUP), frozen=True):
     groupname: str
     groupdesc: str = ""
     id: Id | None = None
+    #: Extension: joining needs the creator's invitation (``Invite``).
+    invite_only: bool = False
 
 
 class AddGroup(Message, tag=int(MsgId.ADD_GROUP), frozen=True):
@@ -163,6 +168,13 @@ class Ping(Message, tag=int(MsgId.PING), frozen=True):
     ref: Ref | None = None
 
 
+class Invite(Message, tag=int(MsgId.INVITE), frozen=True):
+    """The creator of an invite-only group lets ``userid`` join it (extension)."""
+
+    groupid: Id
+    userid: Id
+
+
 class Ack(Message, tag=int(MsgId.ACK), frozen=True):
     """Cumulative acknowledgement (extension): the device has every push up to ``cursor``.
 
@@ -183,6 +195,7 @@ Request = (
     | GroupChat
     | Ping
     | Ack
+    | Invite
 )
 REQUEST_TYPES: tuple[type[Message], ...] = (
     Login,
@@ -195,6 +208,7 @@ REQUEST_TYPES: tuple[type[Message], ...] = (
     GroupChat,
     Ping,
     Ack,
+    Invite,
 )
 
 ChatMessage = OneChat | GroupChat
@@ -261,6 +275,20 @@ class AddFriendAck(Answer, tag=int(MsgId.ADD_FRIEND_ACK), frozen=True):
     pending: bool | None = None
 
 
+class InviteAck(Answer, tag=int(MsgId.INVITE_ACK), frozen=True):
+    groupid: int | None = None
+    userid: int | None = None
+
+
+class GroupInvite(Message, tag=int(MsgId.GROUP_INVITE), frozen=True):
+    """Pushed to a user whom ``id`` (``name``) invited into group ``groupid``."""
+
+    groupid: int
+    groupname: str
+    id: int
+    name: str
+
+
 class FriendRequest(Message, tag=int(MsgId.FRIEND_REQUEST), frozen=True):
     """Pushed to a user whom ``id`` (named ``name``) asked to be friends."""
 
@@ -314,6 +342,8 @@ ServerMessage = (
     | Error
     | Pong
     | FriendRequest
+    | InviteAck
+    | GroupInvite
 )
 SERVER_MESSAGE_TYPES: tuple[type[Message], ...] = (
     LoginAck,
@@ -329,6 +359,8 @@ SERVER_MESSAGE_TYPES: tuple[type[Message], ...] = (
     Error,
     Pong,
     FriendRequest,
+    InviteAck,
+    GroupInvite,
 )
 
 

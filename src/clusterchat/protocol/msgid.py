@@ -38,3 +38,6 @@ class MsgId(IntEnum):
     PONG = 121
     ACK = 130
     FRIEND_REQUEST = 140
+    INVITE = 150
+    INVITE_ACK = 151
+    GROUP_INVITE = 152

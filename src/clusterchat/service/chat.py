@@ -33,6 +33,7 @@ from clusterchat.protocol import (
     CreateGroup,
     ErrorCode,
     GroupChat,
+    Invite,
     Limits,
     Login,
     Logout,
@@ -87,6 +88,7 @@ _LOGGED_IN: dict[type[Request], Handler] = {
     AddFriend: friends.add_friend,
     CreateGroup: groups.create_group,
     AddGroup: groups.add_group,
+    Invite: groups.invite,
 }
 
 

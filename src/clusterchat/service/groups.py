@@ -1,8 +1,10 @@
-"""Groups: create and join (docs/protocol.md §2.6-2.7).
+"""Groups: create, invite and join (docs/protocol.md §2.6-2.7).
 
 Group messages take the one send path (``sending.py``): one log entry per
 member but the sender. A join tells every node to drop its cached members of
-that group (``GROUP_CHANGED`` on the groups channel).
+that group (``GROUP_CHANGED`` on the groups channel). An invite-only group
+(``invite_only`` at creation) takes only those its creator invited; the
+invitee is pushed GROUP_INVITE (not logged: it joins with the group's id).
 """
 
 import contextlib
@@ -15,6 +17,9 @@ from clusterchat.protocol import (
     CreateGroup,
     CreateGroupAck,
     ErrorCode,
+    GroupInvite,
+    Invite,
+    InviteAck,
     Outbound,
 )
 from clusterchat.service import names
@@ -24,7 +29,7 @@ from clusterchat.service.errors import ChatError
 from clusterchat.service.sessions import SessionState
 from clusterchat.store.base import NameTaken
 
-__all__ = ["add_group", "create_group"]
+__all__ = ["add_group", "create_group", "invite"]
 
 
 async def create_group(ctx: Context, state: SessionState, request: CreateGroup) -> None:
@@ -33,7 +38,7 @@ async def create_group(ctx: Context, state: SessionState, request: CreateGroup) 
     key = names.look_alike_key(name)
     try:
         group_id = await ctx.store.create_group(
-            name, request.groupdesc, state.user_id, name_key=key
+            name, request.groupdesc, state.user_id, name_key=key, invite_only=request.invite_only
         )
     except NameTaken:
         raise ChatError(
@@ -46,8 +51,11 @@ async def create_group(ctx: Context, state: SessionState, request: CreateGroup) 
 
 async def add_group(ctx: Context, state: SessionState, request: AddGroup) -> None:
     assert state.user_id is not None
-    if await ctx.store.get_group(request.groupid) is None:
+    group = await ctx.store.get_group(request.groupid)
+    if group is None:
         raise ChatError(ErrorCode.UNKNOWN_GROUP, f"no group with id {request.groupid}")
+    if group.invite_only and not await ctx.store.invited(group.id, state.user_id):
+        raise ChatError(ErrorCode.NOT_INVITED, f"group {group.id} takes invited users only")
     limit = ctx.policy.max_group_size
     if len(await ctx.store.members(request.groupid)) >= limit:
         raise ChatError(ErrorCode.LIMIT_REACHED, f"group {request.groupid} is full: {limit}")
@@ -56,6 +64,24 @@ async def add_group(ctx: Context, state: SessionState, request: AddGroup) -> Non
     ctx.groups.invalidate(request.groupid)
     await _announce(ctx, request.groupid)
     state.session.send(Outbound.of(AddGroupAck(errno=0, groupid=request.groupid)))
+
+
+async def invite(ctx: Context, state: SessionState, request: Invite) -> None:
+    assert state.user_id is not None
+    group = await ctx.store.get_group(request.groupid)
+    if group is None:
+        raise ChatError(ErrorCode.UNKNOWN_GROUP, f"no group with id {request.groupid}")
+    members = await ctx.store.members(group.id)
+    if not any(m.user_id == state.user_id and m.role == "creator" for m in members):
+        raise ChatError(ErrorCode.NOT_CREATOR, f"only the creator of group {group.id} invites")
+    if not await ctx.users.exists(request.userid):
+        raise ChatError(ErrorCode.UNKNOWN_USER, f"no user with id {request.userid}")
+    if any(m.user_id == request.userid for m in members):
+        raise ChatError(ErrorCode.ALREADY_MEMBER, f"user {request.userid} is in the group")
+    await ctx.store.invite(group.id, request.userid)
+    state.session.send(Outbound.of(InviteAck(errno=0, groupid=group.id, userid=request.userid)))
+    push = GroupInvite(groupid=group.id, groupname=group.name, id=state.user_id, name=state.name)
+    ctx.delivery.notify(request.userid, Outbound.of(push))
 
 
 async def _announce(ctx: Context, group_id: int) -> None:

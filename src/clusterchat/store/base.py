@@ -65,6 +65,7 @@ class Group:
     id: int
     name: str
     description: str
+    invite_only: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,7 +186,13 @@ class Store(MessageLog, Protocol):
         ...
 
     async def create_group(
-        self, name: str, description: str, creator_id: int, *, name_key: str | None = None
+        self,
+        name: str,
+        description: str,
+        creator_id: int,
+        *,
+        name_key: str | None = None,
+        invite_only: bool = False,
     ) -> int:
         """Add a group with its creator as first member; return its id.
 
@@ -199,6 +206,14 @@ class Store(MessageLog, Protocol):
 
     async def add_member(self, group_id: int, user_id: int, role: str = "normal") -> bool:
         """Add a member; False if already a member."""
+        ...
+
+    async def invite(self, group_id: int, user_id: int) -> None:
+        """Let ``user_id`` join the (invite-only) group; inviting twice is one invitation."""
+        ...
+
+    async def invited(self, group_id: int, user_id: int) -> bool:
+        """Whether ``user_id`` has an invitation to the group."""
         ...
 
     async def members(self, group_id: int) -> list[Member]:

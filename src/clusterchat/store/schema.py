@@ -4,6 +4,7 @@ from typing import Any
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     Column,
     DateTime,
     ForeignKey,
@@ -24,6 +25,7 @@ __all__ = [
     "cursors",
     "friend_requests",
     "friends",
+    "group_invites",
     "group_members",
     "inbox",
     "messages",
@@ -75,7 +77,17 @@ chat_groups = Table(
     Column("name", String(64), nullable=False, unique=True),
     Column("name_key", String(255), nullable=False, unique=True),
     Column("description", String(256), nullable=False, default=""),
+    # Joining needs an invitation from the creator (docs/protocol.md §2.7).
+    Column("invite_only", Boolean, nullable=False, default=False, server_default=text("0")),
     Column("created_at", DateTime, nullable=False, server_default=func.now()),
+    **_MYSQL,
+)
+
+group_invites = Table(
+    "group_invites",
+    metadata,
+    Column("group_id", Integer, ForeignKey("chat_groups.id"), primary_key=True),
+    Column("user_id", Integer, ForeignKey("users.id"), primary_key=True),
     **_MYSQL,
 )
 

@@ -44,6 +44,7 @@ from clusterchat.store.schema import (
     cursors,
     friend_requests,
     friends,
+    group_invites,
     group_members,
     inbox,
     messages,
@@ -210,13 +211,22 @@ class SqlStore:
     # --- groups --------------------------------------------------------------------
 
     async def create_group(
-        self, name: str, description: str, creator_id: int, *, name_key: str | None = None
+        self,
+        name: str,
+        description: str,
+        creator_id: int,
+        *,
+        name_key: str | None = None,
+        invite_only: bool = False,
     ) -> int:
         try:
             async with self._begin() as conn:
                 result = await conn.execute(
                     insert(chat_groups).values(
-                        name=name, name_key=name_key or name, description=description
+                        name=name,
+                        name_key=name_key or name,
+                        description=description,
+                        invite_only=invite_only,
                     )
                 )
                 key = result.inserted_primary_key
@@ -236,7 +246,9 @@ class SqlStore:
             row = (
                 await conn.execute(select(chat_groups).where(chat_groups.c.id == group_id))
             ).first()
-        return None if row is None else Group(row.id, row.name, row.description)
+        if row is None:
+            return None
+        return Group(row.id, row.name, row.description, bool(row.invite_only))
 
     async def add_member(self, group_id: int, user_id: int, role: str = "normal") -> bool:
         try:
@@ -247,6 +259,20 @@ class SqlStore:
         except IntegrityError:
             return False
         return True
+
+    async def invite(self, group_id: int, user_id: int) -> None:
+        try:
+            async with self._begin() as conn:
+                await conn.execute(insert(group_invites).values(group_id=group_id, user_id=user_id))
+        except IntegrityError:
+            pass  # invited already
+
+    async def invited(self, group_id: int, user_id: int) -> bool:
+        query = select(group_invites.c.user_id).where(
+            group_invites.c.group_id == group_id, group_invites.c.user_id == user_id
+        )
+        async with self._connect() as conn:
+            return (await conn.execute(query)).first() is not None
 
     async def members(self, group_id: int) -> list[Member]:
         query = (

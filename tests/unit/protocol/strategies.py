@@ -23,6 +23,8 @@ from clusterchat.protocol import (
     FriendRequest,
     GroupChat,
     GroupChatAck,
+    GroupInvite,
+    InviteAck,
     LoginAck,
     LogoutAck,
     OneChat,
@@ -167,6 +169,8 @@ SERVER_MESSAGE_STRATEGIES: dict[type[ServerMessage], st.SearchStrategy[ServerMes
     Error: st.builds(Error, **_ANSWER, req=st.none() | st.integers(0, 200)),
     Pong: st.builds(Pong, ref=_OPT_REFS),
     FriendRequest: st.builds(FriendRequest, id=_IDS, name=_NAMES),
+    InviteAck: st.builds(InviteAck, **_ANSWER, groupid=_OPT_IDS, userid=_OPT_IDS),
+    GroupInvite: st.builds(GroupInvite, groupid=_IDS, groupname=_NAMES, id=_IDS, name=_NAMES),
 }
 
 

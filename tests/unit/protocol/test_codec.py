@@ -20,6 +20,7 @@ from clusterchat.protocol import (
     GroupChat,
     GroupEntry,
     InvalidMessage,
+    Invite,
     JsonStreamDecoder,
     Limits,
     Login,
@@ -77,6 +78,7 @@ CLASSIC_REQUESTS: list[tuple[bytes, Message]] = [
     ),
     (b'{"msgid":120,"ref":5}', Ping(ref=5)),
     (b'{"cursor":7,"msgid":130}', Ack(cursor=7)),
+    (b'{"groupid":3,"msgid":150,"userid":4}', Invite(groupid=3, userid=4)),
 ]
 
 REQUEST_IDS = [type(message).__name__ for _, message in CLASSIC_REQUESTS]

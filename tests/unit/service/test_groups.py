@@ -11,6 +11,9 @@ from clusterchat.protocol import (
     GroupChat,
     GroupChatAck,
     GroupEntry,
+    GroupInvite,
+    Invite,
+    InviteAck,
     MemberEntry,
 )
 from clusterchat.service.context import Policy
@@ -217,3 +220,29 @@ async def test_a_full_group_refuses_new_members(chat_cluster: ChatCluster) -> No
     await c.send(AddGroup(groupid=group))
     refused = c.session.of_type(AddGroupAck)[-1]
     assert (refused.errno, refused.errmsg) == (19, f"group {group} is full: 2")
+
+
+async def test_an_invite_only_group_takes_whom_its_creator_invited(
+    chat_cluster: ChatCluster,
+) -> None:
+    """Uninvited joins get errno 38; the creator invites (others get 39); the invitee joins."""
+    first, second = await chat_cluster.node(), await chat_cluster.node()
+    alice, bob, carol = [await first.register(n) for n in ("alice", "bob", "carol")]
+    a, b, c = await first.login(alice), await second.login(bob), await first.login(carol)
+    await a.send(CreateGroup(groupname="inner", invite_only=True))
+    group = a.session.of_type(CreateGroupAck)[-1].groupid
+    assert group is not None
+    await b.send(AddGroup(groupid=group))
+    refused = b.session.of_type(AddGroupAck)[-1]
+    assert (refused.errno, refused.errmsg) == (38, f"group {group} takes invited users only")
+    await c.send(Invite(groupid=group, userid=bob))
+    assert c.session.of_type(InviteAck)[-1].errno == 39
+    await a.send(Invite(groupid=group, userid=bob))
+    assert a.session.of_type(InviteAck)[-1] == InviteAck(errno=0, groupid=group, userid=bob)
+    await chat_cluster.settle()
+    assert b.session.of_type(GroupInvite) == [
+        GroupInvite(groupid=group, groupname="inner", id=alice, name="alice")
+    ]
+    await _join(b, group)
+    await c.send(AddGroup(groupid=group))
+    assert c.session.of_type(AddGroupAck)[-1].errno == 38
