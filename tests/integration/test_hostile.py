@@ -298,3 +298,30 @@ def test_names_that_lie_are_refused(node_factory: NodeFactory) -> None:
     )
     group.close()
     client.close()
+
+
+def test_a_refused_chat_keeps_its_ref_and_its_place(node_factory: NodeFactory) -> None:
+    """Found by the fuzz test: refusals at decoding lost their ref and overtook earlier answers."""
+    node = node_factory()
+    sock = socket.create_connection((node.host, node.port), timeout=10)
+    sock.sendall(
+        b'{"msgid":1,"id":2147483647,"password":"x"}\n'
+        b'{"msgid":6,"toid":1,"msg":"","ref":2}\n'
+        b'{"msgid":6,"toid":0,"msg":"a","ref":3}\n'
+        b'{"msgid":10,"groupid":1,"msg":"a","ref":4,"cid":""}\n'
+        b'{"msgid":120,"ref":5}\n'
+    )
+    received = b""
+    while received.count(b"\n") < 5:
+        chunk = sock.recv(4096)
+        assert chunk, received
+        received += chunk
+    sock.close()
+    answers = [json.loads(line) for line in received.splitlines()]
+    assert [(a["msgid"], a.get("errno"), a.get("ref")) for a in answers] == [
+        (2, 1, None),
+        (106, 13, 2),
+        (106, 13, 3),
+        (110, 13, 4),
+        (121, None, 5),
+    ]

@@ -17,6 +17,7 @@ import redis
 
 from tests.support.classic import PASSWORD
 from tests.support.node import NodeFactory, NodeHandle
+from tests.support.processes import memory_kib
 from tests.support.redis import RedisServer
 from tests.support.timing import seconds
 from tests.support.wire import Net, Peer, start_nodes
@@ -194,3 +195,55 @@ async def test_100_disconnects_a_second_leave_nothing_behind(
     assert not subscribed, f"{len(subscribed)} users still subscribed, e.g. {subscribed[:5]}"
     assert not online, f"{len(online)} users still online, e.g. {online[:5]}"
     _report(f"{per_second} disconnects a second", latencies)
+
+
+async def test_a_flood_to_a_500_member_offline_group_keeps_node_memory_bounded(
+    node_factory: NodeFactory, redis_server: RedisServer, net: Net
+) -> None:
+    """On main: 1,000 messages to 500 offline members, 500,000 rows, node RSS 454 -> 991 MB."""
+    members, flood = 500, 1000
+    nodes = await start_nodes(node_factory, redis_server, 2)
+    ids = await net.register(nodes[0], "flooder", "watcher", *(f"m{i}" for i in range(members)))
+    flooder = await net.login(nodes[0], ids[0])
+    created = await flooder.request({"msgid": 8, "groupname": "crowd", "groupdesc": ""})
+    group = created["groupid"]
+
+    async def join(index: int) -> None:
+        peer = await net.login(nodes[index % 2], ids[2 + index], source=_source(index))
+        assert (await peer.request({"msgid": 9, "groupid": group}))["errno"] == 0
+        await peer.close()  # offline from now on: everything goes to their logs
+
+    for start in range(0, members, 50):
+        await asyncio.gather(*(join(i) for i in range(start, min(start + 50, members))))
+    pid = nodes[0].child.pid
+    text = "x" * 1000
+
+    async def flood_of(count: int, start: int) -> int:
+        """Send ``count`` group messages as fast as the node reads; its peak RSS in KiB."""
+        for index in range(start, start + count):
+            await flooder.send({"msgid": 10, "groupid": group, "msg": f"flood:{index}|{text}"})
+        answer = await flooder.request({"msgid": 120, "ref": 1}, within=seconds(300))
+        assert answer["msgid"] == 121
+        peak = memory_kib(pid, "VmHWM")
+        assert peak is not None
+        return peak
+
+    before = memory_kib(pid)
+    assert before is not None
+    warm = flood_of(flood // 5, 0)
+    warm_peak = await warm
+    peak = await flood_of(flood - flood // 5, flood // 5)
+    print(
+        f"{flood} messages to {members} offline members: node peak RSS"
+        f" +{(warm_peak - before) / 1024:.0f} MB after the first {flood // 5},"
+        f" +{(peak - before) / 1024:.0f} MB after all"
+    )
+    # The intake is bounded (8 MiB of cost, a group message costing 100 bytes per
+    # member): a flood five times longer does not make the node hold more.
+    grown_mb = (peak - warm_peak) / 1024
+    assert grown_mb < 32, f"node peak RSS grew by {grown_mb:.0f} MB more with the longer flood"
+    # Every member has every message in its log.
+    reader = await net.login(nodes[1], ids[2], source=_source(0))
+    await reader.until(lambda: len(reader.seen) >= flood, "the flood", within=seconds(120))
+    assert reader.keys[-1] == f"flood:{flood - 1}"
+    assert len(reader.keys) == flood

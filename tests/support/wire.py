@@ -401,9 +401,10 @@ class Net:
         after: int | None = None,
         nul: bool = False,
         rcvbuf: int | None = None,
+        source: str | None = None,
     ) -> Peer:
         """A new connection logged in as ``user`` (an acking session if ``device`` is given)."""
-        peer = await self.connect(node, nul=nul, rcvbuf=rcvbuf)
+        peer = await self.connect(node, nul=nul, rcvbuf=rcvbuf, source=source)
         frame: Frame = {"msgid": 1, "id": user, "password": PASSWORD}
         if device is not None:
             frame["device"] = device

@@ -36,10 +36,20 @@ _ANSWER_TO: dict[int, type[Answer]] = {
 
 
 def error_answer(
-    request_msgid: int | None, errno: int, errmsg: str, *, retry_after: int | None = None
+    request_msgid: int | None,
+    errno: int,
+    errmsg: str,
+    *,
+    retry_after: int | None = None,
+    ref: int | None = None,
 ) -> Answer:
-    """The answer reporting ``errno`` for a request of type ``request_msgid``."""
+    """The answer reporting ``errno`` for a request of type ``request_msgid``.
+
+    ``ref`` (the request's own) is carried by the chat acks (106, 110).
+    """
     answer_type = _ANSWER_TO.get(request_msgid) if request_msgid is not None else None
     if answer_type is None:
         return Error(errno=errno, errmsg=errmsg, retry_after=retry_after, req=request_msgid)
+    if answer_type is OneChatAck or answer_type is GroupChatAck:
+        return answer_type(errno=errno, errmsg=errmsg, retry_after=retry_after, ref=ref)
     return answer_type(errno=errno, errmsg=errmsg, retry_after=retry_after)

@@ -99,7 +99,10 @@ def _explain(frame: bytes, exc: msgspec.DecodeError, known: frozenset[Any]) -> I
         return InvalidMessage(ErrorCode.INVALID_FIELD, "missing or non-integer msgid")
     if msgid not in known:
         return InvalidMessage(ErrorCode.UNKNOWN_MSGID, f"unknown msgid {msgid}", msgid)
-    return InvalidMessage(ErrorCode.INVALID_FIELD, str(exc), msgid)
+    ref = value.get("ref")
+    if not isinstance(ref, int) or isinstance(ref, bool) or not -(2**63) <= ref < 2**63:
+        ref = None
+    return InvalidMessage(ErrorCode.INVALID_FIELD, str(exc), msgid, ref=ref)
 
 
 def _check_limits(request: Request, limits: Limits) -> None:
@@ -124,12 +127,13 @@ def _check_limits(request: Request, limits: Limits) -> None:
 def _bound(request: Message, field: str, value: str, limit: int, *, allow_empty: bool) -> None:
     tag = request.__struct_config__.tag
     msgid = tag if isinstance(tag, int) else None
+    ref = getattr(request, "ref", None)
     if len(value) > limit:
         raise InvalidMessage(
-            ErrorCode.INVALID_FIELD, f"{field} longer than {limit} characters", msgid
+            ErrorCode.INVALID_FIELD, f"{field} longer than {limit} characters", msgid, ref=ref
         )
     if not allow_empty and not value.strip():
-        raise InvalidMessage(ErrorCode.INVALID_FIELD, f"{field} must not be empty", msgid)
+        raise InvalidMessage(ErrorCode.INVALID_FIELD, f"{field} must not be empty", msgid, ref=ref)
 
 
 class Outbound:

@@ -83,4 +83,19 @@ class FramingError(ProtocolError):
 
 
 class InvalidMessage(ProtocolError):
-    """One frame is malformed or invalid: reply with an error, the connection stays."""
+    """One frame is malformed or invalid: reply with an error, the connection stays.
+
+    ``ref`` is the request's own ``ref`` when it could be read (a chat's
+    refusal carries it, as docs/protocol.md §3.1 says).
+    """
+
+    def __init__(
+        self,
+        code: ErrorCode,
+        message: str,
+        request_msgid: int | None = None,
+        *,
+        ref: int | None = None,
+    ) -> None:
+        super().__init__(code, message, request_msgid)
+        self.ref = ref

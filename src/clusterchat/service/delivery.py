@@ -34,6 +34,11 @@ __all__ = ["Delivery"]
 log = logging.getLogger("clusterchat.delivery")
 
 _REPUBLISH_DELAY = 0.5
+#: Bytes of envelopes published and not yet answered by the bus above which
+#: the node takes no new messages (``full``): a group of 500 members turns one
+#: message into 500 envelopes, and a flood of them must wait for Redis instead
+#: of piling up in the node (on main: RSS 454 -> 991 MB for 1,000 messages).
+MAX_INFLIGHT = 8 * 1024 * 1024
 
 
 class Delivery:
@@ -47,6 +52,9 @@ class Delivery:
         self._bus = bus
         self._store = store
         self._inflight: set[asyncio.Future[int]] = set()
+        self._inflight_bytes = 0
+        self._room = asyncio.Event()
+        self._room.set()
         # user id -> the latest envelope for that user whose publish failed.
         self._unsent: dict[int, bytes] = {}
         self._republish: asyncio.TimerHandle | None = None
@@ -80,13 +88,28 @@ class Delivery:
         for state in self._registry.local(user_id):
             state.session.send(push)
 
+    @property
+    def full(self) -> bool:
+        """So many envelopes wait for the bus that new messages must wait (``room``)."""
+        return self._inflight_bytes >= MAX_INFLIGHT
+
+    async def room(self) -> None:
+        """Wait until ``full`` is False."""
+        while self.full:
+            self._room.clear()
+            await self._room.wait()
+
     def _publish(self, user_id: int, envelope: bytes) -> None:
         future = self._bus.publish(ChannelNames.user(user_id), envelope)
         self._inflight.add(future)
+        self._inflight_bytes += len(envelope)
         future.add_done_callback(partial(self._published, user_id, envelope))
 
     def _published(self, user_id: int, envelope: bytes, future: asyncio.Future[int]) -> None:
         self._inflight.discard(future)
+        self._inflight_bytes -= len(envelope)
+        if not self.full:
+            self._room.set()
         if future.cancelled() or future.exception() is not None:
             # Only the fast path failed: the message is in the log. Announce it
             # again once the bus works, so that no node waits for a sweep.

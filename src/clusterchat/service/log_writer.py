@@ -8,8 +8,10 @@ commits, each message's callback runs (the sender's ack, the pushes), in
 submission order.
 
 A failing database is retried with back-off; the batch waits in memory and its
-senders get no ack meanwhile. ``full`` (the bodies waiting add up to
-``max_pending`` bytes) tells the service to stop taking new messages: the
+senders get no ack meanwhile. A message costs its body's bytes plus
+``ENTRY_COST`` per recipient (the log entry it becomes for each: a group
+message to 500 members is 500 entries). ``full`` (the messages waiting cost
+``max_pending`` in all) tells the service to stop taking new messages: the
 transport then stops reading from the senders (back-pressure, never loss),
 so what a node holds for appends is bounded in bytes, whatever the senders
 do. Messages not committed when the node dies were never acknowledged: a
@@ -28,14 +30,24 @@ log = logging.getLogger("clusterchat.delivery")
 
 Committed = Callable[[Appended], None]
 
+#: What one recipient's log entry costs while a message waits and is appended
+#: (the row's values as Python objects, and its share of the statement).
+ENTRY_COST = 100
+
+
+def cost(message: NewMessage) -> int:
+    """The bytes ``message`` is counted for until it is committed."""
+    return len(message.body) + ENTRY_COST * len(message.recipients)
+
 
 class LogWriter:
     """Appends submitted messages in batches, in order.
 
     Args:
         store: The log.
-        max_batch: Most messages in one transaction.
-        max_pending: Bytes of message bodies submitted but not yet committed
+        max_batch: Most messages in one transaction (and at most a quarter of
+            ``max_pending`` of cost: a batch of big group messages is shorter).
+        max_pending: Cost of the messages submitted but not yet committed
             above which ``full`` is True.
     """
 
@@ -65,9 +77,22 @@ class LogWriter:
     def submit(self, message: NewMessage, committed: Committed) -> None:
         """Append ``message``; call ``committed`` with the outcome once it is in the log."""
         self._queue.append((message, committed))
-        self._pending += len(message.body)
+        self._pending += cost(message)
         if self._task is None:
             self._task = asyncio.get_running_loop().create_task(self._run())
+
+    def _take(self) -> list[tuple[NewMessage, Committed]]:
+        """The next batch: up to ``max_batch`` messages and a quarter of ``max_pending``."""
+        budget = self._max_pending // 4
+        count = 0
+        for message, _ in self._queue[: self._max_batch]:
+            budget -= cost(message)
+            count += 1
+            if budget <= 0:
+                break
+        batch = self._queue[:count]
+        del self._queue[:count]
+        return batch
 
     async def flush(self) -> None:
         """Wait until everything submitted so far is committed."""
@@ -78,8 +103,7 @@ class LogWriter:
         delay = 0.05
         try:
             while self._queue:
-                batch = self._queue[: self._max_batch]
-                del self._queue[: self._max_batch]
+                batch = self._take()
                 try:
                     results = await self._store.append([message for message, _ in batch])
                 except Exception:
@@ -89,7 +113,7 @@ class LogWriter:
                     delay = min(delay * 2, 2.0)
                     continue
                 delay = 0.05
-                self._pending -= sum(len(message.body) for message, _ in batch)
+                self._pending -= sum(cost(message) for message, _ in batch)
                 if not self.full:
                     self._room.set()
                 for (_, committed), result in zip(batch, results, strict=True):

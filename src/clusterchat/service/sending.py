@@ -10,7 +10,8 @@
    is already in the log is answered with the original and delivered to
    nobody.
 
-While the writer is ``full``, the request waits for room: the transport
+While the writer is ``full``, or the bus has ``delivery.MAX_INFLIGHT`` bytes
+of envelopes to answer, the request waits for room: the transport
 handles the connection's next requests only after it, and stops reading when
 they pile up (back-pressure on the sender).
 """
@@ -43,7 +44,7 @@ ChatRequest = OneChat | GroupChat
 def send_chat(ctx: Context, state: SessionState, request: ChatRequest) -> Pending | None:
     """Accept a chat message; None if done at once, else a coroutine to await."""
     recipients = _cached_recipients(ctx, state, request)
-    if recipients is None or ctx.writer.full:
+    if recipients is None or ctx.writer.full or ctx.delivery.full:
         return _send_slow(ctx, state, request, recipients)
     _submit(ctx, state, request, recipients)
     return None
@@ -55,6 +56,7 @@ async def _send_slow(
     if recipients is None:
         recipients = await _query_recipients(ctx, state, request)
     await ctx.writer.room()
+    await ctx.delivery.room()
     _submit(ctx, state, request, recipients)
 
 

@@ -40,11 +40,11 @@ _CURSOR_UPSERT_TAIL = {
 }
 #: The placeholder of each positional paramstyle the fast insert path speaks.
 _MARKERS = {"qmark": "?", "format": "%s"}
-#: ``messages`` without ``id`` and ``created_at`` (filled by the database).
+#: ``messages`` without ``created_at`` (filled by the database).
 _MESSAGE_COLUMNS = Table(
     "messages",
     MetaData(),
-    *(Column(c.name, c.type) for c in messages.columns if c.name not in ("id", "created_at")),
+    *(Column(c.name, c.type) for c in messages.columns if c.name != "created_at"),
 )
 #: The aggregate that folds (key, value) rows into one JSON object, per dialect.
 _JSON_OBJECT_AGG = {
@@ -97,7 +97,7 @@ def append(conn: Connection, batch: Sequence[NewMessage]) -> list[Appended]:
     positions = _allocate_positions(conn, fresh)
     seqs = _allocate_seqs(conn, fresh)
     if fresh:
-        # Column order of schema.messages / schema.inbox (id, created_at: the database's).
+        # Column order of schema.messages / schema.inbox (created_at: the server default).
         _insert_many(
             conn,
             _MESSAGE_COLUMNS,

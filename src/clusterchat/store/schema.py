@@ -15,7 +15,6 @@ from sqlalchemy import (
     MetaData,
     String,
     Table,
-    UniqueConstraint,
     func,
     text,
 )
@@ -104,32 +103,24 @@ group_members = Table(
 # --- the message log (docs/delivery.md) ------------------------------------------------
 #
 # ``messages`` holds each accepted message once (its body is the push as written
-# to clients), numbered in its conversation (pair or group) by ``seq``; ``inbox``
-# is every recipient's log: one small row per recipient and message, at
-# consecutive positions. Both numbers are read as the max of their key, so an
-# append writes no counter rows. ``messages`` is stored in arrival order (its
-# own integer key; on SQLite the rowid): an append adds its rows at the end of
-# that B-tree and only small entries at random places in the (conversation,
-# seq) index, where a table clustered by conversation took the whole row, body
-# and all, to a random page (1.6x the append rate on SQLite:
-# docs/performance.md). ``inbox`` stays clustered by (user, position), the
-# order it is read in (WITHOUT ROWID on SQLite).
+# to clients), keyed by its conversation (pair or group) and its number there
+# (``seq``); ``inbox`` is every recipient's log: one small row per recipient and
+# message, at consecutive positions. Both numbers are read as the max of their
+# primary key, so an append writes no counter rows, and on SQLite each table
+# is one B-tree (WITHOUT ROWID): a one-to-one message costs two B-tree inserts.
 # ``cursors`` remembers how far each device of a user has read its log.
 
 messages = Table(
     "messages",
     metadata,
-    # INTEGER on SQLite makes it the rowid (BIGINT would not).
-    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True),
-    Column("conversation", String(32), nullable=False),
-    Column("seq", BigInteger, nullable=False),
+    Column("conversation", String(32), primary_key=True),
+    Column("seq", BigInteger, primary_key=True, autoincrement=False),
     Column("mid", String(64), nullable=False),
     Column("sender_id", Integer, ForeignKey("users.id"), nullable=False),
     Column("cid", String(64), nullable=True),
     Column("time", String(19), nullable=False),
     Column("body", LargeBinary, nullable=False),
     Column("created_at", DateTime, nullable=False, server_default=func.now()),
-    UniqueConstraint("conversation", "seq", name="uq_messages_conversation_seq"),
     # Only messages that carry a client id are indexed by it (MySQL, which has
     # no partial index, indexes every row; its NULLs never collide).
     Index(
@@ -140,6 +131,7 @@ messages = Table(
         sqlite_where=text("cid IS NOT NULL"),
         postgresql_where=text("cid IS NOT NULL"),
     ),
+    sqlite_with_rowid=False,
     **_MYSQL,
 )
 

@@ -119,7 +119,9 @@ class TcpConnection(asyncio.Protocol):
         self._decoder = JsonStreamDecoder(server.protocol_limits)
         self._bucket = TokenBucket(self._limits.max_rate, self._limits.max_burst)
         self._transport: asyncio.Transport | None = None
-        self._backlog: deque[Request] = deque()
+        # Requests (and refusals of undecodable ones) waiting behind a running
+        # request, answered in the order they came.
+        self._backlog: deque[Request | InvalidMessage] = deque()
         self._worker: asyncio.Task[None] | None = None
         self._backlog_full = False
         self._reading = True
@@ -248,18 +250,24 @@ class TcpConnection(asyncio.Protocol):
                 self._reply_error(None, ErrorCode.FLOODING, "too many requests: disconnected")
                 self.close("flooding")
                 return
+            request: Request | InvalidMessage
             try:
                 request = decode_request(frame, self._server.protocol_limits)
             except InvalidMessage as exc:
-                self._reply_error(exc.request_msgid, exc.code, exc.message)
-                continue
+                request = exc
             if self._worker is not None:
                 self._backlog.append(request)
                 if len(self._backlog) >= self._limits.max_backlog and not self._backlog_full:
                     self._backlog_full = True
                     self._update_reading()
                 continue
+            if isinstance(request, InvalidMessage):
+                self._refuse_invalid(request)
+                continue
             self._run(request)
+
+    def _refuse_invalid(self, exc: InvalidMessage) -> None:
+        self.send(Outbound.of(error_answer(exc.request_msgid, exc.code, exc.message, ref=exc.ref)))
 
     def _read_header(self, data: bytes) -> bytes | None:
         """Take the PROXY header; return the bytes after it once it is complete."""
@@ -309,6 +317,9 @@ class TcpConnection(asyncio.Protocol):
             await pending
             while self._backlog and not self._closed:
                 request = self._backlog.popleft()
+                if isinstance(request, InvalidMessage):
+                    self._refuse_invalid(request)
+                    continue
                 more = self._service.handle(self.state, request)
                 if more is not None:
                     await more
