@@ -325,3 +325,41 @@ def test_a_refused_chat_keeps_its_ref_and_its_place(node_factory: NodeFactory) -
         (110, 13, 4),
         (121, None, 5),
     ]
+
+
+def test_an_invite_only_group_keeps_strangers_out(node_factory: NodeFactory) -> None:
+    """On main anyone could join any group by id and list its members with their state."""
+    node = node_factory()
+    owner_id, guest_id, stranger_id = register(node, "owner", "guest", "stranger")
+    owner, _ = login(node, owner_id)
+    created = owner.request({"msgid": 8, "groupname": "private", "invite_only": True})
+    group = created["groupid"]
+    stranger, _ = login(node, stranger_id)
+    refused = stranger.request({"msgid": 9, "groupid": group})
+    assert (refused["msgid"], refused["errno"]) == (109, 38), refused
+    assert (
+        stranger.request({"msgid": 150, "groupid": group, "userid": stranger_id})["errno"] == 39
+    )  # only the creator invites
+    guest, _ = login(node, guest_id)
+    assert owner.request({"msgid": 150, "groupid": group, "userid": guest_id}) == {
+        "errno": 0,
+        "groupid": group,
+        "msgid": 151,
+        "userid": guest_id,
+    }
+    assert guest.receive() == {
+        "groupid": group,
+        "groupname": "private",
+        "id": owner_id,
+        "msgid": 152,
+        "name": "owner",
+    }
+    assert guest.request({"msgid": 9, "groupid": group})["errno"] == 0
+    # The stranger's login shows no trace of the group; the guest's lists both members.
+    again, answer = login(node, stranger_id)
+    assert "groups" not in answer
+    member, member_answer = login(node, guest_id)
+    (text,) = member_answer["groups"]
+    assert sorted(json.loads(u)["id"] for u in json.loads(text)["users"]) == [owner_id, guest_id]
+    for client in (owner, stranger, guest, again, member):
+        client.close()
