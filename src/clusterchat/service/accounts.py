@@ -79,7 +79,9 @@ async def _login(ctx: Context, state: SessionState, request: Login) -> None:
     limit = ctx.policy.max_sessions_per_user
     if len(ctx.registry.local(user.id)) >= limit:
         raise ChatError(
-            ErrorCode.LIMIT_REACHED, f"too many sessions of this user on this node: {limit}"
+            ErrorCode.LIMIT_REACHED,
+            f"too many sessions of this user on this node: {limit}; disconnected",
+            disconnect=True,
         )
     if ctx.policy.single_session and (
         ctx.registry.has(user.id) or await ctx.presence.online([user.id])

@@ -92,6 +92,10 @@ _LOGGED_IN: dict[type[Request], Handler] = {
 }
 
 
+#: Refusals at a limit, logged once a minute per address and kind.
+_LOGGED_LIMITS = frozenset({ErrorCode.LIMIT_REACHED, ErrorCode.TRY_LATER})
+
+
 class ChatService:
     """Chat rules for one node; wired by ``clusterchat.node``."""
 
@@ -121,6 +125,7 @@ class ChatService:
         self._states: set[SessionState] = set()
         self._sweeper: asyncio.Task[None] | None = None
         self._bugs = ThrottledLog(log)
+        self._refusals = ThrottledLog(log)
 
     @property
     def node_id(self) -> str:
@@ -234,8 +239,7 @@ class ChatService:
             exception_kind(where, exc), logging.ERROR, "bug while %s", where, exc_info=exc
         )
 
-    @staticmethod
-    def _refuse(state: SessionState, request: Request, refusal: ChatError) -> None:
+    def _refuse(self, state: SessionState, request: Request, refusal: ChatError) -> None:
         tag = request.__struct_config__.tag
         answer = error_answer(
             tag if isinstance(tag, int) else None,
@@ -246,6 +250,15 @@ class ChatService:
         if isinstance(request, OneChat | GroupChat) and request.ref is not None:
             answer = msgspec.structs.replace(answer, ref=request.ref)
         state.session.send(Outbound.of(answer))
+        if refusal.code in _LOGGED_LIMITS:
+            self._refusals.log(
+                (refusal.code, state.session.address),
+                logging.WARNING,
+                "refused %s from %s: %s",
+                type(request).__name__,
+                state.session.address,
+                refusal.message,
+            )
         if refusal.disconnect:
             state.session.close(refusal.message)
 

@@ -193,14 +193,18 @@ async def test_logout_ends_the_session_and_allows_a_new_login(chat_cluster: Chat
 
 
 async def test_sessions_per_user_are_bounded(chat_cluster: ChatCluster) -> None:
-    """A login past max_sessions_per_user on one node gets errno 19; other nodes are apart."""
+    """A login past max_sessions_per_user on one node: errno 19, closed; other nodes apart."""
     first = await chat_cluster.node(Policy(max_sessions_per_user=2))
     alice = await first.register("alice")
     await first.login(alice)
     await first.login(alice)
     client = first.connect()
     ack = await client.login(alice)
-    assert (ack.errno, ack.errmsg) == (19, "too many sessions of this user on this node: 2")
+    assert (ack.errno, ack.errmsg) == (
+        19,
+        "too many sessions of this user on this node: 2; disconnected",
+    )
     assert not client.state.logged_in
+    assert client.session.closed_reason is not None
     second = await chat_cluster.node(Policy(max_sessions_per_user=2))
     await second.login(alice)
