@@ -5,6 +5,7 @@ import os
 import signal
 import socket
 import ssl
+import subprocess
 import sys
 from pathlib import Path
 
@@ -142,3 +143,52 @@ def test_up_with_tls_serves_chat_through_nginx(tmp_path: Path) -> None:
         plain.close()
     finally:
         processes.stop(up, timeout=seconds(30), sig=signal.SIGINT)
+
+
+def test_a_second_up_on_the_same_directory_says_so_and_starts_nothing(tmp_path: Path) -> None:
+    """On main a second `up` printed "cluster ready", then restarted nginx every 3 s forever."""
+    _port, _log, up = _start_up(tmp_path, "--nodes", "1")
+    try:
+        processes.wait_for_log(up, "cluster ready", seconds(60))
+        run_dir = str(tmp_path / "run")
+        second = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "clusterchat",
+                "up",
+                "--port",
+                str(free_port()),
+                "--dir",
+                run_dir,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=seconds(30),
+            env={**os.environ, **_FAST_HASHING},
+        )
+        assert second.returncode == 1
+        assert f"{tmp_path / 'run'} is in use by another clusterchat up (pid {up.pid})" in (
+            second.stderr
+        )
+        assert "cluster ready" not in second.stderr
+    finally:
+        processes.stop(up, timeout=seconds(30), sig=signal.SIGINT)
+
+
+def test_up_on_a_taken_port_fails_fast_naming_it(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        run_dir = str(tmp_path / "run")
+        started = subprocess.run(
+            [sys.executable, "-m", "clusterchat", "up", "--port", str(port), "--dir", run_dir],
+            capture_output=True,
+            text=True,
+            timeout=seconds(30),
+            env={**os.environ, **_FAST_HASHING},
+        )
+    assert started.returncode == 1
+    assert f"port {port} on 127.0.0.1 is taken: choose another with --port" in started.stderr
+    assert not (tmp_path / "run" / "redis.log").exists()  # nothing was started

@@ -10,7 +10,10 @@ then the nodes (each closes its sessions and flushes what it must store),
 then Redis.
 """
 
+import fcntl
+import os
 import signal
+import socket
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -234,8 +237,63 @@ class Cluster:
                 stop(slot.child, timeout=15.0)
 
 
+def _lock_run_dir(directory: Path) -> tuple[int | None, str]:
+    """Take ``directory``'s lock (``.lock``, flock): (its descriptor, "") or (None, the holder).
+
+    The lock lives as long as this process: a crashed ``up`` leaves none.
+    """
+    directory.mkdir(parents=True, exist_ok=True)
+    fd = os.open(directory / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+        os.close(fd)
+        return None, holder
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd, ""
+
+
+def _port_taken(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return True
+    return False
+
+
 def run_cluster(spec: ClusterSpec) -> int:
-    """Run a cluster until SIGINT/SIGTERM; return the exit status."""
+    """Run a cluster until SIGINT/SIGTERM; return the exit status.
+
+    Before anything starts, the run directory is locked (a second ``up`` on it
+    says which process has it) and the public port is checked (a taken one is
+    named, with the flag that changes it).
+    """
+    lock, holder = _lock_run_dir(spec.dir)
+    if lock is None:
+        print(
+            f"clusterchat up: {spec.dir} is in use by another clusterchat up (pid {holder}):"
+            " stop it, or give another directory with --dir",
+            file=sys.stderr,
+        )
+        return 1
+    try:
+        if _port_taken(spec.host, spec.port):
+            print(
+                f"clusterchat up: port {spec.port} on {spec.host} is taken:"
+                " choose another with --port",
+                file=sys.stderr,
+            )
+            return 1
+        return _run_locked(spec)
+    finally:
+        os.close(lock)
+
+
+def _run_locked(spec: ClusterSpec) -> int:
     cluster = Cluster(spec)
     # A plain flag, polled: a handler that took a lock (threading.Event.set)
     # deadlocked when a second signal came while the first one's set() held it.
