@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from clusterchat import __version__
+from clusterchat.cluster.address_file import read_address
 from clusterchat.settings import Settings
 
 __all__ = ["main"]
@@ -86,8 +87,15 @@ def _client_parser(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -
     client.add_argument(
         "--ca", type=Path, help="with --tls: trust this PEM certificate (e.g. up's self-signed one)"
     )
-    client.add_argument("host", nargs="?", default="127.0.0.1")
-    client.add_argument("port", nargs="?", type=int, default=6000)
+    client.add_argument(
+        "--dir",
+        type=Path,
+        default=Path("clusterchat-run"),
+        help="without HOST: the `clusterchat up` running in this directory"
+        " (default ./clusterchat-run), else 127.0.0.1 8000",
+    )
+    client.add_argument("host", nargs="?")
+    client.add_argument("port", nargs="?", type=int, default=8000)
 
 
 def _up_parser(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
@@ -108,7 +116,15 @@ def _up_parser(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> No
 
 def _status_parser(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
     status = sub.add_parser("status", help="live nodes and online users, from Redis")
-    status.add_argument("--redis", required=True, help="the cluster's Redis URL")
+    status.add_argument(
+        "--redis", help="the cluster's Redis URL (default: the one `up` runs in --dir)"
+    )
+    status.add_argument(
+        "--dir",
+        type=Path,
+        default=Path("clusterchat-run"),
+        help="run directory of `clusterchat up` (default ./clusterchat-run)",
+    )
     status.add_argument("--prefix", default="clusterchat", help="key prefix (default clusterchat)")
 
 
@@ -164,10 +180,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "client":
         from clusterchat.client.terminal import run_terminal
 
+        host, port, ca = args.host, args.port, args.ca
+        if host is None:
+            running = read_address(args.dir)
+            host = "127.0.0.1" if running is None else running.host
+            if running is not None:
+                port = running.port
+                if running.ca is not None and ca is None:
+                    ca = Path(running.ca)
         tls = None
-        if args.tls or args.ca is not None:
-            tls = ssl.create_default_context(cafile=str(args.ca) if args.ca else None)
-        return _run(run_terminal(args.host, args.port, tls=tls))
+        if args.tls or ca is not None:
+            tls = ssl.create_default_context(cafile=str(ca) if ca else None)
+        return _run(run_terminal(host, port, tls=tls))
     if args.command == "up":
         from clusterchat.cluster.launcher import ClusterSpec, run_cluster
 
@@ -186,8 +210,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "status":
         from clusterchat.cluster.status import format_status, read_status
 
+        redis_url = args.redis
+        if redis_url is None:
+            running = read_address(args.dir)
+            if running is None:
+                print(
+                    f"clusterchat status: no clusterchat up is running in {args.dir}:"
+                    " give its --dir, or --redis URL",
+                    file=sys.stderr,
+                )
+                return 2
+            redis_url = running.redis
         try:
-            nodes = asyncio.run(read_status(args.redis, args.prefix))
+            nodes = asyncio.run(read_status(redis_url, args.prefix))
         except Exception as exc:
             print(f"clusterchat status: {exc}", file=sys.stderr)
             return 1

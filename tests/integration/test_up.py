@@ -115,7 +115,7 @@ def test_up_with_tls_serves_chat_through_nginx(tmp_path: Path) -> None:
     try:
         processes.wait_for_log(up, "cluster ready", seconds(60))
         cert = (tmp_path / "run" / "tls" / "cert.pem").resolve()
-        assert f"clusterchat client --tls --ca {cert} 127.0.0.1 {port}" in log_path.read_text()
+        assert f"TLS, self-signed certificate {cert}" in log_path.read_text()
         context = ssl.create_default_context(cafile=str(cert))
 
         def connect() -> ClassicClient:
@@ -192,3 +192,39 @@ def test_up_on_a_taken_port_fails_fast_naming_it(tmp_path: Path) -> None:
     assert started.returncode == 1
     assert f"port {port} on 127.0.0.1 is taken: choose another with --port" in started.stderr
     assert not (tmp_path / "run" / "redis.log").exists()  # nothing was started
+
+
+def test_status_and_client_find_a_running_up_with_no_address(tmp_path: Path) -> None:
+    """On main `status` demanded --redis and `client` tried port 6000, not up's 8000."""
+    _port, log_path, up = _start_up(tmp_path, "--nodes", "1", "--tls")
+    run_dir = str(tmp_path / "run")
+    try:
+        processes.wait_for_log(up, "cluster ready", seconds(60))
+        assert f"try:  clusterchat client --dir {run_dir}" in log_path.read_text()
+        client = subprocess.run(
+            [sys.executable, "-m", "clusterchat", "client", "--dir", run_dir],
+            input="2\nwendy\npw-w\n3\n",
+            capture_output=True,
+            text=True,
+            timeout=seconds(30),
+        )
+        assert client.returncode == 0, client.stderr
+        assert "wendy registered, your userid is" in client.stdout
+        status = subprocess.run(
+            [sys.executable, "-m", "clusterchat", "status", "--dir", run_dir],
+            capture_output=True,
+            text=True,
+            timeout=seconds(30),
+        )
+        assert status.returncode == 0, status.stderr
+        assert "node1" in status.stdout
+    finally:
+        processes.stop(up, timeout=seconds(30), sig=signal.SIGINT)
+    gone = subprocess.run(
+        [sys.executable, "-m", "clusterchat", "status", "--dir", run_dir],
+        capture_output=True,
+        text=True,
+        timeout=seconds(30),
+    )
+    assert gone.returncode == 2
+    assert f"no clusterchat up is running in {run_dir}" in gone.stderr

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 
+from clusterchat.cluster.address_file import ClusterAddress, remove_address, write_address
 from clusterchat.cluster.nginx import NGINX_PACKAGES, STREAM_MODULE, nginx_argv, render_nginx_conf
 from clusterchat.cluster.ports import free_port
 from clusterchat.cluster.processes import (
@@ -203,14 +204,11 @@ class Cluster:
             "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)) for row in rows
         ]
         lines.append(f"chat on {self.spec.host}:{self.spec.port}   database {self.db_url}")
-        if self.certificate is None:
-            lines.append(f"try:  clusterchat client {self.spec.host} {self.spec.port}")
-        else:
-            cert = self.certificate[0]
-            lines.append(f"TLS, self-signed certificate {cert}")
-            lines.append(
-                f"try:  clusterchat client --tls --ca {cert} {self.spec.host} {self.spec.port}"
-            )
+        if self.certificate is not None:
+            lines.append(f"TLS, self-signed certificate {self.certificate[0]}")
+        # Both find this cluster through its address file (cluster/address_file.py).
+        where = "" if self.spec.dir == ClusterSpec.dir else f" --dir {self.spec.dir}"
+        lines.append(f"try:  clusterchat client{where}    clusterchat status{where}")
         return "\n".join(lines)
 
     def supervise_once(self) -> list[str]:
@@ -312,6 +310,8 @@ def _run_locked(spec: ClusterSpec) -> int:
         except Exception as exc:
             print(f"clusterchat up: could not start the cluster: {exc}", file=sys.stderr)
             return 1
+        ca = None if cluster.certificate is None else str(cluster.certificate[0])
+        write_address(spec.dir, ClusterAddress(spec.host, spec.port, cluster.redis_url, ca))
         print(cluster.table(), file=sys.stderr, flush=True)
         print("cluster ready (Ctrl-C stops it)", file=sys.stderr, flush=True)
         while not stopping:
@@ -323,6 +323,7 @@ def _run_locked(spec: ClusterSpec) -> int:
         print("clusterchat up: stopping", file=sys.stderr, flush=True)
         return 0
     finally:
+        remove_address(spec.dir)
         cluster.stop()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
