@@ -25,7 +25,11 @@ def _run(coro: Coroutine[Any, Any, int]) -> int:
 
 
 def _node_parser(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
-    node = sub.add_parser("node", help="run one chat node in the foreground")
+    node = sub.add_parser(
+        "node",
+        help="run one chat node in the foreground",
+        description="run one chat node in the foreground",
+    )
     node.add_argument("--config", type=Path, help="TOML file with settings")
     node.add_argument("--host", help="address to listen on (default 127.0.0.1)")
     node.add_argument("--port", type=int, help="TCP port (default 6000)")
@@ -82,7 +86,11 @@ def _node_parser(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> 
 
 
 def _client_parser(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
-    client = sub.add_parser("client", help="the interactive terminal client")
+    client = sub.add_parser(
+        "client",
+        help="the interactive terminal client",
+        description="the interactive terminal client",
+    )
     client.add_argument("--tls", action="store_true", help="connect with TLS")
     client.add_argument(
         "--ca", type=Path, help="with --tls: trust this PEM certificate (e.g. up's self-signed one)"
@@ -99,11 +107,20 @@ def _client_parser(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -
 
 
 def _up_parser(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
-    up = sub.add_parser("up", help="run a local cluster: redis-server, N nodes, nginx")
+    up = sub.add_parser(
+        "up",
+        help="run a local cluster: redis-server, N nodes, nginx",
+        description="run a local cluster: redis-server, N nodes, nginx",
+    )
     up.add_argument("--nodes", type=int, default=2, help="chat nodes (default 2)")
     up.add_argument("--port", type=int, default=8000, help="public TCP port (default 8000)")
     up.add_argument("--db", help="database URL (default: SQLite in --dir)")
-    up.add_argument("--dir", type=Path, default=Path("clusterchat-run"), help="working dir")
+    up.add_argument(
+        "--dir",
+        type=Path,
+        default=Path("clusterchat-run"),
+        help="run directory: database, logs, configs (default ./clusterchat-run)",
+    )
     up.add_argument(
         "--redis-persistence", action="store_true", help="keep Redis snapshots (default off)"
     )
@@ -115,7 +132,11 @@ def _up_parser(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> No
 
 
 def _status_parser(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
-    status = sub.add_parser("status", help="live nodes and online users, from Redis")
+    status = sub.add_parser(
+        "status",
+        help="live nodes and online users, from Redis",
+        description="live nodes and online users, from Redis",
+    )
     status.add_argument(
         "--redis", help="the cluster's Redis URL (default: the one `up` runs in --dir)"
     )
@@ -129,7 +150,11 @@ def _status_parser(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -
 
 
 def _bench_parser(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
-    bench = sub.add_parser("bench", help="measure a real cluster: throughput, latency, capacity")
+    bench = sub.add_parser(
+        "bench",
+        help="measure a real cluster: throughput, latency, capacity",
+        description="measure a real cluster: throughput, latency, capacity",
+    )
     bench.add_argument("--scenario", help="comma list: ceiling,connect,pairs,groups,offline,idle")
     bench.add_argument("--nodes", type=int, help="nodes of the cluster it starts (default 2)")
     bench.add_argument("--users", type=int, help="users of connect and pairs (default 2000)")
@@ -150,7 +175,12 @@ def _bench_parser(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") ->
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="clusterchat", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="clusterchat",
+        description="A cluster chat server: nodes behind nginx, joined by Redis"
+        " publish/subscribe. `clusterchat up` runs a local cluster;"
+        " `clusterchat COMMAND --help` tells more.",
+    )
     parser.add_argument("--version", action="version", version=f"clusterchat {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     _node_parser(sub)

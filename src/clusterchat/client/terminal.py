@@ -201,6 +201,7 @@ class Terminal:
         self._client = client
         self._lines = lines
         self._user = ""
+        self._helped = False
 
     async def run(self) -> int:
         """Run until the user quits (0) or the connection is lost (1)."""
@@ -273,7 +274,9 @@ class Terminal:
                 _show(format_chat(message))
         except InvalidMessage as exc:
             _show(f"part of the login answer is unreadable: {exc}")
-        _show(_help())
+        if not self._helped:  # once; `help` shows it again
+            _show(_help())
+            self._helped = True
         return True
 
     async def _register(self) -> None:
@@ -304,7 +307,8 @@ class Terminal:
             if name == "help":
                 _show(_help())
             elif name == "loginout":
-                await self._answer(self._client.logout())
+                if await self._answer(self._client.logout()) is not None:
+                    _show(f"{self._user} logged out")
                 return True
             elif name == "quit":
                 return False

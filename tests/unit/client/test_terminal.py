@@ -161,10 +161,13 @@ async def test_session_flow(peer: CannedPeer, capsys: pytest.CaptureFixture[str]
         "message is missing; usage: one-to-one chat, format chat:friendid:message",
         "groupchat : group chat, format groupchat:groupid:message",
         "joined group 5",
+        "alice logged out",
     ]
     for text in expected:
         assert text in out
     assert out.index("T0 [2]bob said") > out.index("current login user")
+    # The command list: once after the first login, and again on `help`.
+    assert out.count("groupchat : group chat, format groupchat:groupid:message") == 2
 
 
 async def test_ctrl_d_at_the_menu_exits_cleanly(peer: CannedPeer) -> None:
