@@ -228,3 +228,24 @@ def test_status_and_client_find_a_running_up_with_no_address(tmp_path: Path) -> 
     )
     assert gone.returncode == 2
     assert f"no clusterchat up is running in {run_dir}" in gone.stderr
+
+
+def test_a_child_that_cannot_start_again_stops_the_cluster_with_the_reason(
+    tmp_path: Path,
+) -> None:
+    """On main `up` restarted a child that could not start every round, forever."""
+    _port, log_path, up = _start_up(tmp_path, "--nodes", "1")
+    try:
+        processes.wait_for_log(up, "cluster ready", seconds(60))
+        node = _pids_from_table(log_path.read_text())["node1"]
+        database = tmp_path / "run" / "clusterchat.db"
+        for suffix in ("", "-wal", "-shm"):
+            Path(f"{database}{suffix}").unlink(missing_ok=True)
+        database.mkdir()  # the running node keeps its open file; a new one cannot open this
+        os.kill(node, signal.SIGKILL)
+        assert up.popen.wait(timeout=seconds(60)) == 1
+        text = log_path.read_text()
+        assert "node1 could not be started again (3 tries in a row)" in text
+        assert "stopping the cluster" in text
+    finally:
+        processes.kill(up)

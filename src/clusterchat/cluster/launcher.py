@@ -22,6 +22,7 @@ from pathlib import Path
 from types import FrameType
 
 from clusterchat.cluster.address_file import ClusterAddress, remove_address, write_address
+from clusterchat.cluster.errors import ChildFailed
 from clusterchat.cluster.nginx import NGINX_PACKAGES, STREAM_MODULE, nginx_argv, render_nginx_conf
 from clusterchat.cluster.ports import free_port
 from clusterchat.cluster.processes import (
@@ -40,6 +41,8 @@ from clusterchat.cluster.tls import self_signed
 __all__ = ["Cluster", "ClusterSpec", "run_cluster"]
 
 _READY = "listening on"
+#: Failed restarts of one child in a row after which ``up`` stops the cluster.
+_RESTART_TRIES = 3
 #: Seconds between two checks that every child still runs.
 _SUPERVISE_INTERVAL = 0.5
 
@@ -80,6 +83,8 @@ class _Slot:
     port: int
     start: Callable[["_Slot"], Child]
     child: Child | None = None
+    #: Restarts in a row that failed (the child did not become ready).
+    failures: int = 0
 
 
 @dataclass
@@ -225,7 +230,15 @@ class Cluster:
             try:
                 slot.child = slot.start(slot)
             except Exception as exc:  # reported, retried on the next round
+                slot.failures += 1
                 events.append(f"restarting {slot.name} failed: {exc}")
+                if slot.failures >= _RESTART_TRIES:
+                    raise ChildFailed(
+                        f"{slot.name} could not be started again"
+                        f" ({_RESTART_TRIES} tries in a row): {exc}"
+                    ) from exc
+            else:
+                slot.failures = 0
         return events
 
     def stop(self) -> None:
@@ -318,7 +331,12 @@ def _run_locked(spec: ClusterSpec) -> int:
             time.sleep(_SUPERVISE_INTERVAL)
             if stopping:
                 break
-            for event in cluster.supervise_once():
+            try:
+                events = cluster.supervise_once()
+            except ChildFailed as exc:
+                print(f"clusterchat up: {exc}; stopping the cluster", file=sys.stderr, flush=True)
+                return 1
+            for event in events:
                 print(f"clusterchat up: {event}", file=sys.stderr, flush=True)
         print("clusterchat up: stopping", file=sys.stderr, flush=True)
         return 0
