@@ -278,5 +278,8 @@ def test_status_lists_live_nodes_and_their_users(
     assert any(line.startswith("n1 ") for line in lines)
     assert any(line.startswith("n2 ") for line in lines)
     assert "2 live node(s), 2 online user(s)" in lines
+    # The column says what it counts: users online on the node (each once).
+    assert lines[0].split()[-2:] == ["users", "online"]
+    assert any(line.startswith("n1 ") and line.split()[-1] == "1" for line in lines)
     a.close()
     b.close()

@@ -24,7 +24,7 @@ def format_status(nodes: list[NodeInfo]) -> str:
     """A table for people: one line per node, then its users."""
     if not nodes:
         return "no live nodes"
-    lines = [f"{'node':<16} {'address':<22} sessions(users)"]
+    lines = [f"{'node':<16} {'address':<22} users online"]
     for node in sorted(nodes, key=lambda n: n.node_id):
         lines.append(f"{node.node_id:<16} {node.address:<22} {len(node.users)}")
         if node.users:
