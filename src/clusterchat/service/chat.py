@@ -124,6 +124,8 @@ class ChatService:
         )
         self._states: set[SessionState] = set()
         self._sweeper: asyncio.Task[None] | None = None
+        # Lines any client can cause; apart, so that refusals from many addresses
+        # never crowd out the first traceback of a bug.
         self._bugs = ThrottledLog(log)
         self._refusals = ThrottledLog(log)
 
@@ -217,27 +219,26 @@ class ChatService:
             pending = handler(self.ctx, state, request)
             if pending is not None:
                 return self._guard(state, request, pending)
-        except ChatError as exc:
-            self._refuse(state, request, exc)
         except Exception as exc:
-            self._bug(request, exc)
-            self._refuse(state, request, ChatError(ErrorCode.INTERNAL, "internal server error"))
+            self._failed(state, request, exc)
         return None
 
     async def _guard(self, state: SessionState, request: Request, work: Pending) -> None:
         try:
             await work
-        except ChatError as exc:
-            self._refuse(state, request, exc)
         except Exception as exc:
-            self._bug(request, exc)
-            self._refuse(state, request, ChatError(ErrorCode.INTERNAL, "internal server error"))
+            self._failed(state, request, exc)
 
-    def _bug(self, request: Request, exc: Exception) -> None:
+    def _failed(self, state: SessionState, request: Request, exc: Exception) -> None:
+        """Answer a request that raised: a refusal as it says, anything else as a bug."""
+        if isinstance(exc, ChatError):
+            self._refuse(state, request, exc)
+            return
         where = f"handling {type(request).__name__}"
         self._bugs.log(
             exception_kind(where, exc), logging.ERROR, "bug while %s", where, exc_info=exc
         )
+        self._refuse(state, request, ChatError(ErrorCode.INTERNAL, "internal server error"))
 
     def _refuse(self, state: SessionState, request: Request, refusal: ChatError) -> None:
         tag = request.__struct_config__.tag
@@ -246,9 +247,8 @@ class ChatService:
             refusal.code,
             refusal.message,
             retry_after=refusal.retry_after,
+            ref=getattr(request, "ref", None),
         )
-        if isinstance(request, OneChat | GroupChat) and request.ref is not None:
-            answer = msgspec.structs.replace(answer, ref=request.ref)
         state.session.send(Outbound.of(answer))
         if refusal.code in _LOGGED_LIMITS:
             self._refusals.log(

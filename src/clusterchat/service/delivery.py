@@ -76,11 +76,7 @@ class Delivery:
         the same from its next login answer.
         """
         self.notice(user_id, push)
-        future = self._bus.publish(
-            ChannelNames.user(user_id), encode_notice(self._node_id, user_id, push.json)
-        )
-        self._inflight.add(future)
-        future.add_done_callback(self._inflight.discard)
+        future = self._send(user_id, encode_notice(self._node_id, user_id, push.json))
         future.add_done_callback(_retrieve)
 
     def notice(self, user_id: int, push: Outbound) -> None:
@@ -99,17 +95,25 @@ class Delivery:
             self._room.clear()
             await self._room.wait()
 
-    def _publish(self, user_id: int, envelope: bytes) -> None:
+    def _send(self, user_id: int, envelope: bytes) -> asyncio.Future[int]:
+        """Publish ``envelope`` on the user's channel, counted in flight until answered."""
         future = self._bus.publish(ChannelNames.user(user_id), envelope)
         self._inflight.add(future)
         self._inflight_bytes += len(envelope)
+        future.add_done_callback(partial(self._answered, len(envelope)))
+        return future
+
+    def _answered(self, size: int, future: asyncio.Future[int]) -> None:
+        self._inflight.discard(future)
+        self._inflight_bytes -= size
+        if not self.full:
+            self._room.set()
+
+    def _publish(self, user_id: int, envelope: bytes) -> None:
+        future = self._send(user_id, envelope)
         future.add_done_callback(partial(self._published, user_id, envelope))
 
     def _published(self, user_id: int, envelope: bytes, future: asyncio.Future[int]) -> None:
-        self._inflight.discard(future)
-        self._inflight_bytes -= len(envelope)
-        if not self.full:
-            self._room.set()
         if future.cancelled() or future.exception() is not None:
             # Only the fast path failed: the message is in the log. Announce it
             # again once the bus works, so that no node waits for a sweep.

@@ -22,7 +22,7 @@ from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from functools import partial
 from typing import Any, TypeVar
 
-from sqlalchemy import Connection, event, insert, select
+from sqlalchemy import Column, ColumnElement, Connection, event, insert, select
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
@@ -172,36 +172,26 @@ class SqlStore:
     async def add_friendship(self, user_id: int, friend_id: int) -> bool:
         try:
             async with self._begin() as conn:
-                await conn.execute(
-                    insert(friends),
-                    [
-                        {"user_id": user_id, "friend_id": friend_id},
-                        {"user_id": friend_id, "friend_id": user_id},
-                    ],
-                )
+                await conn.execute(insert(friends), _both_ways(user_id, friend_id))
         except IntegrityError:
             return False
         return True
 
     async def friends_of(self, user_id: int) -> list[User]:
-        query = (
-            select(users.c.id, users.c.name)
-            .join(friends, friends.c.friend_id == users.c.id)
-            .where(friends.c.user_id == user_id)
-            .order_by(users.c.id)
-        )
-        async with self._connect() as conn:
-            rows = (await conn.execute(query)).all()
-        return [User(row.id, row.name) for row in rows]
+        return await self._users(friends.c.friend_id, friends.c.user_id == user_id)
 
     async def request_friendship(self, from_id: int, to_id: int) -> Friendship:
         return await self._write(partial(_request_friendship, from_id=from_id, to_id=to_id))
 
     async def friend_requests_to(self, user_id: int) -> list[User]:
+        return await self._users(friend_requests.c.from_id, friend_requests.c.to_id == user_id)
+
+    async def _users(self, user_id: Column[int], where: ColumnElement[bool]) -> list[User]:
+        """The users (id and name, by id) that ``user_id`` names in its table's rows ``where``."""
         query = (
             select(users.c.id, users.c.name)
-            .join(friend_requests, friend_requests.c.from_id == users.c.id)
-            .where(friend_requests.c.to_id == user_id)
+            .join(user_id.table, user_id == users.c.id)
+            .where(where)
             .order_by(users.c.id)
         )
         async with self._connect() as conn:
@@ -370,6 +360,11 @@ class SqlStore:
             return await conn.run_sync(work)
 
 
+def _both_ways(a: int, b: int) -> list[dict[str, int]]:
+    """The two ``friends`` rows of one friendship."""
+    return [{"user_id": a, "friend_id": b}, {"user_id": b, "friend_id": a}]
+
+
 def _request_friendship(conn: Connection, from_id: int, to_id: int) -> Friendship:
     """Inside one write transaction: already friends, accept the other's request, or ask."""
     if conn.execute(
@@ -386,13 +381,7 @@ def _request_friendship(conn: Connection, from_id: int, to_id: int) -> Friendshi
                 | ((pending.from_id == from_id) & (pending.to_id == to_id))
             )
         )
-        conn.execute(
-            insert(friends),
-            [
-                {"user_id": from_id, "friend_id": to_id},
-                {"user_id": to_id, "friend_id": from_id},
-            ],
-        )
+        conn.execute(insert(friends), _both_ways(from_id, to_id))
         return Friendship.ACCEPTED
     if conn.execute(
         select(pending.from_id).where(pending.from_id == from_id, pending.to_id == to_id)

@@ -162,9 +162,7 @@ class TcpConnection(asyncio.Protocol):
             self._header = bytearray()
             # The header is the first thing nginx sends: a peer that sends none
             # is closed by the login timer like any silent connection.
-            self._login_timer = self._loop.call_later(
-                self._limits.login_timeout, self._login_expired
-            )
+            self._time_login()
             return
         self._admit()
 
@@ -176,9 +174,7 @@ class TcpConnection(asyncio.Protocol):
             return
         self.state = self._service.open(self)
         if self._login_timer is None:
-            self._login_timer = self._loop.call_later(
-                self._limits.login_timeout, self._login_expired
-            )
+            self._time_login()
         log.info("[%d] = connection from %s", self.id, self.peer)
 
     def _refuse(self, reason: str) -> None:
@@ -267,7 +263,7 @@ class TcpConnection(asyncio.Protocol):
             self._run(request)
 
     def _refuse_invalid(self, exc: InvalidMessage) -> None:
-        self.send(Outbound.of(error_answer(exc.request_msgid, exc.code, exc.message, ref=exc.ref)))
+        self._reply_error(exc.request_msgid, exc.code, exc.message, ref=exc.ref)
 
     def _read_header(self, data: bytes) -> bytes | None:
         """Take the PROXY header; return the bytes after it once it is complete."""
@@ -340,9 +336,11 @@ class TcpConnection(asyncio.Protocol):
             self._login_timer.cancel()
             self._login_timer = None
         elif not self.state.logged_in and self._login_timer is None and not self._closed:
-            self._login_timer = self._loop.call_later(
-                self._limits.login_timeout, self._login_expired
-            )
+            self._time_login()
+
+    def _time_login(self) -> None:
+        """Close the connection if it is not logged in within ``login_timeout``."""
+        self._login_timer = self._loop.call_later(self._limits.login_timeout, self._login_expired)
 
     def _login_expired(self) -> None:
         if self.state is not None and self.state.logged_in:
@@ -435,8 +433,10 @@ class TcpConnection(asyncio.Protocol):
         self._waiters.wake(False)
         self._transport.close()
 
-    def _reply_error(self, request_msgid: int | None, code: ErrorCode, message: str) -> None:
-        self.send(Outbound.of(error_answer(request_msgid, code, message)))
+    def _reply_error(
+        self, request_msgid: int | None, code: ErrorCode, message: str, *, ref: int | None = None
+    ) -> None:
+        self.send(Outbound.of(error_answer(request_msgid, code, message, ref=ref)))
 
 
 class TcpServer:
