@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 from clusterchat.store.base import NewMessage
+from clusterchat.store.migrate import upgrade
 from clusterchat.store.sql import SqlStore
 
 __all__ = ["main"]
@@ -30,10 +31,10 @@ BODY = (
 
 
 async def _create(url: str) -> None:
+    await upgrade(url)
     store = SqlStore(url)
-    await store.create_schema()
     for index in range(USERS):
-        await store.create_user(f"u{index}", "h")
+        await store.create_user(f"u{index}", "h", name_key=f"u{index}")
     await store.close()
 
 

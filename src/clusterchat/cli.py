@@ -174,6 +174,25 @@ def _bench_parser(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") ->
     bench.add_argument("--workers", type=int, help="load-generator processes")
 
 
+def _db_parser(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+    db = sub.add_parser(
+        "db",
+        help="create or upgrade a database's schema, or show its revision",
+        description="Create or upgrade a database's schema (Alembic migrations), or show"
+        " its revision. Nodes refuse a database that is not at the newest revision;"
+        " `clusterchat up` upgrades its database before it starts its nodes.",
+    )
+    actions = db.add_subparsers(dest="action", required=True)
+    for action, words in (
+        ("upgrade", "bring the database to the newest revision (creates an empty one)"),
+        ("current", "show the database's revision and whether it is the newest"),
+    ):
+        parser = actions.add_parser(action, help=words, description=words)
+        parser.add_argument(
+            "--db", help="database URL (default: the node's, sqlite:///clusterchat.db)"
+        )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="clusterchat",
@@ -188,6 +207,7 @@ def build_parser() -> argparse.ArgumentParser:
     _up_parser(sub)
     _status_parser(sub)
     _bench_parser(sub)
+    _db_parser(sub)
     return parser
 
 
@@ -258,6 +278,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 1
         print(format_status(nodes))
         return 0
+    if args.command == "db":
+        from clusterchat.database import run_current, run_upgrade
+
+        try:
+            url = Settings.load({"db": args.db}).db
+        except (ValueError, OSError) as exc:
+            print(f"clusterchat db: {exc}", file=sys.stderr)
+            return 2
+        return asyncio.run(run_upgrade(url) if args.action == "upgrade" else run_current(url))
     if args.command == "bench":
         from clusterchat.bench import run as run_bench
 

@@ -24,6 +24,7 @@ from clusterchat.service.chat import ChatService
 from clusterchat.service.context import Policy
 from clusterchat.service.passwords import PasswordHasher
 from clusterchat.settings import Settings, redact_url
+from clusterchat.store.migrate import SchemaError, require_current
 from clusterchat.store.sql import SqlStore
 from clusterchat.transport.tcp import ConnectionLimits, TcpServer
 
@@ -94,7 +95,6 @@ class Node:
         self.address: tuple[str, int] | None = None
 
     async def start(self) -> tuple[str, int]:
-        await self.store.create_schema()
         await self.presence.start()
         await self.service.start()
         self.address = await self.tcp.start(self.settings.host, self.settings.port, tls=self._tls)
@@ -162,12 +162,23 @@ def _tls_context(settings: Settings) -> ssl.SSLContext | None:
 
 
 async def run_node(settings: Settings) -> int:
-    """Run a node until SIGINT or SIGTERM; return the exit status."""
+    """Run a node until SIGINT or SIGTERM; return the exit status.
+
+    The database must be at the newest schema revision: a node never creates
+    or changes tables (another node may be using them); ``clusterchat db
+    upgrade`` does, and the refusal names it.
+    """
     try:
-        node = Node(settings)
+        _tls_context(settings)  # the flags first, before the database is opened
     except (ValueError, OSError) as exc:  # TLS files (ssl.SSLError is an OSError)
         print(f"clusterchat node: {exc}", file=sys.stderr, flush=True)
         return 2
+    try:
+        await require_current(settings.db)
+    except SchemaError as exc:
+        print(f"clusterchat node: {redact_url(settings.db)}: {exc}", file=sys.stderr, flush=True)
+        return 2
+    node = Node(settings)
     host, port = await node.start()
     _tune_gc()
     stop = asyncio.Event()

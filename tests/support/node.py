@@ -27,6 +27,7 @@ import pytest
 from clusterchat.cluster.errors import ChildFailed
 from clusterchat.cluster.ports import free_port
 from clusterchat.cluster.processes import Child, log_tail, spawn, stop, wait_for_log
+from tests.support.database import migrated
 from tests.support.timing import seconds
 
 __all__ = ["TEST_NODE_ENV", "NodeFactory", "NodeHandle", "node_factory"]
@@ -118,7 +119,8 @@ class NodeFactory(Protocol):
 
         Args:
             db_url: Database URL; None uses ``sqlite:///<tmp_path>/chat.db``,
-                shared by every node of the test.
+                shared by every node of the test. It is brought to the newest
+                schema revision before the first node on it starts.
             extra_args: More command-line arguments for ``clusterchat node``.
             env: Environment variables added to ours (and to ``TEST_NODE_ENV``).
 
@@ -147,6 +149,7 @@ def node_factory(tmp_path: Path) -> Iterator[NodeFactory]:
     """Start real nodes on demand; stop each by pid at teardown and check it is gone."""
     started: list[NodeHandle] = []
     numbers = itertools.count(1)
+    upgraded: set[str] = set()
 
     def start(
         db_url: str | None = None,
@@ -155,6 +158,8 @@ def node_factory(tmp_path: Path) -> Iterator[NodeFactory]:
     ) -> NodeHandle:
         number = next(numbers)
         url = db_url or f"sqlite:///{tmp_path / 'chat.db'}"
+        if url not in upgraded:  # as an operator does before starting nodes
+            upgraded.add(migrated(url))
         child_env = {**os.environ, **TEST_NODE_ENV, **(env or {})}
         for attempt in range(1, _START_ATTEMPTS + 1):
             port = free_port(HOST)

@@ -63,6 +63,7 @@ from clusterchat.store.base import (
     User,
 )
 from clusterchat.store.sql import SqlStore
+from tests.support.database import migrated
 from tests.support.redis import RedisServer
 from tests.support.timing import seconds
 
@@ -211,10 +212,6 @@ class InstrumentedStore:
         if gate is not None:
             gate.arrived.set()
             await gate.opened.wait()
-
-    async def create_schema(self) -> None:
-        await self._enter("create_schema")
-        await self.inner.create_schema()
 
     async def close(self) -> None:
         await self.inner.close()
@@ -470,8 +467,9 @@ class ChatCluster:
         """Start one more node (its own SqlStore engine on the shared file)."""
         # Building an engine resolves the file path (os.path.abspath): done once, at
         # start-up, off the loop so that blockbuster watches only the serving path.
+        if not self.nodes:
+            await asyncio.to_thread(migrated, self.db_url)
         store = InstrumentedStore(await asyncio.to_thread(SqlStore, self.db_url))
-        await store.create_schema()
         bus: Bus
         node_id = f"n{len(self.nodes) + 1}"
         if self.redis is None:

@@ -22,6 +22,7 @@ from pathlib import Path
 
 from clusterchat.bench.commands import Endpoint
 from clusterchat.cluster.errors import ChildFailed
+from clusterchat.cluster.launcher import upgrade_database
 from clusterchat.cluster.nginx import nginx_argv, render_nginx_conf
 from clusterchat.cluster.ports import free_port
 from clusterchat.cluster.processes import Child, spawn, stop, wait_for_log, wait_for_port
@@ -100,6 +101,7 @@ class BenchCluster:
         """
         cluster = cls(workdir=workdir)
         try:
+            upgrade_database(cluster.db_url)
             cluster._start_redis()
             for number in range(1, nodes + 1):
                 child, port = cluster.start_node(f"n{number}")

@@ -14,6 +14,7 @@ import fcntl
 import os
 import signal
 import socket
+import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -38,13 +39,15 @@ from clusterchat.cluster.processes import (
 from clusterchat.cluster.redis import REDIS_PACKAGE, redis_argv
 from clusterchat.cluster.tls import self_signed
 
-__all__ = ["Cluster", "ClusterSpec", "run_cluster"]
+__all__ = ["Cluster", "ClusterSpec", "run_cluster", "upgrade_database"]
 
 _READY = "listening on"
 #: Failed restarts of one child in a row after which ``up`` stops the cluster.
 _RESTART_TRIES = 3
 #: Seconds between two checks that every child still runs.
 _SUPERVISE_INTERVAL = 0.5
+#: Longest a database upgrade may take (a large old database is rewritten).
+_UPGRADE_TIMEOUT = 3600.0
 
 
 @dataclass(frozen=True)
@@ -125,6 +128,8 @@ class Cluster:
         spec.dir.mkdir(parents=True, exist_ok=True)
         if spec.tls:
             self.certificate = self_signed(spec.dir.resolve() / "tls", spec.host)
+        for line in upgrade_database(self.db_url):
+            print(f"clusterchat up: {line}", file=sys.stderr, flush=True)
         self.redis = _Slot("redis", free_port(spec.host), self._start_redis)
         self._launch(self.redis)
         for index in range(1, spec.nodes + 1):
@@ -246,6 +251,26 @@ class Cluster:
         for slot in [s for s in (self.nginx, *self.nodes, self.redis) if s is not None]:
             if slot.child is not None:
                 stop(slot.child, timeout=15.0)
+
+
+def upgrade_database(db_url: str) -> list[str]:
+    """Bring the database to the newest schema, before any node starts on it.
+
+    Runs the command an operator runs (``clusterchat db upgrade``).
+
+    Returns:
+        What it reports: the migrations' warnings, then what was done.
+
+    Raises:
+        RuntimeError: The upgrade failed; the message is its reason.
+    """
+    argv = [sys.executable, "-m", "clusterchat", "db", "upgrade", "--db", db_url]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=_UPGRADE_TIMEOUT)
+    if done.returncode != 0:
+        lines = done.stderr.strip().splitlines() or [f"exit status {done.returncode}"]
+        raise RuntimeError(f"the database upgrade failed: {lines[-1]}")
+    warnings = [line.removeprefix("clusterchat db: ") for line in done.stderr.splitlines()]
+    return [*warnings, *(f"database {line}" for line in done.stdout.splitlines())]
 
 
 def _lock_run_dir(directory: Path) -> tuple[int | None, str]:

@@ -1,28 +1,10 @@
-"""Names of users and groups: one form, nothing invisible, no look-alikes.
+"""The name rules (``clusterchat/names.py``) as the service answers them: errno 13."""
 
-On main `alice\\u0000`, `\\u0430lice` (a Cyrillic a) and `bob\\u202e` all
-registered beside `alice` and `bob`, and a classic C client showed the first
-as "alice". Here a name is enforced with the PRECIS Nickname profile (RFC
-8266, precis-i18n): width and compatibility forms folded (NFKC), spaces
-trimmed and collapsed, and control, format (zero-width, bidi), ignorable and
-unassigned characters refused. Two names may not look alike: each name's
-key is the Unicode confusable skeleton (UTS #39, computed by ICU's
-SpoofChecker) of its case-folded form, and keys are unique in the store, so
-`\\u0430lice`, `a1ice`, `ALICE` and `alice` are one name.
-"""
-
-import icu
-import precis_i18n
-
+from clusterchat import names
 from clusterchat.protocol import ErrorCode
 from clusterchat.service.errors import ChatError
 
 __all__ = ["look_alike_key", "normalize"]
-
-_NICKNAME = precis_i18n.get_profile("NicknameCasePreserved")
-_SPOOF = icu.SpoofChecker()
-#: Longest key the store holds (a skeleton can be longer than its name).
-MAX_KEY = 255
 
 
 def normalize(name: str, field: str) -> str:
@@ -32,13 +14,9 @@ def normalize(name: str, field: str) -> str:
         ChatError: errno 13 naming the field and the refused character.
     """
     try:
-        enforced: str = _NICKNAME.enforce(name)
-    except UnicodeEncodeError as exc:
-        reason = _explain(exc.reason)
-        if exc.reason != "DISALLOWED/empty":
-            reason += f" (U+{ord(exc.object[exc.start]):04X})"
-        raise ChatError(ErrorCode.INVALID_FIELD, f"{field}: {reason}") from None
-    return enforced
+        return names.normalize(name)
+    except names.NameRefused as exc:
+        raise ChatError(ErrorCode.INVALID_FIELD, f"{field}: {exc}") from None
 
 
 def look_alike_key(name: str) -> str:
@@ -47,18 +25,7 @@ def look_alike_key(name: str) -> str:
     Raises:
         ChatError: errno 13 if the key is longer than the store holds.
     """
-    key: str = _SPOOF.getSkeleton(0, name.casefold())
-    if len(key) > MAX_KEY:
-        raise ChatError(ErrorCode.INVALID_FIELD, "name too long once normalised")
-    return key
-
-
-def _explain(reason: str) -> str:
-    """PRECIS's reason (``DISALLOWED/controls``...) in words."""
-    words = {
-        "DISALLOWED/controls": "control characters are not allowed",
-        "DISALLOWED/precis_ignorable_properties": "invisible characters are not allowed",
-        "DISALLOWED/unassigned": "unassigned characters are not allowed",
-        "DISALLOWED/empty": "must not be empty",
-    }
-    return words.get(reason, f"not allowed ({reason})")
+    try:
+        return names.look_alike_key(name)
+    except names.NameRefused as exc:
+        raise ChatError(ErrorCode.INVALID_FIELD, str(exc)) from None

@@ -149,9 +149,6 @@ class MessageLog(Protocol):
 class Store(MessageLog, Protocol):
     """Users, friends, groups and the message log."""
 
-    async def create_schema(self) -> None:
-        """Create the tables if they do not exist."""
-
     async def close(self) -> None:
         """Release every connection."""
 

@@ -1,4 +1,9 @@
-"""The tables, one MetaData. Keys make duplicates impossible (docs/architecture.md §Store)."""
+"""The tables, one MetaData. Keys make duplicates impossible (docs/architecture.md §Store).
+
+These are the tables of the newest migration (``store/migrations/versions``):
+the migrations create and change the database, and a test checks that what
+they build is exactly this.
+"""
 
 from typing import Any
 
@@ -15,6 +20,8 @@ from sqlalchemy import (
     MetaData,
     String,
     Table,
+    UniqueConstraint,
+    false,
     func,
     text,
 )
@@ -43,9 +50,10 @@ users = Table(
     Column("id", Integer, primary_key=True, autoincrement=True),
     Column("name", String(64), nullable=False, unique=True),
     # Unique: two names that could be taken for each other (service/names.py).
-    Column("name_key", String(255), nullable=False, unique=True),
+    Column("name_key", String(255), nullable=False),
     Column("password_hash", String(255), nullable=False),
     Column("created_at", DateTime, nullable=False, server_default=func.now()),
+    UniqueConstraint("name_key", name="uq_users_name_key"),
     **_MYSQL,
 )
 
@@ -74,11 +82,12 @@ chat_groups = Table(
     metadata,
     Column("id", Integer, primary_key=True, autoincrement=True),
     Column("name", String(64), nullable=False, unique=True),
-    Column("name_key", String(255), nullable=False, unique=True),
+    Column("name_key", String(255), nullable=False),
     Column("description", String(256), nullable=False, default=""),
     # Joining needs an invitation from the creator (docs/protocol.md §2.7).
-    Column("invite_only", Boolean, nullable=False, default=False, server_default=text("0")),
+    Column("invite_only", Boolean, nullable=False, default=False, server_default=false()),
     Column("created_at", DateTime, nullable=False, server_default=func.now()),
+    UniqueConstraint("name_key", name="uq_chat_groups_name_key"),
     **_MYSQL,
 )
 

@@ -48,7 +48,6 @@ from clusterchat.store.schema import (
     group_members,
     inbox,
     messages,
-    metadata,
     users,
 )
 from clusterchat.store.sqlite_writer import SqliteWriter
@@ -128,10 +127,6 @@ class SqlStore:
         """A connection in a transaction (committed at the end), once it is this caller's turn."""
         async with self._slots, self._engine.begin() as conn:
             yield conn
-
-    async def create_schema(self) -> None:
-        async with self._begin() as conn:
-            await conn.run_sync(metadata.create_all)
 
     async def close(self) -> None:
         if self._writer is not None:

@@ -5,13 +5,14 @@ from pathlib import Path
 
 from clusterchat.service.groups_cache import GroupCache
 from clusterchat.store.sql import SqlStore
+from tests.support.database import migrated
 
 
 async def test_the_cache_keeps_at_most_size_groups_least_recently_used_first(
     tmp_path: Path,
 ) -> None:
-    store = await asyncio.to_thread(SqlStore, f"sqlite:///{tmp_path / 'chat.db'}")
-    await store.create_schema()
+    url = await asyncio.to_thread(migrated, f"sqlite:///{tmp_path / 'chat.db'}")
+    store = await asyncio.to_thread(SqlStore, url)
     try:
         creator = await store.create_user("creator", "h")
         groups = [await store.create_group(f"g{i}", "", creator) for i in range(5)]

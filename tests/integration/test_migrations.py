@@ -1,0 +1,286 @@
+"""Schema migrations (issue 11): made only by ``clusterchat db upgrade``, checked by every node.
+
+The schema is built and changed by the Alembic migrations in
+``store/migrations``; these tests check that what they build is exactly
+``schema.py``, that nodes refuse a database that is not at the newest
+revision and name the command, that many upgrades and many nodes starting in
+the same instant are safe, and that a database clusterchat made before
+migrations existed, with its data, is recognised and brought over: undelivered
+messages into the log (then delivered at login, in order), stored names
+checked with today's rules (issue 9).
+"""
+
+import asyncio
+import json
+import sqlite3
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from argon2 import PasswordHasher
+from sqlalchemy import create_engine
+
+from clusterchat.store import migrate
+from clusterchat.store.schema import metadata
+from tests.support.classic import PASSWORD, ClassicClient, login
+from tests.support.node import NodeFactory
+from tests.support.timing import seconds
+
+pytestmark = pytest.mark.integration
+
+CLUSTERCHAT = [sys.executable, "-m", "clusterchat"]
+
+
+@pytest.fixture
+def blockbuster() -> None:
+    """Migrations are a start-up step run on their own (Alembic reads its scripts from
+    disk): the blocking-call check of the serving path does not apply."""
+    return None
+
+
+def _db(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path / 'chat.db'}"
+
+
+def _run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*CLUSTERCHAT, *args], capture_output=True, text=True, timeout=seconds(120), cwd=cwd
+    )
+
+
+def test_the_migrations_build_exactly_the_tables_of_schema_py(tmp_path: Path) -> None:
+    url = _db(tmp_path)
+    done = asyncio.run(migrate.upgrade(url))
+    assert (done.before, done.after, done.adopted) == (None, migrate.head(), None)
+    engine = create_engine(url)
+    try:
+        with engine.connect() as conn:
+            context = MigrationContext.configure(conn, opts={"compare_type": True})
+            assert compare_metadata(context, metadata) == []
+    finally:
+        engine.dispose()
+
+
+def test_db_upgrade_and_current_say_what_they_did(tmp_path: Path) -> None:
+    url = _db(tmp_path)
+    current = _run("db", "current", "--db", url)
+    assert current.returncode == 0, current.stderr
+    assert "no tables yet; run: clusterchat db upgrade --db" in current.stdout
+    first = _run("db", "upgrade", "--db", url)
+    assert first.returncode == 0, first.stderr
+    assert f"created at revision {migrate.head()}" in first.stdout
+    again = _run("db", "upgrade", "--db", url)
+    assert f"already at revision {migrate.head()}, the newest" in again.stdout
+    assert f"revision {migrate.head()}, the newest" in _run("db", "current", "--db", url).stdout
+    refused = _run("db", "upgrade", "--db", "postgresql://chat:hunter2@127.0.0.1:1/chat")
+    assert refused.returncode == 1
+    assert "hunter2" not in refused.stderr
+    assert "postgresql://chat:***@127.0.0.1:1/chat" in refused.stderr
+    assert "Traceback" not in refused.stderr
+
+
+def test_a_node_refuses_a_database_that_is_not_at_the_newest_revision(tmp_path: Path) -> None:
+    """Empty, older, made before versions or newer: exit 2, naming what to run; no table made."""
+    url = _db(tmp_path)
+    node = ["node", "--port", "0", "--db", url]
+    empty = _run(*node)
+    assert empty.returncode == 2
+    assert f"no tables yet; run: clusterchat db upgrade --db {url}" in empty.stderr
+    assert "Traceback" not in empty.stderr
+    assert asyncio.run(migrate.state(url)).tables is False  # the node made nothing
+
+    asyncio.run(migrate.upgrade(url, to="0002"))
+    older = _run(*node)
+    assert older.returncode == 2
+    assert f"at revision 0002 and this node needs {migrate.head()}" in older.stderr
+    assert "clusterchat db upgrade --db" in older.stderr
+
+    with sqlite3.connect(tmp_path / "chat.db") as conn:
+        conn.execute("UPDATE alembic_version SET version_num = '9999'")
+    newer = _run(*node)
+    assert newer.returncode == 2
+    assert "at revision 9999, newer than this clusterchat knows" in newer.stderr
+    refused = _run("db", "upgrade", "--db", url)
+    assert refused.returncode == 1
+    assert "newer than this clusterchat" in refused.stderr
+
+
+def test_four_upgrades_at_once_run_each_migration_once(tmp_path: Path) -> None:
+    url = _db(tmp_path)
+    argv = [*CLUSTERCHAT, "db", "upgrade", "--db", url]
+    children = [
+        subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for _ in range(4)
+    ]
+    outputs = []
+    for child in children:
+        out, err = child.communicate(timeout=seconds(120))
+        assert child.returncode == 0, err
+        outputs.append(out)
+    assert sum("created at revision" in out for out in outputs) == 1
+    assert sum("already at revision" in out for out in outputs) == 3
+    asyncio.run(migrate.require_current(url))
+
+
+def test_four_nodes_started_in_the_same_instant(node_factory: NodeFactory, tmp_path: Path) -> None:
+    """On an old database all four refuse and change nothing; once upgraded all four serve."""
+    url = _db(tmp_path)
+    asyncio.run(migrate.upgrade(url, to="0002"))
+    argv = [*CLUSTERCHAT, "node", "--port", "0", "--db", url]
+    gate = threading.Barrier(4)
+    results: list[subprocess.CompletedProcess[str]] = []
+
+    def start() -> None:
+        gate.wait()
+        results.append(subprocess.run(argv, capture_output=True, text=True, timeout=seconds(60)))
+
+    threads = [threading.Thread(target=start) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert [r.returncode for r in results] == [2, 2, 2, 2], [r.stderr for r in results]
+    assert asyncio.run(migrate.state(url)).current == "0002"
+
+    assert _run("db", "upgrade", "--db", url).returncode == 0
+    nodes: list[object] = []
+    lock = threading.Lock()
+
+    def serve() -> None:
+        gate.wait()
+        handle = node_factory(db_url=url)
+        with lock:
+            nodes.append(handle)
+
+    threads = [threading.Thread(target=serve) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(nodes) == 4
+
+
+def _old_database(tmp_path: Path, revision: str) -> Path:
+    """A database as clusterchat made it before migrations: ``revision``'s tables, unversioned."""
+    path = tmp_path / "chat.db"
+    asyncio.run(migrate.upgrade(f"sqlite:///{path}", to=revision))
+    with sqlite3.connect(path) as conn:
+        conn.execute("DROP TABLE alembic_version")
+    return path
+
+
+def test_a_database_from_before_the_log_keeps_its_undelivered_messages(
+    node_factory: NodeFactory, tmp_path: Path
+) -> None:
+    """Undelivered pushes become log entries: the recipient gets them at login, in order."""
+    path = _old_database(tmp_path, "0001")
+    password_hash = PasswordHasher(time_cost=1, memory_cost=1024).hash(PASSWORD)
+    pushes = [
+        (2, "m1", {"msgid": 6, "id": 1, "name": "zhang", "toid": 2, "msg": "你好", "time": "t1"}),
+        (
+            2,
+            "m2",
+            {"msgid": 10, "id": 1, "name": "zhang", "groupid": 1, "msg": "all", "time": "t2"},
+        ),
+        (
+            3,
+            "m2",
+            {"msgid": 10, "id": 1, "name": "zhang", "groupid": 1, "msg": "all", "time": "t2"},
+        ),
+        (2, "m3", {"msgid": 6, "id": 3, "name": "wang", "toid": 2, "msg": "later", "time": "t3"}),
+    ]
+    with sqlite3.connect(path) as conn:
+        conn.executemany(
+            "INSERT INTO users (id, name, password_hash) VALUES (?, ?, ?)",
+            [(1, "zhang", password_hash), (2, "li", password_hash), (3, "wang", password_hash)],
+        )
+        conn.execute("INSERT INTO chat_groups (id, name, description) VALUES (1, 'tea', '')")
+        conn.executemany(
+            "INSERT INTO group_members (group_id, user_id, role) VALUES (1, ?, ?)",
+            [(1, "creator"), (2, "normal"), (3, "normal")],
+        )
+        conn.executemany(
+            "INSERT INTO undelivered (user_id, mid, payload) VALUES (?, ?, ?)",
+            [(user, mid, json.dumps(push).encode()) for user, mid, push in pushes],
+        )
+
+    done = _run("db", "upgrade", "--db", f"sqlite:///{path}")
+    assert done.returncode == 0, done.stderr
+    assert "made before schema versions, recognised as revision 0001" in done.stdout
+    assert "upgraded from revision 0001" in done.stdout
+    with sqlite3.connect(path) as conn:
+        # The group message is stored once, for its two recipients.
+        assert conn.execute("SELECT count(*) FROM messages").fetchone() == (3,)
+        assert conn.execute("SELECT count(*) FROM inbox").fetchone() == (4,)
+
+    node = node_factory(db_url=f"sqlite:///{path}")
+    li, answer = login(node, 2)
+    assert [json.loads(m)["msg"] for m in answer["offlinemsg"]] == ["你好", "all", "later"]
+    li.close()
+    wang, answer = login(node, 3)
+    assert [json.loads(m)["msg"] for m in answer["offlinemsg"]] == ["all"]
+    wang.close()
+    li, answer = login(node, 2)
+    assert "offlinemsg" not in answer  # delivered once
+    li.close()
+
+
+def test_names_stored_before_the_rules_are_checked_by_the_migration(
+    node_factory: NodeFactory, tmp_path: Path
+) -> None:
+    """Valid names get their key (and their normal form); a name the rules refuse or a
+    look-alike of an earlier one is kept, reserves nothing, and is reported."""
+    path = _old_database(tmp_path, "0002")
+    password_hash = PasswordHasher(time_cost=1, memory_cost=1024).hash(PASSWORD)
+    names = [
+        (1, "alice"),
+        (2, "\u0430lice"),  # a Cyrillic a: looks like alice
+        (3, "\uff43\uff41\uff52\uff4f\uff4c"),  # fullwidth carol
+        (4, "bob\u202e"),  # a bidi override: refused today
+        (5, "dave"),
+    ]
+    with sqlite3.connect(path) as conn:
+        conn.executemany(
+            "INSERT INTO users (id, name, password_hash) VALUES (?, ?, ?)",
+            [(uid, name, password_hash) for uid, name in names],
+        )
+        conn.executemany(
+            "INSERT INTO chat_groups (id, name, description) VALUES (?, ?, '')",
+            [(1, "Tea"), (2, "TEA")],
+        )
+        conn.executemany(
+            "INSERT INTO group_members (group_id, user_id, role) VALUES (?, 1, 'creator')",
+            [(1,), (2,)],
+        )
+
+    done = _run("db", "upgrade", "--db", f"sqlite:///{path}")
+    assert done.returncode == 0, done.stderr
+    assert "recognised as revision 0002" in done.stdout
+    assert "user 2 '\u0430lice' looks like user 1" in done.stderr
+    assert "user 4 'bob\\u202e'" in done.stderr
+    assert "group 2 'TEA' looks like group 1" in done.stderr
+    with sqlite3.connect(path) as conn:
+        rows = dict(conn.execute("SELECT id, name FROM users").fetchall())
+        keys = dict(conn.execute("SELECT id, name_key FROM users").fetchall())
+    assert rows[3] == "carol"  # stored in its normal form
+    assert rows[2] == "\u0430lice"  # kept as it was
+    assert keys[2] == "!unchecked:2"
+    assert keys[4] == "!unchecked:4"
+
+    node = node_factory(db_url=f"sqlite:///{path}")
+    for uid in (2, 3, 4):  # everyone still logs in
+        client, answer = login(node, uid)
+        client.close()
+    client = ClassicClient(node.host, node.port)
+    try:
+        for taken in ("ALICE", "Carol", "Dave"):
+            answer = client.request({"msgid": 4, "name": taken, "password": "pw"})
+            assert answer["errno"] == 1, answer
+        answer = client.request({"msgid": 4, "name": "bob", "password": "pw"})
+        assert answer["errno"] == 0, answer  # bob\u202e reserves nothing
+    finally:
+        client.close()
