@@ -193,6 +193,24 @@ def _db_parser(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> No
         )
 
 
+def _import_parser(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+    words = (
+        "bring a database of the original C++ ChatServer into clusterchat: users (ids, names,"
+        " passwords hashed on the way in), friends (made mutual), groups, members and"
+        " offline messages; a second run changes nothing"
+    )
+    parser = sub.add_parser("import-classic", help=words.split(":")[0], description=words)
+    parser.add_argument(
+        "--from",
+        dest="source",
+        required=True,
+        help="the original's MySQL database, e.g. mysql://root:123456@127.0.0.1:3306/chat",
+    )
+    parser.add_argument(
+        "--db", help="clusterchat's database, at the newest revision (default: the node's)"
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="clusterchat",
@@ -208,6 +226,7 @@ def build_parser() -> argparse.ArgumentParser:
     _status_parser(sub)
     _bench_parser(sub)
     _db_parser(sub)
+    _import_parser(sub)
     return parser
 
 
@@ -287,6 +306,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"clusterchat db: {exc}", file=sys.stderr)
             return 2
         return asyncio.run(run_upgrade(url) if args.action == "upgrade" else run_current(url))
+    if args.command == "import-classic":
+        from clusterchat.database import run_import
+
+        try:
+            settings = Settings.load({"db": args.db})
+        except (ValueError, OSError) as exc:
+            print(f"clusterchat import-classic: {exc}", file=sys.stderr)
+            return 2
+        return asyncio.run(run_import(args.source, settings))
     if args.command == "bench":
         from clusterchat.bench import run as run_bench
 

@@ -1,17 +1,24 @@
-"""``clusterchat db``: bring a database to the newest schema, or say where it stands.
+"""The commands that work on a database: ``db upgrade``, ``db current``, ``import-classic``.
 
 The schema's versions are Alembic migrations (``store/migrate.py``). ``db
 upgrade`` is the only command that creates or changes tables; nodes refuse a
 database that is not at the newest revision and name this command.
+``import-classic`` brings the original ChatServer's data in
+(``store/classic_import.py``).
 """
 
 import logging
 import sys
 
-from clusterchat.settings import redact_url
-from clusterchat.store import migrate
+from sqlalchemy.exc import SQLAlchemyError
 
-__all__ = ["run_current", "run_upgrade"]
+from clusterchat.service.passwords import PasswordHasher
+from clusterchat.settings import Settings, redact_url
+from clusterchat.store import migrate
+from clusterchat.store.classic_import import ImportConflict, import_classic
+from clusterchat.store.classic_source import MissingTable
+
+__all__ = ["run_current", "run_import", "run_upgrade"]
 
 
 class _Warnings(logging.Handler):
@@ -62,4 +69,31 @@ async def run_current(url: str) -> int:
     else:
         where = f"revision {found.current}; the newest is {found.head}"
     print(f"{shown}: {where}; run: clusterchat db upgrade --db {shown}")
+    return 0
+
+
+async def run_import(source_url: str, settings: Settings) -> int:
+    """Import the original ChatServer's database into ``settings.db``; print the report."""
+    target = redact_url(settings.db)
+    try:
+        await migrate.require_current(settings.db)
+    except migrate.SchemaError as exc:
+        print(f"clusterchat import-classic: {target}: {exc}", file=sys.stderr)
+        return 1
+    hasher = PasswordHasher(
+        time_cost=settings.argon2_time_cost, memory_kib=settings.argon2_memory_kib
+    )
+    try:
+        report = await import_classic(source_url, settings.db, hasher.hash)
+    except (ImportConflict, MissingTable) as exc:
+        print(f"clusterchat import-classic: {exc}", file=sys.stderr)
+        return 1
+    except (SQLAlchemyError, OSError) as exc:
+        print(f"clusterchat import-classic: {migrate.one_line(exc)}", file=sys.stderr)
+        return 1
+    finally:
+        hasher.close()
+    print(f"imported {redact_url(source_url)} into {target}")
+    for line in report.lines():
+        print(f"  {line}")
     return 0

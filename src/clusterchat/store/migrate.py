@@ -44,6 +44,7 @@ __all__ = [
     "SchemaState",
     "Upgraded",
     "head",
+    "one_line",
     "require_current",
     "state",
     "upgrade",
@@ -230,20 +231,20 @@ async def _connection(url: str) -> AsyncIterator[AsyncConnection]:
     try:
         engine = create_async_engine(async_url(url), poolclass=NullPool)
     except (SQLAlchemyError, ImportError) as exc:  # a bad URL, a driver not installed
-        raise DatabaseUnavailable(_one_line(exc)) from exc
+        raise DatabaseUnavailable(one_line(exc)) from exc
     try:
         async with engine.connect() as conn:
             if conn.dialect.name == "sqlite":
                 await conn.exec_driver_sql("PRAGMA busy_timeout=30000")
             yield conn
     except (SQLAlchemyError, OSError) as exc:
-        raise DatabaseUnavailable(_one_line(exc)) from exc
+        raise DatabaseUnavailable(one_line(exc)) from exc
     finally:
         await engine.dispose()
 
 
-def _one_line(exc: BaseException) -> str:
-    """The error in one line (SQLAlchemy's carry the statement and a link after it)."""
+def one_line(exc: BaseException) -> str:
+    """A database error in one line (SQLAlchemy's carry the statement and a link after it)."""
     orig = getattr(exc, "orig", None)
     if isinstance(orig, BaseException):
         exc = orig
