@@ -63,6 +63,7 @@ from clusterchat.store.base import (
     User,
 )
 from clusterchat.store.sql import SqlStore
+from tests.support.defaults import LIMITS, SETTINGS, cheap_passwords, policy_with
 from tests.support.redis import RedisServer
 from tests.support.timing import seconds
 
@@ -460,17 +461,22 @@ class ChatCluster:
     redis: RedisServer | None = None
     hub: LocalHub = field(default_factory=LocalHub)
     prefix: str = field(default_factory=lambda: f"test{uuid.uuid4().hex[:12]}")
-    presence: LocalPresence = field(default_factory=LocalPresence)
-    passwords: PasswordHasher = field(
-        default_factory=lambda: PasswordHasher(time_cost=1, memory_kib=1024)
-    )
+    presence: LocalPresence = field(default_factory=lambda: LocalPresence("local", ""))
+    passwords: PasswordHasher = field(default_factory=cheap_passwords)
     nodes: list[ChatNode] = field(default_factory=list)
 
     async def node(self, policy: Policy | None = None) -> ChatNode:
-        """Start one more node (its own SqlStore engine on the shared file)."""
+        """Start one more node (its own SqlStore engine on the shared file).
+
+        Args:
+            policy: The node's policy; default: a default node's
+                (``tests.support.defaults.policy_with()``).
+        """
         # Building an engine resolves the file path (os.path.abspath): done once, at
         # start-up, off the loop so that blockbuster watches only the serving path.
-        store = InstrumentedStore(await asyncio.to_thread(SqlStore, self.db_url))
+        store = InstrumentedStore(
+            await asyncio.to_thread(SqlStore, self.db_url, pool_size=SETTINGS.db_pool_size)
+        )
         await store.create_schema()
         bus: Bus
         node_id = f"n{len(self.nodes) + 1}"
@@ -494,7 +500,8 @@ class ChatCluster:
             bus=bus,
             presence=self.presence,
             passwords=self.passwords,
-            policy=policy,
+            limits=LIMITS,
+            policy=policy_with() if policy is None else policy,
         )
         await service.start()
         node = ChatNode(service, store, bus)

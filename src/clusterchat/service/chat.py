@@ -106,9 +106,9 @@ class ChatService:
         store: Store,
         bus: Bus,
         presence: Presence,
-        passwords: PasswordHasher | None = None,
-        limits: Limits | None = None,
-        policy: Policy | None = None,
+        passwords: PasswordHasher,
+        limits: Limits,
+        policy: Policy,
     ) -> None:
         registry = SessionRegistry(self._first_session, self._last_session)
         self.ctx = Context(
@@ -118,9 +118,9 @@ class ChatService:
             presence=presence,
             registry=registry,
             delivery=Delivery(node_id, registry, bus, store),
-            passwords=passwords or PasswordHasher(),
-            limits=limits or Limits(),
-            policy=policy or Policy(),
+            passwords=passwords,
+            limits=limits,
+            policy=policy,
         )
         self._states: set[SessionState] = set()
         self._sweeper: asyncio.Task[None] | None = None

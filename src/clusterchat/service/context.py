@@ -24,6 +24,9 @@ __all__ = ["Context", "Policy"]
 class Policy:
     """Service behaviour that operators choose.
 
+    No field has a default: the node builds its policy from its settings
+    (``Settings.pick(Policy)``, defaults in ``clusterchat.settings``).
+
     Attributes:
         single_session: Refuse a second login of a user anywhere in the
             cluster (classic behaviour, errno 2) instead of allowing devices.
@@ -53,21 +56,21 @@ class Policy:
         max_friends: Friends of one user.
     """
 
-    single_session: bool = False
-    offline_batch: int = 1000
-    sweep_interval: float = 30.0
-    cursor_interval: float = 0.05
-    read_batch: int = 500
-    append_batch: int = 2000
-    max_pending: int = 8 * 1024 * 1024
-    login_attempts: int = 5
-    login_attempts_per_address: int = 20
-    registrations_per_address: int = 10
-    max_refusals: int = 3
-    max_logins_at_once: int = 16
-    max_sessions_per_user: int = 10
-    max_group_size: int = 1000
-    max_friends: int = 1000
+    single_session: bool
+    offline_batch: int
+    sweep_interval: float
+    cursor_interval: float
+    read_batch: int
+    append_batch: int
+    max_pending: int
+    login_attempts: int
+    login_attempts_per_address: int
+    registrations_per_address: int
+    max_refusals: int
+    max_logins_at_once: int
+    max_sessions_per_user: int
+    max_group_size: int
+    max_friends: int
 
 
 @dataclass(slots=True)
@@ -79,8 +82,8 @@ class Context:
     registry: SessionRegistry
     delivery: Delivery
     passwords: PasswordHasher
-    limits: Limits = field(default_factory=Limits)
-    policy: Policy = field(default_factory=Policy)
+    limits: Limits
+    policy: Policy
     ids: MessageIds = field(init=False)
     groups: GroupCache = field(init=False)
     users: KnownUsers = field(init=False)

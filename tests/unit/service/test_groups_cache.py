@@ -5,12 +5,15 @@ from pathlib import Path
 
 from clusterchat.service.groups_cache import GroupCache
 from clusterchat.store.sql import SqlStore
+from tests.support.defaults import SETTINGS
 
 
 async def test_the_cache_keeps_at_most_size_groups_least_recently_used_first(
     tmp_path: Path,
 ) -> None:
-    store = await asyncio.to_thread(SqlStore, f"sqlite:///{tmp_path / 'chat.db'}")
+    store = await asyncio.to_thread(
+        SqlStore, f"sqlite:///{tmp_path / 'chat.db'}", pool_size=SETTINGS.db_pool_size
+    )
     await store.create_schema()
     try:
         creator = await store.create_user("creator", "h")
