@@ -49,9 +49,23 @@ class Node:
             from clusterchat.bus.redis import RedisBus
             from clusterchat.presence.redis import RedisPresence
 
-            self.bus = RedisBus(settings.redis, node_id=self.node_id, prefix=settings.prefix)
+            self.bus = RedisBus(
+                settings.redis,
+                node_id=self.node_id,
+                prefix=settings.prefix,
+                probe_interval=settings.redis_probe_interval,
+                publish_timeout=settings.redis_publish_timeout,
+                connect_timeout=settings.redis_connect_timeout,
+                backoff_base=settings.redis_backoff_base,
+                backoff_cap=settings.redis_backoff_cap,
+            )
             self.presence = RedisPresence(
-                settings.redis, node_id=self.node_id, address=address, prefix=settings.prefix
+                settings.redis,
+                node_id=self.node_id,
+                address=address,
+                prefix=settings.prefix,
+                heartbeat_interval=settings.presence_heartbeat,
+                expiry=settings.presence_expiry,
             )
         else:
             self.bus = LocalBus()

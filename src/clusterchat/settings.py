@@ -40,6 +40,14 @@ class Settings:
     redis: str | None = None
     node_id: str | None = None
     prefix: str = "clusterchat"
+    # Redis bus (``clusterchat.bus.redis.RedisBus``) and presence.
+    redis_probe_interval: float = 2.0
+    redis_publish_timeout: float = 2.0
+    redis_connect_timeout: float = 2.0
+    redis_backoff_base: float = 0.1
+    redis_backoff_cap: float = 5.0
+    presence_heartbeat: float = 1.0
+    presence_expiry: float = 5.0
     # Protocol limits (``clusterchat.protocol.Limits``).
     max_frame: int = 64 * 1024
     max_depth: int = 16

@@ -21,6 +21,7 @@ from clusterchat.bus.base import Bus, BusError
 from clusterchat.bus.channels import ChannelNames
 from clusterchat.bus.local import LocalBus, LocalHub
 from clusterchat.bus.redis import PROBE_MAGIC, RedisBus
+from tests.support.defaults import bus_timing
 from tests.support.redis import RedisFactory, RedisServer
 from tests.support.timing import seconds
 
@@ -150,7 +151,13 @@ async def make_node(
         if kind == "local":
             return await node_factory(lambda: LocalBus(hub))
         return await node_factory(
-            lambda: RedisBus(url, node_id=node_id, prefix=prefix, sharded=kind == "redis-sharded")
+            lambda: RedisBus(
+                url,
+                node_id=node_id,
+                prefix=prefix,
+                sharded=kind == "redis-sharded",
+                **bus_timing(),
+            )
         )
 
     return make
@@ -165,7 +172,7 @@ async def redis_node(
 
     async def make(server: RedisServer, node_id: str, **options: Any) -> Node:
         return await node_factory(
-            lambda: RedisBus(server.url, node_id=node_id, prefix=prefix, **options)
+            lambda: RedisBus(server.url, node_id=node_id, prefix=prefix, **bus_timing(**options))
         )
 
     return make

@@ -22,6 +22,7 @@ from clusterchat.cluster import processes
 from clusterchat.presence.base import NodeInfo, Presence
 from clusterchat.presence.local import LocalPresence, LocalPresenceHub
 from clusterchat.presence.redis import RedisPresence
+from tests.support.defaults import presence_timing
 from tests.support.processes import assert_stopped
 from tests.support.redis import RedisServer
 from tests.support.timing import seconds
@@ -60,7 +61,10 @@ def redis_presence(started: list[Presence]) -> PresenceFactory:
     async def make(server: RedisServer, node_id: str, **options: Any) -> RedisPresence:
         options.setdefault("prefix", prefix)
         presence = RedisPresence(
-            server.url, node_id=node_id, address=f"{node_id}.test:7000", **options
+            server.url,
+            node_id=node_id,
+            address=f"{node_id}.test:7000",
+            **presence_timing(**options),
         )
         await presence.start()
         started.append(presence)
@@ -159,7 +163,9 @@ async def test_unstarted_presence_only_observes(
     """A never-started presence (``clusterchat status``) reads nodes; its close removes nothing."""
     a = await redis_presence(redis_server, "a", prefix="watched")
     await a.user_online(1)
-    observer = RedisPresence(redis_server.url, node_id="status", address="", prefix="watched")
+    observer = RedisPresence(
+        redis_server.url, node_id="status", address="", prefix="watched", **presence_timing()
+    )
     assert await observer.nodes() == [NodeInfo("a", "a.test:7000", frozenset({1}))]
     await observer.close()
     assert await a.online([1]) == {1}
@@ -219,7 +225,9 @@ async def test_sigkilled_node_goes_offline_within_expiry(
     redis_server: RedisServer, tmp_path: Path
 ) -> None:
     """A node process killed with SIGKILL (no close) has its users offline within expiry."""
-    observer = RedisPresence(redis_server.url, node_id="observer", address="", prefix="kill")
+    observer = RedisPresence(
+        redis_server.url, node_id="observer", address="", prefix="kill", **presence_timing()
+    )
     await observer.start()
     argv = [sys.executable, "-c", CHILD, redis_server.url, "kill"]
     child = await asyncio.to_thread(

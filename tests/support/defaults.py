@@ -18,10 +18,12 @@ from clusterchat.transport.tcp import ConnectionLimits
 __all__ = [
     "LIMITS",
     "SETTINGS",
+    "bus_timing",
     "cheap_passwords",
     "connection_limits_with",
     "limits_with",
     "policy_with",
+    "presence_timing",
 ]
 
 #: The defaults, as a node without configuration has them.
@@ -43,6 +45,25 @@ def policy_with(**changes: Any) -> Policy:
 def connection_limits_with(**changes: Any) -> ConnectionLimits:
     """A default node's connection limits, with ``changes`` (setting names)."""
     return replace(SETTINGS, **changes).pick(ConnectionLimits)
+
+
+def bus_timing(**changes: Any) -> dict[str, Any]:
+    """A default node's ``RedisBus`` timing arguments, with ``changes`` (argument names)."""
+    return {
+        "probe_interval": SETTINGS.redis_probe_interval,
+        "publish_timeout": SETTINGS.redis_publish_timeout,
+        "connect_timeout": SETTINGS.redis_connect_timeout,
+        "backoff_base": SETTINGS.redis_backoff_base,
+        "backoff_cap": SETTINGS.redis_backoff_cap,
+    } | changes
+
+
+def presence_timing(**changes: Any) -> dict[str, Any]:
+    """A default node's ``RedisPresence`` timing arguments, with ``changes`` (argument names)."""
+    return {
+        "heartbeat_interval": SETTINGS.presence_heartbeat,
+        "expiry": SETTINGS.presence_expiry,
+    } | changes
 
 
 def cheap_passwords() -> PasswordHasher:
