@@ -73,7 +73,7 @@ def redis_presence(started: list[Presence]) -> PresenceFactory:
     return make
 
 
-@pytest.fixture(params=["local", "redis"])
+@pytest.fixture(params=["local", pytest.param("redis", marks=pytest.mark.integration)])
 def presence_kind(request: pytest.FixtureRequest) -> tuple[str, RedisServer | None]:
     """The implementation under test, and its redis-server if it needs one."""
     kind: str = request.param
@@ -141,6 +141,7 @@ async def test_close_removes_only_own_users(
 # -- RedisPresence --------------------------------------------------------------------
 
 
+@pytest.mark.integration
 async def test_nodes_lists_live_nodes_with_their_users(
     redis_server: RedisServer, redis_presence: PresenceFactory
 ) -> None:
@@ -157,6 +158,7 @@ async def test_nodes_lists_live_nodes_with_their_users(
     ]
 
 
+@pytest.mark.integration
 async def test_unstarted_presence_only_observes(
     redis_server: RedisServer, redis_presence: PresenceFactory
 ) -> None:
@@ -172,6 +174,7 @@ async def test_unstarted_presence_only_observes(
     assert [n.node_id for n in await a.nodes()] == ["a"]
 
 
+@pytest.mark.integration
 async def test_online_answers_many_ids_across_chunks(
     redis_server: RedisServer, redis_presence: PresenceFactory
 ) -> None:
@@ -184,6 +187,7 @@ async def test_online_answers_many_ids_across_chunks(
     assert await a.online(range(5000)) == {0, 999, 1000, 2999}
 
 
+@pytest.mark.integration
 async def test_users_of_a_node_whose_key_expired_read_offline(
     redis_server: RedisServer, redis_presence: PresenceFactory
 ) -> None:
@@ -221,6 +225,7 @@ asyncio.run(main())
 """
 
 
+@pytest.mark.integration
 async def test_sigkilled_node_goes_offline_within_expiry(
     redis_server: RedisServer, tmp_path: Path
 ) -> None:
@@ -255,6 +260,7 @@ async def test_sigkilled_node_goes_offline_within_expiry(
     assert_stopped(child)
 
 
+@pytest.mark.integration
 async def test_presence_recovers_after_redis_restart(
     redis_server: RedisServer, redis_presence: PresenceFactory
 ) -> None:
@@ -279,6 +285,7 @@ async def test_presence_recovers_after_redis_restart(
     await poll(recovered)
 
 
+@pytest.mark.integration
 async def test_frozen_redis_never_stalls_or_raises(
     redis_server: RedisServer, redis_presence: PresenceFactory
 ) -> None:

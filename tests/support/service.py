@@ -1,7 +1,9 @@
 """Fixture plugin: in-process chat nodes and recording clients for the service tests.
 
 A ``ChatCluster`` (fixture ``chat_cluster``) is one test's little cluster: a
-shared ``LocalHub`` (the bus), a shared ``LocalPresence`` and one SQLite file.
+shared ``LocalHub`` (the bus), a shared ``LocalPresence`` and one SQLite file
+(``redis_chat_cluster``: a real redis-server instead of the ``LocalHub``, for
+tests/integration).
 ``await chat_cluster.node()`` starts a ``ChatService`` on its own ``SqlStore``
 engine over that file, as a separate node process would. Every node's store
 is an ``InstrumentedStore``: the real ``SqlStore`` behind a proxy that counts
@@ -77,6 +79,7 @@ __all__ = [
     "RecordingSession",
     "chat_cluster",
     "local_chat_cluster",
+    "redis_chat_cluster",
     "run",
     "settle",
     "until",
@@ -575,24 +578,31 @@ async def until(condition: Callable[[], bool], what: str) -> None:
         raise AssertionError(f"not reached in time: {what}") from None
 
 
-@pytest.fixture(
-    params=["local", pytest.param("redis", marks=pytest.mark.integration)],
-)
-async def chat_cluster(
-    request: pytest.FixtureRequest, tmp_path: Path
+@pytest.fixture
+async def chat_cluster(tmp_path: Path) -> AsyncIterator[ChatCluster]:
+    """An empty test cluster on the in-process bus.
+
+    tests/integration/test_service_on_redis.py runs every test that takes this
+    fixture again, with a cluster on a real redis-server (``redis_chat_cluster``).
+    """
+    cluster = ChatCluster(db_url=f"sqlite:///{tmp_path}/chat.db")
+    yield cluster
+    await cluster.close()
+
+
+@pytest.fixture
+async def redis_chat_cluster(
+    redis_server: RedisServer, tmp_path: Path
 ) -> AsyncIterator[ChatCluster]:
-    """An empty test cluster (once on the in-process bus, once on a real redis-server)."""
-    redis: RedisServer | None = None
-    if request.param == "redis":
-        redis = await asyncio.to_thread(request.getfixturevalue, "redis_server")
-    cluster = ChatCluster(db_url=f"sqlite:///{tmp_path}/chat.db", redis=redis)
+    """An empty test cluster whose nodes talk through a real redis-server."""
+    cluster = ChatCluster(db_url=f"sqlite:///{tmp_path}/chat.db", redis=redis_server)
     yield cluster
     await cluster.close()
 
 
 @pytest.fixture
 async def local_chat_cluster(tmp_path: Path) -> AsyncIterator[ChatCluster]:
-    """A test cluster on the in-process bus, for tests that inject its faults by hand."""
+    """A test cluster on the in-process bus only, for tests that inject its faults by hand."""
     cluster = ChatCluster(db_url=f"sqlite:///{tmp_path}/chat.db")
     yield cluster
     await cluster.close()
