@@ -83,10 +83,20 @@ class Settings:
     login_attempts_per_address: int = 20
     registrations_per_address: int = 10
     max_refusals: int = 3
+    attempt_wait_base: float = 1.0
+    attempt_wait_cap: float = 300.0
+    attempt_forget: float = 900.0
+    attempt_keys: int = 100_000
     max_logins_at_once: int = 16
     max_sessions_per_user: int = 10
     max_group_size: int = 1000
     max_friends: int = 1000
+    group_cache_ttl: float = 60.0
+    group_cache_size: int = 10_000
+    user_cache_size: int = 100_000
+    # Lines clients can cause: at most one per kind per interval (service and transport).
+    log_throttle_interval: float = 60.0
+    log_throttle_kinds: int = 256
     # Password hashing (``clusterchat.service.passwords.PasswordHasher``).
     argon2_time_cost: int = 2
     argon2_memory_kib: int = 19 * 1024

@@ -62,6 +62,21 @@ def test_no_component_parameter_named_like_a_setting_has_a_default() -> None:
     assert seconds == []
 
 
+def test_no_component_parameter_has_a_number_as_default() -> None:
+    """A number written as a parameter default is a setting in hiding: it belongs in Settings.
+
+    (Private classes are left out: their defaults are initial state, like a counter's 0.)
+    """
+    numbers = [
+        f"{name}({parameter.name}={parameter.default!r})"
+        for name, function in _callables()
+        if not function.__qualname__.startswith("_")
+        for parameter in inspect.signature(function).parameters.values()
+        if isinstance(parameter.default, int | float) and not isinstance(parameter.default, bool)
+    ]
+    assert numbers == []
+
+
 @pytest.mark.parametrize(
     ("component", "parameters"),
     [

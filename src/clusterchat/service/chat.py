@@ -126,8 +126,14 @@ class ChatService:
         self._sweeper: asyncio.Task[None] | None = None
         # Lines any client can cause; apart, so that refusals from many addresses
         # never crowd out the first traceback of a bug.
-        self._bugs = ThrottledLog(log)
-        self._refusals = ThrottledLog(log)
+        self._bugs = self._throttled_log()
+        self._refusals = self._throttled_log()
+
+    def _throttled_log(self) -> ThrottledLog:
+        policy = self.ctx.policy
+        return ThrottledLog(
+            log, interval=policy.log_throttle_interval, max_kinds=policy.log_throttle_kinds
+        )
 
     @property
     def node_id(self) -> str:

@@ -48,12 +48,25 @@ class Policy:
             must wait.
         max_refusals: Attempts refused for not waiting, on one connection,
             before it is closed.
+        attempt_wait_base: The first wait after the free attempts, in
+            seconds, doubled per further attempt.
+        attempt_wait_cap: The longest wait.
+        attempt_forget: Seconds without attempts after which a streak ends.
+        attempt_keys: Accounts (and, apart, addresses) whose attempts are
+            remembered at once; the oldest are forgotten first.
         max_logins_at_once: Logins and registrations the node works on at
             once; the others wait their turn (a login storm queues instead
             of flooding the event loop and the database pool).
         max_sessions_per_user: Sessions of one user on one node at once.
         max_group_size: Members of one group.
         max_friends: Friends of one user.
+        group_cache_ttl: Seconds a group's cached members are trusted
+            without a change announced.
+        group_cache_size: Groups whose members are cached.
+        user_cache_size: User ids known to exist, cached.
+        log_throttle_interval: Seconds between two log lines of one kind
+            that clients can cause.
+        log_throttle_kinds: Kinds of such lines remembered.
     """
 
     single_session: bool
@@ -67,10 +80,19 @@ class Policy:
     login_attempts_per_address: int
     registrations_per_address: int
     max_refusals: int
+    attempt_wait_base: float
+    attempt_wait_cap: float
+    attempt_forget: float
+    attempt_keys: int
     max_logins_at_once: int
     max_sessions_per_user: int
     max_group_size: int
     max_friends: int
+    group_cache_ttl: float
+    group_cache_size: int
+    user_cache_size: int
+    log_throttle_interval: float
+    log_throttle_kinds: int
 
 
 @dataclass(slots=True)
@@ -94,8 +116,11 @@ class Context:
 
     def __post_init__(self) -> None:
         self.ids = MessageIds(self.node_id)
-        self.groups = GroupCache(self.store)
-        self.users = KnownUsers(self.store)
+        policy = self.policy
+        self.groups = GroupCache(
+            self.store, ttl=policy.group_cache_ttl, size=policy.group_cache_size
+        )
+        self.users = KnownUsers(self.store, size=policy.user_cache_size)
         self.writer = LogWriter(
             self.store, max_batch=self.policy.append_batch, max_pending=self.policy.max_pending
         )
@@ -106,4 +131,8 @@ class Context:
             per_address=self.policy.login_attempts_per_address,
             registrations=self.policy.registrations_per_address,
             max_refusals=self.policy.max_refusals,
+            wait_base=policy.attempt_wait_base,
+            wait_cap=policy.attempt_wait_cap,
+            forget=policy.attempt_forget,
+            max_keys=policy.attempt_keys,
         )

@@ -94,6 +94,9 @@ class ConnectionLimits:
         max_per_address: Connections from one client address at once.
         proxy_protocol: Each connection begins with a PROXY header (nginx's
             ``proxy_protocol on``) naming the client's address.
+        log_throttle_interval: Seconds between two log lines of one kind of
+            refusal (per address and limit).
+        log_throttle_kinds: Kinds of such lines remembered.
     """
 
     max_rate: float
@@ -107,6 +110,8 @@ class ConnectionLimits:
     max_connections: int
     max_per_address: int
     proxy_protocol: bool
+    log_throttle_interval: float
+    log_throttle_kinds: int
 
 
 class TcpConnection(asyncio.Protocol):
@@ -457,7 +462,9 @@ class TcpServer:
         self.limits = limits
         self.connections: set[TcpConnection] = set()
         self._per_address: dict[str, int] = {}
-        self._refusals = ThrottledLog(log)
+        self._refusals = ThrottledLog(
+            log, interval=limits.log_throttle_interval, max_kinds=limits.log_throttle_kinds
+        )
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
 

@@ -18,7 +18,7 @@ async def test_the_cache_keeps_at_most_size_groups_least_recently_used_first(
     try:
         creator = await store.create_user("creator", "h")
         groups = [await store.create_group(f"g{i}", "", creator) for i in range(5)]
-        cache = GroupCache(store, size=3)
+        cache = GroupCache(store, ttl=SETTINGS.group_cache_ttl, size=3)
         for group in groups[:3]:
             assert await cache.members(group) == frozenset({creator})
         assert cache.cached(groups[0]) is not None  # used: now the most recent
