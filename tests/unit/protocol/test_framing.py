@@ -386,15 +386,16 @@ def test_framing_error_classification() -> None:
 
 
 def test_default_limits() -> None:
-    """A default node's limits (``Settings()``) take 64 KiB frames and 16 levels."""
+    """A default node's limits (``Settings()``) bound frame size and nesting as given."""
+    depth = DEFAULTS.max_depth
     decoder = JsonStreamDecoder(DEFAULTS)
-    frame = b"[" * 16 + b"]" * 16
+    frame = b"[" * depth + b"]" * depth
     assert decoder.feed(frame) == [frame]
     with pytest.raises(FramingError) as caught:
-        decoder.feed(b"[" * 17)
+        decoder.feed(b"[" * (depth + 1))
     assert caught.value.code is ErrorCode.TOO_DEEP
     with pytest.raises(FramingError) as too_large:
-        JsonStreamDecoder(DEFAULTS).feed(b'"' + b"x" * 64 * 1024)
+        JsonStreamDecoder(DEFAULTS).feed(b'"' + b"x" * DEFAULTS.max_frame)
     assert too_large.value.code is ErrorCode.FRAME_TOO_LARGE
 
 
