@@ -138,3 +138,11 @@ def test_flags_win_over_environment_over_file(tmp_path: Path) -> None:
     )
     assert (settings.port, settings.max_depth, settings.read_batch) == (7003, 9, 50)
     assert settings.max_token == Settings().max_token
+
+
+def test_operations_doc_lists_every_setting() -> None:
+    """docs/operations.md has a row for each setting (the Settings docstring says so)."""
+    doc = (Path(__file__).parents[2] / "docs" / "operations.md").read_text()
+    rows = [line for line in doc.splitlines() if line.startswith("| ")]
+    named = {name.strip() for row in rows for name in row.split("|")[1].split("/")}
+    assert sorted(_SETTING_NAMES - named) == []
