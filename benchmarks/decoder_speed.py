@@ -10,7 +10,8 @@ asserts on them.
 import time
 from collections.abc import Callable
 
-from clusterchat.protocol import JsonStreamDecoder
+from clusterchat.protocol import JsonStreamDecoder, Limits
+from clusterchat.settings import Settings
 
 __all__ = ["main"]
 
@@ -28,6 +29,8 @@ FRAMES_PER_FEED = 100
 FEEDS = 200
 ESCAPED = b'{"msg":"say \\"hi\\" {x} [y] \\\\ \\u4e2d","msgid":6,"toid":13}'
 REPEATS = 7
+#: A default node's limits.
+LIMITS = Settings().pick(Limits)
 
 
 def _chunks(data: bytes, size: int) -> list[bytes]:
@@ -38,7 +41,7 @@ def _time_per_frame(feeds: list[bytes], frames_expected: int) -> float:
     """Best time over ``REPEATS`` runs of feeding ``feeds`` to a fresh decoder, in µs/frame."""
     best = float("inf")
     for _ in range(REPEATS):
-        decoder = JsonStreamDecoder()
+        decoder = JsonStreamDecoder(LIMITS)
         feed: Callable[[bytes], list[bytes]] = decoder.feed
         count = 0
         began = time.process_time()

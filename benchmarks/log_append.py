@@ -17,12 +17,14 @@ import tempfile
 import time
 from pathlib import Path
 
+from clusterchat.settings import Settings
 from clusterchat.store.base import NewMessage
 from clusterchat.store.migrate import upgrade
 from clusterchat.store.sql import SqlStore
 
 __all__ = ["main"]
 
+SETTINGS = Settings()
 USERS = 2000
 BODY = (
     b'{"id":1,"mid":"18c-abc-1","msg":"hello there 123","msgid":6,'
@@ -32,14 +34,14 @@ BODY = (
 
 async def _create(url: str) -> None:
     await upgrade(url)
-    store = SqlStore(url)
+    store = SqlStore(url, pool_size=SETTINGS.db_pool_size)
     for index in range(USERS):
         await store.create_user(f"u{index}", "h", name_key=f"u{index}")
     await store.close()
 
 
 async def _append(url: str, tag: str, batch: int, seconds: float) -> float:
-    store = SqlStore(url)
+    store = SqlStore(url, pool_size=SETTINGS.db_pool_size)
     rng = random.Random(tag)
     sent = 0
     started = time.perf_counter()

@@ -15,6 +15,11 @@ from clusterchat.settings import Settings
 
 __all__ = ["main"]
 
+#: What a node uses for a setting given nowhere; the help texts show these. The
+#: node's flags themselves default to None ("not given"), so that the
+#: environment and the TOML file still apply (``Settings.load``).
+_DEFAULTS = Settings()
+
 
 def _run(coro: Coroutine[Any, Any, int]) -> int:
     try:
@@ -31,12 +36,12 @@ def _node_parser(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> 
         description="run one chat node in the foreground",
     )
     node.add_argument("--config", type=Path, help="TOML file with settings")
-    node.add_argument("--host", help="address to listen on (default 127.0.0.1)")
-    node.add_argument("--port", type=int, help="TCP port (default 6000)")
-    node.add_argument("--db", help="database URL (default sqlite:///clusterchat.db)")
+    node.add_argument("--host", help=f"address to listen on (default {_DEFAULTS.host})")
+    node.add_argument("--port", type=int, help=f"TCP port (default {_DEFAULTS.port})")
+    node.add_argument("--db", help=f"database URL (default {_DEFAULTS.db})")
     node.add_argument("--redis", help="Redis URL: join a cluster (default: single node)")
     node.add_argument("--node-id", dest="node_id", help="node name (default: random)")
-    node.add_argument("--prefix", help="Redis channel/key prefix (default clusterchat)")
+    node.add_argument("--prefix", help=f"Redis channel/key prefix (default {_DEFAULTS.prefix})")
     node.add_argument(
         "--single-session",
         dest="single_session",
@@ -44,28 +49,42 @@ def _node_parser(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> 
         const=True,
         help="refuse a second login of the same user (classic behaviour)",
     )
-    node.add_argument("--max-frame", dest="max_frame", type=int, help="largest frame in bytes")
-    node.add_argument("--max-rate", dest="max_rate", type=float, help="requests/s per client")
     node.add_argument(
-        "--max-burst", dest="max_burst", type=float, help="requests at once above the rate"
+        "--max-frame",
+        dest="max_frame",
+        type=int,
+        help=f"largest frame in bytes (default {_DEFAULTS.max_frame})",
+    )
+    node.add_argument(
+        "--max-rate",
+        dest="max_rate",
+        type=float,
+        help=f"requests/s per client (default {_DEFAULTS.max_rate:g})",
+    )
+    node.add_argument(
+        "--max-burst",
+        dest="max_burst",
+        type=float,
+        help=f"requests at once above the rate (default {_DEFAULTS.max_burst:g})",
     )
     node.add_argument(
         "--stall-timeout",
         dest="stall_timeout",
         type=float,
-        help="give up on a client that reads nothing for this many seconds (default 60)",
+        help="give up on a client that reads nothing for this many seconds"
+        f" (default {_DEFAULTS.stall_timeout:g})",
     )
     node.add_argument(
         "--max-connections",
         dest="max_connections",
         type=int,
-        help="connections the node takes at once (default 10000)",
+        help=f"connections the node takes at once (default {_DEFAULTS.max_connections})",
     )
     node.add_argument(
         "--max-per-address",
         dest="max_per_address",
         type=int,
-        help="connections from one client address at once (default 100)",
+        help=f"connections from one client address at once (default {_DEFAULTS.max_per_address})",
     )
     node.add_argument(
         "--proxy-protocol",
@@ -80,9 +99,14 @@ def _node_parser(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> 
         "--sweep-interval",
         dest="sweep_interval",
         type=float,
-        help="seconds between two log-head checks of the local users (default 30; 0: off)",
+        help="seconds between two log-head checks of the local users"
+        f" (default {_DEFAULTS.sweep_interval:g}; 0: off)",
     )
-    node.add_argument("--log-level", dest="log_level", help="DEBUG, INFO, WARNING...")
+    node.add_argument(
+        "--log-level",
+        dest="log_level",
+        help=f"DEBUG, INFO, WARNING... (default {_DEFAULTS.log_level})",
+    )
 
 
 def _client_parser(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
@@ -146,7 +170,9 @@ def _status_parser(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -
         default=Path("clusterchat-run"),
         help="run directory of `clusterchat up` (default ./clusterchat-run)",
     )
-    status.add_argument("--prefix", default="clusterchat", help="key prefix (default clusterchat)")
+    status.add_argument(
+        "--prefix", default=_DEFAULTS.prefix, help=f"key prefix (default {_DEFAULTS.prefix})"
+    )
 
 
 def _bench_parser(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:

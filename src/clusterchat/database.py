@@ -81,7 +81,9 @@ async def run_import(source_url: str, settings: Settings) -> int:
         print(f"clusterchat import-classic: {target}: {exc}", file=sys.stderr)
         return 1
     hasher = PasswordHasher(
-        time_cost=settings.argon2_time_cost, memory_kib=settings.argon2_memory_kib
+        time_cost=settings.argon2_time_cost,
+        memory_kib=settings.argon2_memory_kib,
+        workers=settings.hash_workers,
     )
     try:
         report = await import_classic(source_url, settings.db, hasher.hash)

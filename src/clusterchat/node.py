@@ -28,7 +28,7 @@ from clusterchat.store.migrate import SchemaError, require_current
 from clusterchat.store.sql import SqlStore
 from clusterchat.transport.tcp import ConnectionLimits, TcpServer
 
-__all__ = ["Node", "run_node"]
+__all__ = ["Node", "password_hasher", "run_node"]
 
 log = logging.getLogger("clusterchat.node")
 
@@ -42,7 +42,7 @@ class Node:
         self.settings = settings
         self._tls = _tls_context(settings)  # first: a bad certificate starts nothing
         self.node_id = settings.node_id or secrets.token_hex(4)
-        self.store = SqlStore(settings.db)
+        self.store = SqlStore(settings.db, pool_size=settings.db_pool_size)
         self.bus: Bus
         self.presence: Presence
         address = f"{settings.host}:{settings.port}"
@@ -50,47 +50,39 @@ class Node:
             from clusterchat.bus.redis import RedisBus
             from clusterchat.presence.redis import RedisPresence
 
-            self.bus = RedisBus(settings.redis, node_id=self.node_id, prefix=settings.prefix)
+            self.bus = RedisBus(
+                settings.redis,
+                node_id=self.node_id,
+                prefix=settings.prefix,
+                probe_interval=settings.redis_probe_interval,
+                publish_timeout=settings.redis_publish_timeout,
+                connect_timeout=settings.redis_connect_timeout,
+                backoff_base=settings.redis_backoff_base,
+                backoff_cap=settings.redis_backoff_cap,
+            )
             self.presence = RedisPresence(
-                settings.redis, node_id=self.node_id, address=address, prefix=settings.prefix
+                settings.redis,
+                node_id=self.node_id,
+                address=address,
+                prefix=settings.prefix,
+                heartbeat_interval=settings.presence_heartbeat,
+                expiry=settings.presence_expiry,
             )
         else:
             self.bus = LocalBus()
             self.presence = LocalPresence(self.node_id, address)
-        limits = Limits(max_frame=settings.max_frame, max_message=settings.max_message)
+        limits = settings.pick(Limits)
         self.service = ChatService(
             node_id=self.node_id,
             store=self.store,
             bus=self.bus,
             presence=self.presence,
-            passwords=PasswordHasher(
-                time_cost=settings.argon2_time_cost, memory_kib=settings.argon2_memory_kib
-            ),
+            passwords=password_hasher(settings),
             limits=limits,
-            policy=Policy(
-                single_session=settings.single_session,
-                offline_batch=settings.offline_batch,
-                sweep_interval=settings.sweep_interval,
-                login_attempts=settings.login_attempts,
-                login_attempts_per_address=settings.login_attempts_per_address,
-                registrations_per_address=settings.registrations_per_address,
-                max_sessions_per_user=settings.max_sessions_per_user,
-                max_group_size=settings.max_group_size,
-                max_friends=settings.max_friends,
-            ),
+            policy=settings.pick(Policy),
         )
         self.tcp = TcpServer(
-            self.service,
-            protocol_limits=limits,
-            limits=ConnectionLimits(
-                max_rate=settings.max_rate,
-                max_burst=settings.max_burst,
-                login_timeout=settings.login_timeout,
-                stall_timeout=settings.stall_timeout,
-                max_connections=settings.max_connections,
-                max_per_address=settings.max_per_address,
-                proxy_protocol=settings.proxy_protocol,
-            ),
+            self.service, protocol_limits=limits, limits=settings.pick(ConnectionLimits)
         )
         self.address: tuple[str, int] | None = None
 
@@ -115,6 +107,15 @@ class Node:
         await self.presence.close()
         await _cancel_other_tasks()
         await self.store.close()
+
+
+def password_hasher(settings: Settings) -> PasswordHasher:
+    """The node's password hasher, with the cost and threads of ``settings``."""
+    return PasswordHasher(
+        time_cost=settings.argon2_time_cost,
+        memory_kib=settings.argon2_memory_kib,
+        workers=settings.hash_workers,
+    )
 
 
 async def _cancel_other_tasks() -> None:

@@ -21,6 +21,7 @@ from clusterchat.bus.base import Bus, BusError
 from clusterchat.bus.channels import ChannelNames
 from clusterchat.bus.local import LocalBus, LocalHub
 from clusterchat.bus.redis import PROBE_MAGIC, RedisBus
+from tests.support.defaults import bus_timing
 from tests.support.redis import RedisFactory, RedisServer
 from tests.support.timing import seconds
 
@@ -126,7 +127,13 @@ async def node_factory() -> AsyncIterator[Callable[[Callable[[], Bus]], Awaitabl
         await node.bus.close()
 
 
-@pytest.fixture(params=["local", "redis", "redis-sharded"])
+@pytest.fixture(
+    params=[
+        "local",
+        pytest.param("redis", marks=pytest.mark.integration),
+        pytest.param("redis-sharded", marks=pytest.mark.integration),
+    ]
+)
 def bus_kind(request: pytest.FixtureRequest) -> tuple[str, str]:
     """The implementation under test, and the Redis URL if it needs one."""
     kind: str = request.param
@@ -150,7 +157,13 @@ async def make_node(
         if kind == "local":
             return await node_factory(lambda: LocalBus(hub))
         return await node_factory(
-            lambda: RedisBus(url, node_id=node_id, prefix=prefix, sharded=kind == "redis-sharded")
+            lambda: RedisBus(
+                url,
+                node_id=node_id,
+                prefix=prefix,
+                sharded=kind == "redis-sharded",
+                **bus_timing(),
+            )
         )
 
     return make
@@ -165,7 +178,7 @@ async def redis_node(
 
     async def make(server: RedisServer, node_id: str, **options: Any) -> Node:
         return await node_factory(
-            lambda: RedisBus(server.url, node_id=node_id, prefix=prefix, **options)
+            lambda: RedisBus(server.url, node_id=node_id, prefix=prefix, **bus_timing(**options))
         )
 
     return make
@@ -295,6 +308,7 @@ def test_channel_names_round_trip_with_and_without_hash_tag() -> None:
         sharded.full("user:{42}")
 
 
+@pytest.mark.integration
 async def test_own_node_channel_carries_payloads_but_never_probes(
     redis_server: RedisServer, redis_node: Callable[..., Awaitable[Node]]
 ) -> None:
@@ -306,6 +320,7 @@ async def test_own_node_channel_carries_payloads_but_never_probes(
     assert not any(p.startswith(PROBE_MAGIC) for _, p in a.handler.messages)
 
 
+@pytest.mark.integration
 async def test_quiet_subscriber_survives_long_silence(
     redis_server: RedisServer, redis_node: Callable[..., Awaitable[Node]]
 ) -> None:
@@ -321,6 +336,7 @@ async def test_quiet_subscriber_survives_long_silence(
     assert a.handler.restored == 0
 
 
+@pytest.mark.integration
 async def test_redis_killed_then_restarted_on_same_port(
     redis_server: RedisServer, redis_node: Callable[..., Awaitable[Node]]
 ) -> None:
@@ -349,6 +365,7 @@ async def test_redis_killed_then_restarted_on_same_port(
     assert (a.handler.restored, a.redis.restores, a.redis.connects) == (1, 1, 2)
 
 
+@pytest.mark.integration
 async def test_sigstopped_redis_is_detected_by_the_probe(
     redis_server: RedisServer, redis_node: Callable[..., Awaitable[Node]]
 ) -> None:
@@ -370,6 +387,7 @@ async def test_sigstopped_redis_is_detected_by_the_probe(
     assert a.handler.restored == 1
 
 
+@pytest.mark.integration
 async def test_output_buffer_limit_disconnect_reconnects_and_restores(
     redis_factory: RedisFactory, redis_node: Callable[..., Awaitable[Node]]
 ) -> None:
@@ -388,6 +406,7 @@ async def test_output_buffer_limit_disconnect_reconnects_and_restores(
     assert a.handler.restored == 1
 
 
+@pytest.mark.integration
 async def test_pipelined_publishes_use_one_connection(
     redis_server: RedisServer, admin: Redis, redis_node: Callable[..., Awaitable[Node]]
 ) -> None:
@@ -405,6 +424,7 @@ async def test_pipelined_publishes_use_one_connection(
     assert await connected_clients(admin) == 5  # admin + (sub, pub) per node
 
 
+@pytest.mark.integration
 async def test_reconnects_leak_no_connections(
     redis_server: RedisServer, admin: Redis, redis_node: Callable[..., Awaitable[Node]]
 ) -> None:
@@ -433,6 +453,7 @@ async def test_reconnects_leak_no_connections(
     assert a.redis.connects >= 4
 
 
+@pytest.mark.integration
 async def test_start_while_redis_down_restores_when_it_comes_up(
     redis_server: RedisServer, redis_node: Callable[..., Awaitable[Node]]
 ) -> None:
@@ -449,6 +470,7 @@ async def test_start_while_redis_down_restores_when_it_comes_up(
     await a.handler.until(lambda: a.handler.on("user:1") == [b"up"])
 
 
+@pytest.mark.integration
 async def test_closed_bus_refuses_publishes(
     redis_server: RedisServer, admin: Redis, redis_node: Callable[..., Awaitable[Node]]
 ) -> None:

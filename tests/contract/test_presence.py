@@ -22,6 +22,7 @@ from clusterchat.cluster import processes
 from clusterchat.presence.base import NodeInfo, Presence
 from clusterchat.presence.local import LocalPresence, LocalPresenceHub
 from clusterchat.presence.redis import RedisPresence
+from tests.support.defaults import presence_timing
 from tests.support.processes import assert_stopped
 from tests.support.redis import RedisServer
 from tests.support.timing import seconds
@@ -60,7 +61,10 @@ def redis_presence(started: list[Presence]) -> PresenceFactory:
     async def make(server: RedisServer, node_id: str, **options: Any) -> RedisPresence:
         options.setdefault("prefix", prefix)
         presence = RedisPresence(
-            server.url, node_id=node_id, address=f"{node_id}.test:7000", **options
+            server.url,
+            node_id=node_id,
+            address=f"{node_id}.test:7000",
+            **presence_timing(**options),
         )
         await presence.start()
         started.append(presence)
@@ -69,7 +73,7 @@ def redis_presence(started: list[Presence]) -> PresenceFactory:
     return make
 
 
-@pytest.fixture(params=["local", "redis"])
+@pytest.fixture(params=["local", pytest.param("redis", marks=pytest.mark.integration)])
 def presence_kind(request: pytest.FixtureRequest) -> tuple[str, RedisServer | None]:
     """The implementation under test, and its redis-server if it needs one."""
     kind: str = request.param
@@ -137,6 +141,7 @@ async def test_close_removes_only_own_users(
 # -- RedisPresence --------------------------------------------------------------------
 
 
+@pytest.mark.integration
 async def test_nodes_lists_live_nodes_with_their_users(
     redis_server: RedisServer, redis_presence: PresenceFactory
 ) -> None:
@@ -153,19 +158,23 @@ async def test_nodes_lists_live_nodes_with_their_users(
     ]
 
 
+@pytest.mark.integration
 async def test_unstarted_presence_only_observes(
     redis_server: RedisServer, redis_presence: PresenceFactory
 ) -> None:
     """A never-started presence (``clusterchat status``) reads nodes; its close removes nothing."""
     a = await redis_presence(redis_server, "a", prefix="watched")
     await a.user_online(1)
-    observer = RedisPresence(redis_server.url, node_id="status", address="", prefix="watched")
+    observer = RedisPresence(
+        redis_server.url, node_id="status", address="", prefix="watched", **presence_timing()
+    )
     assert await observer.nodes() == [NodeInfo("a", "a.test:7000", frozenset({1}))]
     await observer.close()
     assert await a.online([1]) == {1}
     assert [n.node_id for n in await a.nodes()] == ["a"]
 
 
+@pytest.mark.integration
 async def test_online_answers_many_ids_across_chunks(
     redis_server: RedisServer, redis_presence: PresenceFactory
 ) -> None:
@@ -178,6 +187,7 @@ async def test_online_answers_many_ids_across_chunks(
     assert await a.online(range(5000)) == {0, 999, 1000, 2999}
 
 
+@pytest.mark.integration
 async def test_users_of_a_node_whose_key_expired_read_offline(
     redis_server: RedisServer, redis_presence: PresenceFactory
 ) -> None:
@@ -215,11 +225,14 @@ asyncio.run(main())
 """
 
 
+@pytest.mark.integration
 async def test_sigkilled_node_goes_offline_within_expiry(
     redis_server: RedisServer, tmp_path: Path
 ) -> None:
     """A node process killed with SIGKILL (no close) has its users offline within expiry."""
-    observer = RedisPresence(redis_server.url, node_id="observer", address="", prefix="kill")
+    observer = RedisPresence(
+        redis_server.url, node_id="observer", address="", prefix="kill", **presence_timing()
+    )
     await observer.start()
     argv = [sys.executable, "-c", CHILD, redis_server.url, "kill"]
     child = await asyncio.to_thread(
@@ -247,6 +260,7 @@ async def test_sigkilled_node_goes_offline_within_expiry(
     assert_stopped(child)
 
 
+@pytest.mark.integration
 async def test_presence_recovers_after_redis_restart(
     redis_server: RedisServer, redis_presence: PresenceFactory
 ) -> None:
@@ -271,6 +285,7 @@ async def test_presence_recovers_after_redis_restart(
     await poll(recovered)
 
 
+@pytest.mark.integration
 async def test_frozen_redis_never_stalls_or_raises(
     redis_server: RedisServer, redis_presence: PresenceFactory
 ) -> None:

@@ -13,6 +13,7 @@ import pytest
 from clusterchat.store.base import Group, Member, NameTaken, NewMessage, Store, User
 from clusterchat.store.sql import SqlStore
 from tests.support.database import migrated
+from tests.support.defaults import SETTINGS
 
 #: Each parameter turns the test's tmp_path into a database URL.
 STORES = [
@@ -25,7 +26,7 @@ UrlFactory = Callable[[Path], str]
 async def _open(url: str) -> SqlStore:
     # The engine resolves the file path when built: once, off the event loop.
     await asyncio.to_thread(migrated, url)
-    store = await asyncio.to_thread(SqlStore, url)
+    store = await asyncio.to_thread(SqlStore, url, pool_size=SETTINGS.db_pool_size)
     return store
 
 

@@ -15,7 +15,7 @@ import pytest
 from tests.support.node import NodeFactory, NodeHandle
 from tests.support.timing import seconds
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.integration]
 
 _TIME = r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d"
 

@@ -55,6 +55,7 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
+from tests.support.defaults import SETTINGS
 from tests.support.node import NodeFactory, NodeHandle
 from tests.support.redis import RedisServer
 from tests.support.timing import seconds
@@ -74,11 +75,11 @@ PROFILE = (
 )
 
 NODE_IDS = ("n1", "n2")
-PREFIX = "clusterchat"
+PREFIX = SETTINGS.prefix
 #: Connections open at once, at most.
 SLOTS = 4
-FRAME_LIMIT = 64 * 1024
-DEPTH_LIMIT = 16
+FRAME_LIMIT = SETTINGS.max_frame
+DEPTH_LIMIT = SETTINGS.max_depth
 CLASSIC_FRAME = 1023
 MAX_ID = 2**31 - 1
 PASSWORD = "fuzz-secret"

@@ -24,10 +24,13 @@ from alembic.runtime.migration import MigrationContext
 from argon2 import PasswordHasher
 from sqlalchemy import create_engine
 
+from clusterchat.cluster.ports import free_port
+from clusterchat.cluster.processes import Child, spawn, stop, wait_for_log
 from clusterchat.store import migrate
 from clusterchat.store.schema import metadata
 from tests.support.classic import PASSWORD, ClassicClient, login
 from tests.support.node import NodeFactory
+from tests.support.processes import assert_stopped
 from tests.support.timing import seconds
 
 pytestmark = pytest.mark.integration
@@ -126,7 +129,7 @@ def test_four_upgrades_at_once_run_each_migration_once(tmp_path: Path) -> None:
     asyncio.run(migrate.require_current(url))
 
 
-def test_four_nodes_started_in_the_same_instant(node_factory: NodeFactory, tmp_path: Path) -> None:
+def test_four_nodes_started_in_the_same_instant(tmp_path: Path) -> None:
     """On an old database all four refuse and change nothing; once upgraded all four serve."""
     url = _db(tmp_path)
     asyncio.run(migrate.upgrade(url, to="0002"))
@@ -147,21 +150,19 @@ def test_four_nodes_started_in_the_same_instant(node_factory: NodeFactory, tmp_p
     assert asyncio.run(migrate.state(url)).current == "0002"
 
     assert _run("db", "upgrade", "--db", url).returncode == 0
-    nodes: list[object] = []
-    lock = threading.Lock()
-
-    def serve() -> None:
-        gate.wait()
-        handle = node_factory(db_url=url)
-        with lock:
-            nodes.append(handle)
-
-    threads = [threading.Thread(target=serve) for _ in range(4)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert len(nodes) == 4
+    children: list[Child] = []
+    try:
+        ports = [free_port("127.0.0.1") for _ in range(4)]
+        for number, port in enumerate(ports, 1):  # all four before waiting for any
+            argv = [*CLUSTERCHAT, "node", "--port", str(port), "--db", url]
+            children.append(spawn(f"node-{number}", argv, log_path=tmp_path / f"n{number}.log"))
+        for child, port in zip(children, ports, strict=True):
+            wait_for_log(child, f"listening on 127.0.0.1:{port}", seconds(30))
+    finally:
+        for child in children:
+            stop(child, timeout=seconds(10))
+        for child in children:
+            assert_stopped(child)
 
 
 def _old_database(tmp_path: Path, revision: str) -> Path:

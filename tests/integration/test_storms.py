@@ -16,6 +16,7 @@ import pytest
 import redis
 
 from tests.support.classic import PASSWORD
+from tests.support.defaults import SETTINGS
 from tests.support.node import NodeFactory, NodeHandle
 from tests.support.processes import memory_kib
 from tests.support.redis import RedisServer
@@ -29,7 +30,10 @@ pytestmark = pytest.mark.integration
 ADDRESSES = 40
 #: The shipped password hashing cost (other tests' nodes hash cheaply): a login
 #: storm is a storm of hashes.
-DEFAULT_HASHING = {"CLUSTERCHAT_ARGON2_TIME_COST": "2", "CLUSTERCHAT_ARGON2_MEMORY_KIB": "19456"}
+DEFAULT_HASHING = {
+    "CLUSTERCHAT_ARGON2_TIME_COST": str(SETTINGS.argon2_time_cost),
+    "CLUSTERCHAT_ARGON2_MEMORY_KIB": str(SETTINGS.argon2_memory_kib),
+}
 
 
 def _source(index: int) -> str:

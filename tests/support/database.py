@@ -1,11 +1,13 @@
 """Databases for tests, at the newest schema revision, made by the migrations.
 
-``migrated(url)`` brings a database to the newest revision the way an
-operator does: ``clusterchat db upgrade --db URL``, in a child process. An
-SQLite file that does not exist yet is a copy of one template migrated once
-per test process, so the many tests that start with an empty database pay
-for that once (about 0.7 s each otherwise); any other database is upgraded
-in place.
+``migrated(url)`` brings a database to the newest revision. An SQLite file
+that does not exist yet is a copy of one template, migrated once per test
+process, so the many tests that start with an empty database pay for the
+migrations once; an SQLite file that exists is upgraded in place. Both in
+this process (``migrate.upgrade_on`` on a synchronous connection): unit
+tests start no process. Any other database is upgraded the way an operator
+does, with ``clusterchat db upgrade --db URL`` in a child process
+(integration tests only).
 
 Blocking: from async code call it through ``asyncio.to_thread``.
 """
@@ -18,8 +20,11 @@ import tempfile
 import threading
 from pathlib import Path
 
+from sqlalchemy import create_engine
 from sqlalchemy.engine import make_url
+from sqlalchemy.pool import NullPool
 
+from clusterchat.store.migrate import upgrade_on
 from tests.support.timing import seconds
 
 __all__ = ["migrated"]
@@ -33,11 +38,23 @@ def migrated(url: str) -> str:
     parsed = make_url(url)
     path = parsed.database
     on_file = parsed.get_backend_name() == "sqlite" and path not in (None, "", ":memory:")
-    if on_file and path is not None and not Path(path).exists():
-        shutil.copyfile(_sqlite_template(), path)
+    if on_file and path is not None:
+        if Path(path).exists():
+            _upgrade_file(Path(path))  # at the newest revision already, as a rule
+        else:
+            shutil.copyfile(_sqlite_template(), path)
         return url
     _upgrade(url)
     return url
+
+
+def _upgrade_file(path: Path) -> None:
+    engine = create_engine(f"sqlite:///{path}", poolclass=NullPool)
+    try:
+        with engine.connect() as conn:
+            upgrade_on(conn)
+    finally:
+        engine.dispose()
 
 
 def _upgrade(url: str) -> None:
@@ -53,7 +70,7 @@ def _sqlite_template() -> Path:
             directory = Path(tempfile.mkdtemp(prefix="clusterchat-schema-"))
             atexit.register(shutil.rmtree, directory, ignore_errors=True)
             template = directory / "template.db"
-            _upgrade(f"sqlite:///{template}")
+            _upgrade_file(template)
             # Its last connection is closed: everything is in the one file.
             assert not Path(f"{template}-wal").exists()
             _template = template

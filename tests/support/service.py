@@ -1,7 +1,9 @@
 """Fixture plugin: in-process chat nodes and recording clients for the service tests.
 
 A ``ChatCluster`` (fixture ``chat_cluster``) is one test's little cluster: a
-shared ``LocalHub`` (the bus), a shared ``LocalPresence`` and one SQLite file.
+shared ``LocalHub`` (the bus), a shared ``LocalPresence`` and one SQLite file
+(``redis_chat_cluster``: a real redis-server instead of the ``LocalHub``, for
+tests/integration).
 ``await chat_cluster.node()`` starts a ``ChatService`` on its own ``SqlStore``
 engine over that file, as a separate node process would. Every node's store
 is an ``InstrumentedStore``: the real ``SqlStore`` behind a proxy that counts
@@ -64,6 +66,7 @@ from clusterchat.store.base import (
 )
 from clusterchat.store.sql import SqlStore
 from tests.support.database import migrated
+from tests.support.defaults import LIMITS, SETTINGS, cheap_passwords, policy_with
 from tests.support.redis import RedisServer
 from tests.support.timing import seconds
 
@@ -77,6 +80,7 @@ __all__ = [
     "RecordingSession",
     "chat_cluster",
     "local_chat_cluster",
+    "redis_chat_cluster",
     "run",
     "settle",
     "until",
@@ -457,19 +461,24 @@ class ChatCluster:
     redis: RedisServer | None = None
     hub: LocalHub = field(default_factory=LocalHub)
     prefix: str = field(default_factory=lambda: f"test{uuid.uuid4().hex[:12]}")
-    presence: LocalPresence = field(default_factory=LocalPresence)
-    passwords: PasswordHasher = field(
-        default_factory=lambda: PasswordHasher(time_cost=1, memory_kib=1024)
-    )
+    presence: LocalPresence = field(default_factory=lambda: LocalPresence("local", ""))
+    passwords: PasswordHasher = field(default_factory=cheap_passwords)
     nodes: list[ChatNode] = field(default_factory=list)
 
     async def node(self, policy: Policy | None = None) -> ChatNode:
-        """Start one more node (its own SqlStore engine on the shared file)."""
+        """Start one more node (its own SqlStore engine on the shared file).
+
+        Args:
+            policy: The node's policy; default: a default node's
+                (``tests.support.defaults.policy_with()``).
+        """
         # Building an engine resolves the file path (os.path.abspath): done once, at
         # start-up, off the loop so that blockbuster watches only the serving path.
         if not self.nodes:
             await asyncio.to_thread(migrated, self.db_url)
-        store = InstrumentedStore(await asyncio.to_thread(SqlStore, self.db_url))
+        store = InstrumentedStore(
+            await asyncio.to_thread(SqlStore, self.db_url, pool_size=SETTINGS.db_pool_size)
+        )
         bus: Bus
         node_id = f"n{len(self.nodes) + 1}"
         if self.redis is None:
@@ -492,7 +501,8 @@ class ChatCluster:
             bus=bus,
             presence=self.presence,
             passwords=self.passwords,
-            policy=policy,
+            limits=LIMITS,
+            policy=policy_with() if policy is None else policy,
         )
         await service.start()
         node = ChatNode(service, store, bus)
@@ -566,24 +576,31 @@ async def until(condition: Callable[[], bool], what: str) -> None:
         raise AssertionError(f"not reached in time: {what}") from None
 
 
-@pytest.fixture(
-    params=["local", pytest.param("redis", marks=pytest.mark.integration)],
-)
-async def chat_cluster(
-    request: pytest.FixtureRequest, tmp_path: Path
+@pytest.fixture
+async def chat_cluster(tmp_path: Path) -> AsyncIterator[ChatCluster]:
+    """An empty test cluster on the in-process bus.
+
+    tests/integration/test_service_on_redis.py runs every test that takes this
+    fixture again, with a cluster on a real redis-server (``redis_chat_cluster``).
+    """
+    cluster = ChatCluster(db_url=f"sqlite:///{tmp_path}/chat.db")
+    yield cluster
+    await cluster.close()
+
+
+@pytest.fixture
+async def redis_chat_cluster(
+    redis_server: RedisServer, tmp_path: Path
 ) -> AsyncIterator[ChatCluster]:
-    """An empty test cluster (once on the in-process bus, once on a real redis-server)."""
-    redis: RedisServer | None = None
-    if request.param == "redis":
-        redis = await asyncio.to_thread(request.getfixturevalue, "redis_server")
-    cluster = ChatCluster(db_url=f"sqlite:///{tmp_path}/chat.db", redis=redis)
+    """An empty test cluster whose nodes talk through a real redis-server."""
+    cluster = ChatCluster(db_url=f"sqlite:///{tmp_path}/chat.db", redis=redis_server)
     yield cluster
     await cluster.close()
 
 
 @pytest.fixture
 async def local_chat_cluster(tmp_path: Path) -> AsyncIterator[ChatCluster]:
-    """A test cluster on the in-process bus, for tests that inject its faults by hand."""
+    """A test cluster on the in-process bus only, for tests that inject its faults by hand."""
     cluster = ChatCluster(db_url=f"sqlite:///{tmp_path}/chat.db")
     yield cluster
     await cluster.close()

@@ -13,9 +13,8 @@ Bare names may not contain ``{`` or ``}`` (they would break the hash tag), nor
 be empty.
 """
 
-__all__ = ["DEFAULT_PREFIX", "GROUPS_CHANNEL", "ChannelNames"]
+__all__ = ["GROUPS_CHANNEL", "ChannelNames"]
 
-DEFAULT_PREFIX = "clusterchat"
 
 #: The bare channel every node listens on for group membership changes.
 GROUPS_CHANNEL = "groups"
@@ -32,7 +31,7 @@ class ChannelNames:
         ValueError: ``prefix`` is empty or contains a brace.
     """
 
-    def __init__(self, prefix: str = DEFAULT_PREFIX, *, hash_tag: bool = False) -> None:
+    def __init__(self, prefix: str, *, hash_tag: bool = False) -> None:
         if not prefix or "{" in prefix or "}" in prefix:
             raise ValueError(f"invalid channel prefix {prefix!r}")
         self.prefix = prefix

@@ -97,7 +97,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import ResponseError
 
 from clusterchat.bus.base import Bus, BusError, BusHandler
-from clusterchat.bus.channels import DEFAULT_PREFIX, ChannelNames
+from clusterchat.bus.channels import ChannelNames
 from clusterchat.bus.redis_publisher import FAILURES, NO_DRIVER_INFO, RedisPublisher, aclose_quietly
 
 __all__ = ["PROBE_MAGIC", "RedisBus"]
@@ -192,13 +192,13 @@ class RedisBus:
         url: str,
         *,
         node_id: str,
-        prefix: str = DEFAULT_PREFIX,
-        probe_interval: float = 2.0,
+        prefix: str,
+        probe_interval: float,
         probe_timeout: float | None = None,
-        publish_timeout: float = 2.0,
-        connect_timeout: float = 2.0,
-        backoff_base: float = 0.1,
-        backoff_cap: float = 5.0,
+        publish_timeout: float,
+        connect_timeout: float,
+        backoff_base: float,
+        backoff_cap: float,
         start_timeout: float | None = None,
         sharded: bool = False,
     ) -> None:

@@ -44,6 +44,7 @@ import logging
 import ssl
 from collections import deque
 from collections.abc import AsyncIterator, Callable
+from dataclasses import replace
 from types import TracebackType
 from typing import Final, Self, TypeVar
 
@@ -82,6 +83,7 @@ from clusterchat.protocol import (
     decode_server_message,
     encode,
 )
+from clusterchat.settings import Settings
 
 __all__ = ["ChatClient", "ChatClientError"]
 
@@ -90,8 +92,9 @@ logger = logging.getLogger("clusterchat.client")
 _A = TypeVar("_A", bound=Answer)
 
 #: Largest frame accepted from the server: a login answer with many offline
-#: messages can be far larger than what a client may send.
-_CLIENT_LIMITS: Final = Limits(max_frame=16 * 1024 * 1024, max_depth=32)
+#: messages can be far larger than what a client may send. The decoder reads
+#: only the frame size and the nesting; the rest are the node defaults.
+_CLIENT_LIMITS: Final = replace(Settings().pick(Limits), max_frame=16 * 1024 * 1024, max_depth=32)
 _READ_SIZE: Final = 64 * 1024
 
 #: Which request msgid each answer type answers.

@@ -3,6 +3,7 @@
 import secrets
 
 from clusterchat.presence.base import NodeInfo
+from clusterchat.settings import Settings
 
 __all__ = ["format_status", "read_status"]
 
@@ -11,8 +12,14 @@ async def read_status(redis_url: str, prefix: str) -> list[NodeInfo]:
     """Every live node of the cluster using ``redis_url`` with channel/key ``prefix``."""
     from clusterchat.presence.redis import RedisPresence
 
+    defaults = Settings()  # the reader only reads: a node's default timing
     reader = RedisPresence(
-        redis_url, node_id=f"status-{secrets.token_hex(3)}", address="", prefix=prefix
+        redis_url,
+        node_id=f"status-{secrets.token_hex(3)}",
+        address="",
+        prefix=prefix,
+        heartbeat_interval=defaults.presence_heartbeat,
+        expiry=defaults.presence_expiry,
     )
     try:
         return await reader.nodes()

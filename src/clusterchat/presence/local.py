@@ -23,9 +23,7 @@ class LocalPresenceHub:
 class LocalPresence:
     """One node's view of an in-memory presence."""
 
-    def __init__(
-        self, node_id: str = "local", address: str = "", hub: LocalPresenceHub | None = None
-    ) -> None:
+    def __init__(self, node_id: str, address: str, hub: LocalPresenceHub | None = None) -> None:
         self._node_id = node_id
         self._hub = hub or LocalPresenceHub()
         self._users: Counter[int] = Counter()

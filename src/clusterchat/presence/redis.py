@@ -93,9 +93,9 @@ class RedisPresence:
         *,
         node_id: str,
         address: str,
-        prefix: str = "clusterchat",
-        heartbeat_interval: float = 1.0,
-        expiry: float = 5.0,
+        prefix: str,
+        heartbeat_interval: float,
+        expiry: float,
         op_timeout: float | None = None,
     ) -> None:
         if expiry <= heartbeat_interval:

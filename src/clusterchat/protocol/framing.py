@@ -94,10 +94,12 @@ class JsonStreamDecoder:
         nul_terminated: True once the peer has ended a frame with a NUL byte,
             i.e. it is a classic client whose frames must be answered with NUL
             terminators and kept under 1024 bytes.
+
+    Args:
+        limits: Only ``max_frame`` and ``max_depth`` are read here.
     """
 
-    def __init__(self, limits: Limits | None = None) -> None:
-        limits = limits or Limits()
+    def __init__(self, limits: Limits) -> None:
         self._max_frame = limits.max_frame
         self._max_depth = limits.max_depth
         # Nesting of the first bracket is never checked, so depth 1 is always safe.

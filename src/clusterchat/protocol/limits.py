@@ -13,6 +13,9 @@ CLASSIC_FRAME_MAX = 1023
 class Limits:
     """Bounds on what a client may send.
 
+    No field has a default: a node builds its limits from its settings
+    (``Settings.pick(Limits)``, defaults in ``clusterchat.settings``).
+
     Attributes:
         max_frame: Largest JSON object accepted, in bytes. A larger one closes
             the connection (it cannot be skipped without reading it all).
@@ -25,11 +28,11 @@ class Limits:
         max_token: Longest client token (``device``, ``cid``), in characters.
     """
 
-    max_frame: int = 64 * 1024
-    max_depth: int = 16
-    max_name: int = 64
-    max_password: int = 256
-    max_group_name: int = 64
-    max_group_desc: int = 256
-    max_message: int = 8192
-    max_token: int = 64
+    max_frame: int
+    max_depth: int
+    max_name: int
+    max_password: int
+    max_group_name: int
+    max_group_desc: int
+    max_message: int
+    max_token: int

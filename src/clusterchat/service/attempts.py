@@ -32,14 +32,32 @@ class Attempts:
         per_address: Wrong passwords from one address before waits begin.
         registrations: Registrations from one address before waits begin.
         max_refusals: Refused attempts on one connection before it is closed.
+        wait_base: The first wait, in seconds (doubled per attempt).
+        wait_cap: The longest wait.
+        forget: Seconds without attempts that end a streak.
+        max_keys: Accounts (and, apart, addresses) remembered at once.
     """
 
     def __init__(
-        self, *, per_account: int, per_address: int, registrations: int, max_refusals: int
+        self,
+        *,
+        per_account: int,
+        per_address: int,
+        registrations: int,
+        max_refusals: int,
+        wait_base: float,
+        wait_cap: float,
+        forget: float,
+        max_keys: int,
     ) -> None:
-        self._accounts = Backoff(free=per_account)
-        self._addresses = Backoff(free=per_address)
-        self._registrations = Backoff(free=registrations)
+        def backoff(free: int) -> Backoff:
+            return Backoff(
+                free=free, base=wait_base, cap=wait_cap, forget=forget, max_keys=max_keys
+            )
+
+        self._accounts = backoff(per_account)
+        self._addresses = backoff(per_address)
+        self._registrations = backoff(registrations)
         self._max_refusals = max_refusals
 
     def check_login(self, state: SessionState, user_id: int) -> None:

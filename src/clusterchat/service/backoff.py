@@ -42,10 +42,10 @@ class Backoff:
         self,
         *,
         free: int,
-        base: float = 1.0,
-        cap: float = 300.0,
-        forget: float = 900.0,
-        max_keys: int = 100_000,
+        base: float,
+        cap: float,
+        forget: float,
+        max_keys: int,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._free = free

@@ -106,9 +106,9 @@ class ChatService:
         store: Store,
         bus: Bus,
         presence: Presence,
-        passwords: PasswordHasher | None = None,
-        limits: Limits | None = None,
-        policy: Policy | None = None,
+        passwords: PasswordHasher,
+        limits: Limits,
+        policy: Policy,
     ) -> None:
         registry = SessionRegistry(self._first_session, self._last_session)
         self.ctx = Context(
@@ -118,16 +118,22 @@ class ChatService:
             presence=presence,
             registry=registry,
             delivery=Delivery(node_id, registry, bus, store),
-            passwords=passwords or PasswordHasher(),
-            limits=limits or Limits(),
-            policy=policy or Policy(),
+            passwords=passwords,
+            limits=limits,
+            policy=policy,
         )
         self._states: set[SessionState] = set()
         self._sweeper: asyncio.Task[None] | None = None
         # Lines any client can cause; apart, so that refusals from many addresses
         # never crowd out the first traceback of a bug.
-        self._bugs = ThrottledLog(log)
-        self._refusals = ThrottledLog(log)
+        self._bugs = self._throttled_log()
+        self._refusals = self._throttled_log()
+
+    def _throttled_log(self) -> ThrottledLog:
+        policy = self.ctx.policy
+        return ThrottledLog(
+            log, interval=policy.log_throttle_interval, max_kinds=policy.log_throttle_kinds
+        )
 
     @property
     def node_id(self) -> str:

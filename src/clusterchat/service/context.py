@@ -24,6 +24,9 @@ __all__ = ["Context", "Policy"]
 class Policy:
     """Service behaviour that operators choose.
 
+    No field has a default: the node builds its policy from its settings
+    (``Settings.pick(Policy)``, defaults in ``clusterchat.settings``).
+
     Attributes:
         single_session: Refuse a second login of a user anywhere in the
             cluster (classic behaviour, errno 2) instead of allowing devices.
@@ -45,29 +48,51 @@ class Policy:
             must wait.
         max_refusals: Attempts refused for not waiting, on one connection,
             before it is closed.
+        attempt_wait_base: The first wait after the free attempts, in
+            seconds, doubled per further attempt.
+        attempt_wait_cap: The longest wait.
+        attempt_forget: Seconds without attempts after which a streak ends.
+        attempt_keys: Accounts (and, apart, addresses) whose attempts are
+            remembered at once; the oldest are forgotten first.
         max_logins_at_once: Logins and registrations the node works on at
             once; the others wait their turn (a login storm queues instead
             of flooding the event loop and the database pool).
         max_sessions_per_user: Sessions of one user on one node at once.
         max_group_size: Members of one group.
         max_friends: Friends of one user.
+        group_cache_ttl: Seconds a group's cached members are trusted
+            without a change announced.
+        group_cache_size: Groups whose members are cached.
+        user_cache_size: User ids known to exist, cached.
+        log_throttle_interval: Seconds between two log lines of one kind
+            that clients can cause.
+        log_throttle_kinds: Kinds of such lines remembered.
     """
 
-    single_session: bool = False
-    offline_batch: int = 1000
-    sweep_interval: float = 30.0
-    cursor_interval: float = 0.05
-    read_batch: int = 500
-    append_batch: int = 2000
-    max_pending: int = 8 * 1024 * 1024
-    login_attempts: int = 5
-    login_attempts_per_address: int = 20
-    registrations_per_address: int = 10
-    max_refusals: int = 3
-    max_logins_at_once: int = 16
-    max_sessions_per_user: int = 10
-    max_group_size: int = 1000
-    max_friends: int = 1000
+    single_session: bool
+    offline_batch: int
+    sweep_interval: float
+    cursor_interval: float
+    read_batch: int
+    append_batch: int
+    max_pending: int
+    login_attempts: int
+    login_attempts_per_address: int
+    registrations_per_address: int
+    max_refusals: int
+    attempt_wait_base: float
+    attempt_wait_cap: float
+    attempt_forget: float
+    attempt_keys: int
+    max_logins_at_once: int
+    max_sessions_per_user: int
+    max_group_size: int
+    max_friends: int
+    group_cache_ttl: float
+    group_cache_size: int
+    user_cache_size: int
+    log_throttle_interval: float
+    log_throttle_kinds: int
 
 
 @dataclass(slots=True)
@@ -79,8 +104,8 @@ class Context:
     registry: SessionRegistry
     delivery: Delivery
     passwords: PasswordHasher
-    limits: Limits = field(default_factory=Limits)
-    policy: Policy = field(default_factory=Policy)
+    limits: Limits
+    policy: Policy
     ids: MessageIds = field(init=False)
     groups: GroupCache = field(init=False)
     users: KnownUsers = field(init=False)
@@ -91,8 +116,11 @@ class Context:
 
     def __post_init__(self) -> None:
         self.ids = MessageIds(self.node_id)
-        self.groups = GroupCache(self.store)
-        self.users = KnownUsers(self.store)
+        policy = self.policy
+        self.groups = GroupCache(
+            self.store, ttl=policy.group_cache_ttl, size=policy.group_cache_size
+        )
+        self.users = KnownUsers(self.store, size=policy.user_cache_size)
         self.writer = LogWriter(
             self.store, max_batch=self.policy.append_batch, max_pending=self.policy.max_pending
         )
@@ -103,4 +131,8 @@ class Context:
             per_address=self.policy.login_attempts_per_address,
             registrations=self.policy.registrations_per_address,
             max_refusals=self.policy.max_refusals,
+            wait_base=policy.attempt_wait_base,
+            wait_cap=policy.attempt_wait_cap,
+            forget=policy.attempt_forget,
+            max_keys=policy.attempt_keys,
         )

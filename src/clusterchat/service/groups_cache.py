@@ -18,7 +18,7 @@ __all__ = ["GroupCache"]
 
 
 class GroupCache:
-    def __init__(self, store: Store, ttl: float = 60.0, size: int = 10_000) -> None:
+    def __init__(self, store: Store, *, ttl: float, size: int) -> None:
         self._store = store
         self._ttl = ttl
         self._size = size

@@ -1,13 +1,13 @@
 """Password hashing: salted argon2id (argon2-cffi), off the event loop.
 
 Hashing costs tens of milliseconds of CPU by design. It runs in a pool of
-its own, ``workers`` threads (default: one less than the cores, at least
-one), whose threads run at a lower scheduling priority (nice +10): a storm of
+its own, ``workers`` threads (0: one less than the cores, at least one),
+whose threads run at a lower scheduling priority (nice +10): a storm of
 logins or guesses queues for them instead of taking the cores from the event
 loop that serves the logged-in users (on main, six default-pool threads
 hashing at once pushed other users' chat p99 from 5 to 57 ms). The cost is
-configurable; the default follows OWASP's argon2id minimum (19 MiB, 2
-passes, 1 lane).
+configurable; the default (``Settings.argon2_*``) follows OWASP's argon2id
+minimum (19 MiB, 2 passes, 1 lane).
 """
 
 import asyncio
@@ -23,13 +23,17 @@ __all__ = ["PasswordHasher"]
 
 
 class PasswordHasher:
-    """Hash and verify passwords; never logs or compares them in plain text."""
+    """Hash and verify passwords; never logs or compares them in plain text.
 
-    def __init__(
-        self, *, time_cost: int = 2, memory_kib: int = 19 * 1024, workers: int | None = None
-    ) -> None:
+    Args:
+        time_cost: argon2 passes.
+        memory_kib: argon2 memory, in KiB.
+        workers: Hashing threads; 0 means one less than the cores, at least one.
+    """
+
+    def __init__(self, *, time_cost: int, memory_kib: int, workers: int) -> None:
         self._argon2 = _Argon2(time_cost=time_cost, memory_cost=memory_kib, parallelism=1)
-        if workers is None:
+        if workers <= 0:
             workers = max(1, (os.cpu_count() or 1) - 1)
         self._pool = ThreadPoolExecutor(
             max_workers=workers, thread_name_prefix="password-hash", initializer=_lower_priority

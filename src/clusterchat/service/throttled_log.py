@@ -41,8 +41,8 @@ class ThrottledLog:
         self,
         logger: logging.Logger,
         *,
-        interval: float = 60.0,
-        max_kinds: int = 256,
+        interval: float,
+        max_kinds: int,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._log = logger

@@ -12,7 +12,7 @@ __all__ = ["KnownUsers"]
 
 
 class KnownUsers:
-    def __init__(self, store: Store, size: int = 100_000) -> None:
+    def __init__(self, store: Store, *, size: int) -> None:
         self._store = store
         self._size = size
         self._names: OrderedDict[int, str] = OrderedDict()

@@ -89,26 +89,26 @@ class ImportConflict(Exception):
 class ImportReport:
     """What ``import_classic`` read and did (``new_*``: rows written this run)."""
 
-    users: int = 0
-    new_users: int = 0
-    unnamed: int = 0
-    without_password: int = 0
+    users: int = field(default_factory=int)
+    new_users: int = field(default_factory=int)
+    unnamed: int = field(default_factory=int)
+    without_password: int = field(default_factory=int)
     flagged: list[str] = field(default_factory=list)
-    friend_rows: int = 0
-    friendships: int = 0
-    new_friendships: int = 0
-    skipped_friend_rows: int = 0
-    groups: int = 0
-    new_groups: int = 0
-    member_rows: int = 0
-    members: int = 0
-    new_members: int = 0
-    skipped_member_rows: int = 0
-    offline_rows: int = 0
-    messages: int = 0
-    new_messages: int = 0
-    repaired: int = 0
-    guessed_text: int = 0
+    friend_rows: int = field(default_factory=int)
+    friendships: int = field(default_factory=int)
+    new_friendships: int = field(default_factory=int)
+    skipped_friend_rows: int = field(default_factory=int)
+    groups: int = field(default_factory=int)
+    new_groups: int = field(default_factory=int)
+    member_rows: int = field(default_factory=int)
+    members: int = field(default_factory=int)
+    new_members: int = field(default_factory=int)
+    skipped_member_rows: int = field(default_factory=int)
+    offline_rows: int = field(default_factory=int)
+    messages: int = field(default_factory=int)
+    new_messages: int = field(default_factory=int)
+    repaired: int = field(default_factory=int)
+    guessed_text: int = field(default_factory=int)
 
     def lines(self) -> list[str]:
         """The report in words, one fact per line."""

@@ -38,7 +38,7 @@ class Decoded:
         guessed: Values that were not valid UTF-8 (read as GB 18030 or latin1).
     """
 
-    guessed: int = 0
+    guessed: int = field(default_factory=int)
 
     def text(self, raw: bytes | None) -> str | None:
         """``raw`` as text (None stays None)."""

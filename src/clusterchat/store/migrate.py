@@ -48,6 +48,7 @@ __all__ = [
     "require_current",
     "state",
     "upgrade",
+    "upgrade_on",
 ]
 
 _SCRIPTS = "clusterchat.store:migrations"
@@ -165,6 +166,15 @@ async def upgrade(url: str, to: str = "head") -> Upgraded:
     """
     async with _connection(url) as conn, _locked(url, conn):
         return await conn.run_sync(_upgrade, to)
+
+
+def upgrade_on(conn: Connection, to: str = "head") -> Upgraded:
+    """``upgrade`` on a synchronous connection the caller holds (no lock is taken).
+
+    For tools and tests that already hold the only connection to a database
+    (a new SQLite file); everything else goes through ``upgrade``.
+    """
+    return _upgrade(conn, to)
 
 
 def _state(conn: Connection) -> SchemaState:

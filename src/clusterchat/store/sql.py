@@ -94,8 +94,9 @@ class SqlStore:
     deadline, never in the pool: on main a storm of 2,000 logins waited in
     SQLAlchemy's pool, whose 30 s timeout turned the last third into errno 50.
     ``pool_size`` connections are kept open (on SQLite each is a thread of
-    aiosqlite's, and every thread more makes the GIL busier: the default is
-    small). The log's writes on SQLite go through the writer thread instead.
+    aiosqlite's, and every thread more makes the GIL busier: the default,
+    ``Settings.db_pool_size``, is small). The log's writes on SQLite go
+    through the writer thread instead.
 
     Args:
         url: The database URL (``sqlite:///...``, ``postgresql://...``, ``mysql://...``).
@@ -103,7 +104,7 @@ class SqlStore:
         echo: Log every statement (debugging).
     """
 
-    def __init__(self, url: str, *, pool_size: int = 5, echo: bool = False) -> None:
+    def __init__(self, url: str, *, pool_size: int, echo: bool = False) -> None:
         self.url = async_url(url)
         self._engine: AsyncEngine = create_async_engine(
             self.url, echo=echo, pool_pre_ping=True, pool_size=pool_size, max_overflow=0

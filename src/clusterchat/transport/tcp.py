@@ -73,6 +73,9 @@ _ids = itertools.count(1)
 class ConnectionLimits:
     """Per-connection bounds.
 
+    No field has a default: the node builds them from its settings
+    (``Settings.pick(ConnectionLimits)``, defaults in ``clusterchat.settings``).
+
     Attributes:
         max_rate: Sustained requests per second before the client counts as flooding.
         max_burst: Requests allowed at once above the sustained rate.
@@ -91,19 +94,24 @@ class ConnectionLimits:
         max_per_address: Connections from one client address at once.
         proxy_protocol: Each connection begins with a PROXY header (nginx's
             ``proxy_protocol on``) naming the client's address.
+        log_throttle_interval: Seconds between two log lines of one kind of
+            refusal (per address and limit).
+        log_throttle_kinds: Kinds of such lines remembered.
     """
 
-    max_rate: float = 200.0
-    max_burst: float = 1000.0
-    high_water: int = 64 * 1024
-    max_outbound: int = 4 * 1024 * 1024
-    stall_timeout: float = 60.0
-    send_buffer: int = 64 * 1024
-    max_backlog: int = 256
-    login_timeout: float = 120.0
-    max_connections: int = 10_000
-    max_per_address: int = 100
-    proxy_protocol: bool = False
+    max_rate: float
+    max_burst: float
+    high_water: int
+    max_outbound: int
+    stall_timeout: float
+    send_buffer: int
+    max_backlog: int
+    login_timeout: float
+    max_connections: int
+    max_per_address: int
+    proxy_protocol: bool
+    log_throttle_interval: float
+    log_throttle_kinds: int
 
 
 class TcpConnection(asyncio.Protocol):
@@ -446,15 +454,17 @@ class TcpServer:
         self,
         service: ChatService,
         *,
-        protocol_limits: Limits | None = None,
-        limits: ConnectionLimits | None = None,
+        protocol_limits: Limits,
+        limits: ConnectionLimits,
     ) -> None:
         self.service = service
-        self.protocol_limits = protocol_limits or Limits()
-        self.limits = limits or ConnectionLimits()
+        self.protocol_limits = protocol_limits
+        self.limits = limits
         self.connections: set[TcpConnection] = set()
         self._per_address: dict[str, int] = {}
-        self._refusals = ThrottledLog(log)
+        self._refusals = ThrottledLog(
+            log, interval=limits.log_throttle_interval, max_kinds=limits.log_throttle_kinds
+        )
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
 

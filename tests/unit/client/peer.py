@@ -11,6 +11,7 @@ from typing import Self
 import msgspec
 
 from clusterchat.protocol import JsonStreamDecoder
+from tests.support.defaults import LIMITS
 from tests.support.timing import seconds
 
 __all__ = ["CannedPeer", "PeerConnection"]
@@ -22,7 +23,7 @@ class PeerConnection:
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.reader = reader
         self.writer = writer
-        self._decoder = JsonStreamDecoder()
+        self._decoder = JsonStreamDecoder(LIMITS)
         self._frames: deque[bytes] = deque()
 
     async def receive_frame(self) -> bytes:

@@ -35,8 +35,7 @@ _BACKSLASH = ord("\\")
 class ReferenceDecoder:
     """Slow, obviously chunking-independent twin of ``JsonStreamDecoder``."""
 
-    def __init__(self, limits: Limits | None = None) -> None:
-        limits = limits or Limits()
+    def __init__(self, limits: Limits) -> None:
         self._max_frame = limits.max_frame
         self._max_depth = limits.max_depth
         self._frame: bytearray | None = None

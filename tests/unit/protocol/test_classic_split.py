@@ -28,6 +28,7 @@ from clusterchat.protocol import (
     encode_entry,
     split_classic,
 )
+from tests.support.defaults import LIMITS
 from tests.unit.protocol.strategies import PROTOCOL, TEXT
 
 TIME = "2026-11-25 10:00:00"
@@ -38,7 +39,7 @@ def classic_frames(message: ServerMessage) -> list[bytes]:
     """The classic rendering of ``message``, cut back into its frames (NULs checked)."""
     rendering = Outbound.of(message).classic
     assert rendering.endswith(b"\x00")
-    decoder = JsonStreamDecoder()
+    decoder = JsonStreamDecoder(LIMITS)
     frames = decoder.feed(rendering)
     assert decoder.buffered == 0
     assert rendering.count(b"\x00") == len(frames)

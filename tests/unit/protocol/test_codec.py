@@ -40,6 +40,7 @@ from clusterchat.protocol import (
     encode_entry,
 )
 from clusterchat.protocol.messages import REQUEST_TYPES, SERVER_MESSAGE_TYPES
+from tests.support.defaults import LIMITS, limits_with
 from tests.unit.protocol.strategies import (
     PROTOCOL,
     SERVER_MESSAGE_STRATEGIES,
@@ -48,7 +49,6 @@ from tests.unit.protocol.strategies import (
     server_messages,
 )
 
-LIMITS = Limits()
 TIME = "2026-11-25 10:00:00"
 
 # --- Requests as the classic client sends them -------------------------------------------
@@ -237,7 +237,7 @@ def test_field_over_its_length_limit(build: Callable[[int], bytes], limit: int, 
 
 def test_custom_limits_apply() -> None:
     """The limits passed in are the ones enforced."""
-    tight = Limits(max_message=5, max_name=3)
+    tight = limits_with(max_message=5, max_name=3)
     assert decode_request(chat(6, "12345"), tight) == OneChat(toid=21, msg="12345", time=TIME)
     assert decode_error(chat(6, "123456"), tight).code is ErrorCode.INVALID_FIELD
     assert decode_error(register(name="abcd"), tight).code is ErrorCode.INVALID_FIELD
@@ -380,7 +380,7 @@ def test_server_message_round_trip(message: ServerMessage) -> None:
 def test_connection_pair_round_trip(messages: list[ServerMessage], data: st.DataObject) -> None:
     """Encode, NDJSON-frame, chunk arbitrarily, decode: the same messages, in order (h11's pair)."""
     stream = b"".join(Outbound.of(message).line for message in messages)
-    decoder = JsonStreamDecoder()
+    decoder = JsonStreamDecoder(LIMITS)
     received = [
         decode_server_message(frame)
         for chunk in data.draw(chunked(stream), label="chunks")
@@ -405,7 +405,7 @@ def test_classic_rendering_round_trip(messages: list[ServerMessage], data: st.Da
     """Classic NUL frames, chunked arbitrarily, decode back into the same messages."""
     stream = b"".join(Outbound.of(message).classic for message in messages)
     assert stream.count(b"\x00") == len(messages)
-    decoder = JsonStreamDecoder()
+    decoder = JsonStreamDecoder(LIMITS)
     received = [
         decode_server_message(frame)
         for chunk in data.draw(chunked(stream), label="chunks")
@@ -483,7 +483,7 @@ def test_numbers_out_of_the_stores_range_are_invalid_fields(
     """Every number is range-checked while decoding, before any I/O (errno 13)."""
     frame = request_json % value
     with pytest.raises(InvalidMessage) as info:
-        decode_request(frame, Limits())
+        decode_request(frame, LIMITS)
     assert info.value.code == ErrorCode.INVALID_FIELD
     assert f"$.{field}" in info.value.message
     assert info.value.request_msgid == json.loads(frame)["msgid"]
@@ -492,8 +492,8 @@ def test_numbers_out_of_the_stores_range_are_invalid_fields(
 @pytest.mark.parametrize("value", [0, -1, MAX_ID + 1])
 def test_ids_are_positive_32_bit(value: int) -> None:
     with pytest.raises(InvalidMessage) as info:
-        decode_request(b'{"msgid":7,"friendid":%d}' % value, Limits())
+        decode_request(b'{"msgid":7,"friendid":%d}' % value, LIMITS)
     assert info.value.code == ErrorCode.INVALID_FIELD
-    assert decode_request(b'{"msgid":7,"friendid":%d}' % MAX_ID, Limits()) == AddFriend(
+    assert decode_request(b'{"msgid":7,"friendid":%d}' % MAX_ID, LIMITS) == AddFriend(
         friendid=MAX_ID
     )

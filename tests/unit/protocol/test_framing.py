@@ -7,11 +7,12 @@ from clusterchat.protocol import (
     ErrorCode,
     FramingError,
     JsonStreamDecoder,
-    Limits,
     ProtocolError,
     classic_frame,
     ndjson_line,
 )
+from tests.support.defaults import LIMITS as DEFAULTS
+from tests.support.defaults import limits_with
 
 CHAT = (
     b'{"id":12,"msg":"hello there my friend 1234567890","msgid":6,'
@@ -37,37 +38,43 @@ def bytewise(data: bytes) -> list[bytes]:
 
 def test_nul_terminated_frame() -> None:
     """A classic client's NUL-terminated object comes out without its NUL."""
-    decoder = JsonStreamDecoder()
+    decoder = JsonStreamDecoder(DEFAULTS)
     assert decoder.feed(CHAT + b"\x00") == [CHAT]
     assert decoder.buffered == 0
 
 
 def test_newline_separated_frames() -> None:
     """NDJSON lines come out one frame per line."""
-    assert JsonStreamDecoder().feed(b'{"a":1}\n{"b":2}\n') == [b'{"a":1}', b'{"b":2}']
+    assert JsonStreamDecoder(DEFAULTS).feed(b'{"a":1}\n{"b":2}\n') == [b'{"a":1}', b'{"b":2}']
 
 
 def test_whitespace_separated_frames() -> None:
     """Spaces, tabs and CRLF between objects are skipped, whitespace inside is kept."""
     data = b' \t{"a": 1}\r\n\t {\n "b" : [1, 2]\n}  '
-    assert JsonStreamDecoder().feed(data) == [b'{"a": 1}', b'{\n "b" : [1, 2]\n}']
+    assert JsonStreamDecoder(DEFAULTS).feed(data) == [b'{"a": 1}', b'{\n "b" : [1, 2]\n}']
 
 
 def test_back_to_back_values() -> None:
     """Values with nothing between them are still told apart."""
     data = b'{"a":1}{"b":2}[3]{}[]'
-    assert JsonStreamDecoder().feed(data) == [b'{"a":1}', b'{"b":2}', b"[3]", b"{}", b"[]"]
+    assert JsonStreamDecoder(DEFAULTS).feed(data) == [
+        b'{"a":1}',
+        b'{"b":2}',
+        b"[3]",
+        b"{}",
+        b"[]",
+    ]
 
 
 def test_mixed_separators_on_one_connection() -> None:
     """NUL, newline, spaces and nothing may all appear on the same connection."""
     data = CHAT + b"\x00" + CHAT + b"\n" + CHAT + CHAT + b" \x00 \n" + CHAT + b"\x00"
-    assert JsonStreamDecoder().feed(data) == [CHAT] * 5
+    assert JsonStreamDecoder(DEFAULTS).feed(data) == [CHAT] * 5
 
 
 def test_several_frames_per_feed_and_a_partial_one() -> None:
     """A feed may complete several frames and start another, finished by the next feed."""
-    decoder = JsonStreamDecoder()
+    decoder = JsonStreamDecoder(DEFAULTS)
     assert decoder.feed(CHAT + b"\x00" + CHAT + b"\x00" + CHAT[:40]) == [CHAT, CHAT]
     assert decoder.buffered == 40
     assert decoder.feed(CHAT[40:] + b"\x00") == [CHAT]
@@ -76,7 +83,7 @@ def test_several_frames_per_feed_and_a_partial_one() -> None:
 
 def test_frame_split_byte_by_byte() -> None:
     """A frame fed one byte at a time comes out once, when its last byte arrives."""
-    decoder = JsonStreamDecoder()
+    decoder = JsonStreamDecoder(DEFAULTS)
     results = [decoder.feed(chunk) for chunk in bytewise(CHAT + b"\x00")]
     assert results[-2] == [CHAT]
     assert all(result == [] for i, result in enumerate(results) if i != len(results) - 2)
@@ -85,7 +92,7 @@ def test_frame_split_byte_by_byte() -> None:
 
 def test_empty_feed() -> None:
     """Feeding nothing returns nothing, between frames or inside one."""
-    decoder = JsonStreamDecoder()
+    decoder = JsonStreamDecoder(DEFAULTS)
     assert decoder.feed(b"") == []
     assert decoder.feed(b'{"a":"b\\') == []
     assert decoder.feed(b"") == []
@@ -94,7 +101,7 @@ def test_empty_feed() -> None:
 
 def test_bytearray_and_memoryview_input() -> None:
     """Frames are bytes even when the transport hands over a bytearray or memoryview."""
-    decoder = JsonStreamDecoder()
+    decoder = JsonStreamDecoder(DEFAULTS)
     frames = decoder.feed(bytearray(b"{}\n")) + decoder.feed(memoryview(b"[1]\n"))  # type: ignore[arg-type]
     assert frames == [b"{}", b"[1]"]
     assert all(type(frame) is bytes for frame in frames)
@@ -120,22 +127,22 @@ def test_bytearray_and_memoryview_input() -> None:
 def test_strings_may_hold_anything(frame: bytes) -> None:
     """Brackets, quotes and backslashes inside strings never end a frame, in any chunking."""
     stream = frame + b"\x00" + frame + frame + b"\n"
-    assert JsonStreamDecoder().feed(stream) == [frame] * 3
-    assert feed_all(JsonStreamDecoder(), *bytewise(stream)) == [frame] * 3
+    assert JsonStreamDecoder(DEFAULTS).feed(stream) == [frame] * 3
+    assert feed_all(JsonStreamDecoder(DEFAULTS), *bytewise(stream)) == [frame] * 3
 
 
 def test_chinese_split_inside_a_character() -> None:
     """A UTF-8 character cut between two feeds is reassembled byte for byte."""
     frame = '{"msg":"中文消息"}'.encode()
     cut = frame.index("文".encode()) + 1
-    decoder = JsonStreamDecoder()
+    decoder = JsonStreamDecoder(DEFAULTS)
     assert decoder.feed(frame[:cut]) == []
     assert decoder.feed(frame[cut:] + b"\x00") == [frame]
 
 
 def test_escape_split_from_the_byte_it_escapes() -> None:
     """A backslash at the end of a feed escapes the first byte of the next one."""
-    decoder = JsonStreamDecoder()
+    decoder = JsonStreamDecoder(DEFAULTS)
     assert decoder.feed(b'{"a":"x\\') == []
     assert decoder.feed(b'"}"}\n') == [b'{"a":"x\\"}"}']
 
@@ -159,13 +166,13 @@ def test_escape_split_from_the_byte_it_escapes() -> None:
 )
 def test_non_objects_come_out_as_frames(data: bytes, frames: list[bytes]) -> None:
     """Top-level arrays, strings, numbers and garbage are frames; the codec rejects them later."""
-    assert JsonStreamDecoder().feed(data) == frames
-    assert feed_all(JsonStreamDecoder(), *bytewise(data)) == frames
+    assert JsonStreamDecoder(DEFAULTS).feed(data) == frames
+    assert feed_all(JsonStreamDecoder(DEFAULTS), *bytewise(data)) == frames
 
 
 def test_bare_scalar_waits_for_its_delimiter() -> None:
     """A number at the end of a feed may continue, so it is held until a delimiter arrives."""
-    decoder = JsonStreamDecoder()
+    decoder = JsonStreamDecoder(DEFAULTS)
     assert decoder.feed(b"12") == []
     assert decoder.feed(b"34") == []
     assert decoder.buffered == 4
@@ -178,7 +185,7 @@ def test_bare_scalar_waits_for_its_delimiter() -> None:
 
 def test_nul_flag_starts_false_and_stays_false_for_ndjson() -> None:
     """A peer that separates with newlines and spaces is not a classic client."""
-    decoder = JsonStreamDecoder()
+    decoder = JsonStreamDecoder(DEFAULTS)
     assert not decoder.nul_terminated
     decoder.feed(CHAT + b"\n" + CHAT + b" " + CHAT)
     assert not decoder.nul_terminated
@@ -186,7 +193,7 @@ def test_nul_flag_starts_false_and_stays_false_for_ndjson() -> None:
 
 def test_nul_flag_set_by_first_nul_and_kept() -> None:
     """The first NUL between frames marks a classic client for good."""
-    decoder = JsonStreamDecoder()
+    decoder = JsonStreamDecoder(DEFAULTS)
     flags = []
     for separator in (b"\n", b"\x00", b"\n", b" "):
         decoder.feed(CHAT + separator)
@@ -206,7 +213,7 @@ def test_nul_flag_set_by_first_nul_and_kept() -> None:
 )
 def test_nul_flag_wherever_the_nul_falls(feeds: list[bytes]) -> None:
     """A NUL between frames marks a classic client wherever it falls in the feeds."""
-    decoder = JsonStreamDecoder()
+    decoder = JsonStreamDecoder(DEFAULTS)
     frames = feed_all(decoder, *feeds)
     assert frames[-1] == CHAT
     assert decoder.nul_terminated
@@ -214,17 +221,20 @@ def test_nul_flag_wherever_the_nul_falls(feeds: list[bytes]) -> None:
 
 def test_nul_ends_the_frame_wherever_it_comes() -> None:
     """JSON never holds a raw NUL: it ends the frame, inside a string or an escape too."""
-    decoder = JsonStreamDecoder()
+    decoder = JsonStreamDecoder(DEFAULTS)
     # After the NUL: the scalar y, then a string that has not ended yet.
     assert decoder.feed(b'{"a":"x\x00y"}\n') == [b'{"a":"x', b"y"]
     assert decoder.nul_terminated
     assert decoder.buffered == len(b'"}\n')
-    assert JsonStreamDecoder().feed(b'{"a":"\\\x00{"b":1}\x00') == [b'{"a":"\\', b'{"b":1}']
+    assert JsonStreamDecoder(DEFAULTS).feed(b'{"a":"\\\x00{"b":1}\x00') == [
+        b'{"a":"\\',
+        b'{"b":1}',
+    ]
 
 
 def test_unclosed_garbage_before_a_nul_is_a_frame() -> None:
     """The issue's bytes: main waited for the braces to close and never answered."""
-    decoder = JsonStreamDecoder()
+    decoder = JsonStreamDecoder(DEFAULTS)
     assert decoder.feed(b"{{{not json\x00\xff\xfe garbage\n") == [
         b"{{{not json",
         b"\xff\xfe",
@@ -234,7 +244,7 @@ def test_unclosed_garbage_before_a_nul_is_a_frame() -> None:
 
 # --- Size limit -------------------------------------------------------------------------
 
-LIMITS = Limits(max_frame=64, max_depth=4)
+LIMITS = limits_with(max_frame=64, max_depth=4)
 
 
 def object_of_size(size: int) -> bytes:
@@ -324,7 +334,7 @@ def test_nesting_over_max_depth(opener: bytes) -> None:
 @pytest.mark.parametrize("max_depth", [1, 2, 3, 4, 5])
 def test_depth_limit_on_complete_frames(max_depth: int) -> None:
     """Whatever max_depth is, a frame complete in one feed is checked against it."""
-    limits = Limits(max_depth=max_depth)
+    limits = limits_with(max_depth=max_depth)
     at_limit = b'{"a":' * max_depth + b"1" + b"}" * max_depth
     assert JsonStreamDecoder(limits).feed(at_limit + b"\n") == [at_limit]
     over = b"[" * (max_depth + 1) + b"]" * (max_depth + 1)
@@ -376,15 +386,16 @@ def test_framing_error_classification() -> None:
 
 
 def test_default_limits() -> None:
-    """Without limits the decoder applies ``Limits()``: 64 KiB frames, 16 levels."""
-    decoder = JsonStreamDecoder()
-    frame = b"[" * 16 + b"]" * 16
+    """A default node's limits (``Settings()``) bound frame size and nesting as given."""
+    depth = DEFAULTS.max_depth
+    decoder = JsonStreamDecoder(DEFAULTS)
+    frame = b"[" * depth + b"]" * depth
     assert decoder.feed(frame) == [frame]
     with pytest.raises(FramingError) as caught:
-        decoder.feed(b"[" * 17)
+        decoder.feed(b"[" * (depth + 1))
     assert caught.value.code is ErrorCode.TOO_DEEP
     with pytest.raises(FramingError) as too_large:
-        JsonStreamDecoder().feed(b'"' + b"x" * Limits().max_frame)
+        JsonStreamDecoder(DEFAULTS).feed(b'"' + b"x" * DEFAULTS.max_frame)
     assert too_large.value.code is ErrorCode.FRAME_TOO_LARGE
 
 

@@ -12,6 +12,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from clusterchat.protocol import ErrorCode, FramingError, JsonStreamDecoder, Limits
+from tests.support.defaults import LIMITS, limits_with
 from tests.unit.protocol.reference_decoder import ReferenceDecoder
 from tests.unit.protocol.strategies import (
     PROTOCOL,
@@ -24,7 +25,7 @@ from tests.unit.protocol.strategies import (
 )
 
 Outcome = tuple[list[bytes], ErrorCode | None, bool]
-DEFAULT = Limits()
+DEFAULT = LIMITS
 
 
 def run(
@@ -50,7 +51,7 @@ def run(
 
 def limits_for_fuzzing() -> st.SearchStrategy[Limits]:
     """Small limits, so that size and depth violations happen often."""
-    return st.builds(Limits, max_frame=st.integers(1, 48), max_depth=st.integers(0, 4))
+    return st.builds(limits_with, max_frame=st.integers(1, 48), max_depth=st.integers(0, 4))
 
 
 @st.composite
@@ -78,11 +79,13 @@ def test_objects_come_out_whole_however_chunked(
 ) -> None:
     """Any chunking of JSON objects, byte by byte included, gives the frames of one single feed."""
     objects, raw = stream
-    whole = run(JsonStreamDecoder(), [raw], DEFAULT)
+    whole = run(JsonStreamDecoder(DEFAULT), [raw], DEFAULT)
     chunks = data.draw(chunked(raw), label="chunks")
-    assert run(JsonStreamDecoder(), chunks, DEFAULT) == whole
-    assert run(JsonStreamDecoder(), [raw[i : i + 1] for i in range(len(raw))], DEFAULT) == whole
-    assert run(ReferenceDecoder(), [raw], DEFAULT) == whole
+    assert run(JsonStreamDecoder(DEFAULT), chunks, DEFAULT) == whole
+    assert (
+        run(JsonStreamDecoder(DEFAULT), [raw[i : i + 1] for i in range(len(raw))], DEFAULT) == whole
+    )
+    assert run(ReferenceDecoder(DEFAULT), [raw], DEFAULT) == whole
     frames, error, nul = whole
     assert error is None
     assert [msgspec.json.decode(frame) for frame in frames] == objects
@@ -91,10 +94,10 @@ def test_objects_come_out_whole_however_chunked(
 
 @settings(PROTOCOL, max_examples=PROTOCOL.max_examples * 4)
 @given(raw=stream_bytes() | jsonish_bytes(), limits=limits_for_fuzzing(), data=st.data())
-@example(raw=b"[" * 10 + b"]" * 10, limits=Limits(max_frame=5, max_depth=16), data=None)
-@example(raw=b'{"aaaaaaaa":{"b":{}}}', limits=Limits(max_frame=8, max_depth=2), data=None)
-@example(raw=b'1\x0b2\x0c{"a":"}"} ', limits=Limits(max_frame=8, max_depth=2), data=None)
-@example(raw=b'[{"a":[1]}]\n', limits=Limits(max_frame=48, max_depth=2), data=None)
+@example(raw=b"[" * 10 + b"]" * 10, limits=limits_with(max_frame=5, max_depth=16), data=None)
+@example(raw=b'{"aaaaaaaa":{"b":{}}}', limits=limits_with(max_frame=8, max_depth=2), data=None)
+@example(raw=b'1\x0b2\x0c{"a":"}"} ', limits=limits_with(max_frame=8, max_depth=2), data=None)
+@example(raw=b'[{"a":[1]}]\n', limits=limits_with(max_frame=48, max_depth=2), data=None)
 def test_arbitrary_bytes_fail_only_as_documented(
     raw: bytes, limits: Limits, data: st.DataObject | None
 ) -> None:

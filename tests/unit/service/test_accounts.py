@@ -17,7 +17,7 @@ from clusterchat.protocol import (
     RegAck,
     Register,
 )
-from clusterchat.service.context import Policy
+from tests.support.defaults import policy_with
 from tests.support.service import PASSWORD, ChatCluster
 
 
@@ -144,8 +144,8 @@ async def test_unknown_id_is_refused_like_a_bad_password(chat_cluster: ChatClust
 
 async def test_single_session_policy_refuses_a_second_login(chat_cluster: ChatCluster) -> None:
     """With single_session, a second login anywhere in the cluster gets errno 2."""
-    policy = Policy(single_session=True)
-    first, second = await chat_cluster.node(policy), await chat_cluster.node(policy)
+    single = policy_with(single_session=True)
+    first, second = await chat_cluster.node(single), await chat_cluster.node(single)
     alice = await first.register("alice")
     await first.login(alice)
     for node in (first, second):
@@ -194,7 +194,7 @@ async def test_logout_ends_the_session_and_allows_a_new_login(chat_cluster: Chat
 
 async def test_sessions_per_user_are_bounded(chat_cluster: ChatCluster) -> None:
     """A login past max_sessions_per_user on one node: errno 19, closed; other nodes apart."""
-    first = await chat_cluster.node(Policy(max_sessions_per_user=2))
+    first = await chat_cluster.node(policy_with(max_sessions_per_user=2))
     alice = await first.register("alice")
     await first.login(alice)
     await first.login(alice)
@@ -206,5 +206,5 @@ async def test_sessions_per_user_are_bounded(chat_cluster: ChatCluster) -> None:
     )
     assert not client.state.logged_in
     assert client.session.closed_reason is not None
-    second = await chat_cluster.node(Policy(max_sessions_per_user=2))
+    second = await chat_cluster.node(policy_with(max_sessions_per_user=2))
     await second.login(alice)

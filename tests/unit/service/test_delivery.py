@@ -9,7 +9,7 @@ import asyncio
 import msgspec
 
 from clusterchat.protocol import Ack, Error, Login, LoginAck, OneChat, OneChatAck
-from clusterchat.service.context import Policy
+from tests.support.defaults import policy_with
 from tests.support.service import PASSWORD, ChatCluster, Client, until
 
 
@@ -51,7 +51,7 @@ async def test_offline_recipient_gets_everything_at_next_login_once(
 
 async def test_log_beyond_one_batch_follows_the_login_answer(chat_cluster: ChatCluster) -> None:
     """Past ``offline_batch``, the rest come as pushes after the answer: in order, once each."""
-    node = await chat_cluster.node(Policy(offline_batch=3, read_batch=2))
+    node = await chat_cluster.node(policy_with(offline_batch=3, read_batch=2))
     alice = await node.register("alice")
     bob = await node.register("bob")
     a = await node.login(alice)
@@ -173,7 +173,7 @@ async def test_a_stalled_reader_gets_everything_once_in_order_when_it_reads_agai
     chat_cluster: ChatCluster,
 ) -> None:
     """A session that stops reading is not cut: the log holds the rest until it reads again."""
-    node = await chat_cluster.node(Policy(read_batch=7))
+    node = await chat_cluster.node(policy_with(read_batch=7))
     alice = await node.register("alice")
     bob = await node.register("bob")
     a = await node.login(alice)
@@ -279,7 +279,7 @@ async def test_periodic_sweep_finds_an_entry_nobody_announced(
     The lost announcement is injected into the in-process bus.
     """
     chat_cluster = local_chat_cluster
-    first = await chat_cluster.node(Policy(sweep_interval=0.05))
+    first = await chat_cluster.node(policy_with(sweep_interval=0.05))
     second = await chat_cluster.node()
     alice = await first.register("alice")
     bob = await first.register("bob")
@@ -316,7 +316,7 @@ async def test_senders_wait_while_the_appends_in_flight_fill_their_bound(
 ) -> None:
     """Above ``max_pending`` bytes waiting for the log a send waits (back-pressure); none lost."""
     chat_cluster = local_chat_cluster
-    node = await chat_cluster.node(Policy(max_pending=2000))
+    node = await chat_cluster.node(policy_with(max_pending=2000))
     alice = await node.register("alice")
     bob = await node.register("bob")
     a = await node.login(alice)

@@ -11,7 +11,7 @@ from clusterchat.protocol import (
     LoginAck,
     RequestEntry,
 )
-from clusterchat.service.context import Policy
+from tests.support.defaults import policy_with
 from tests.support.service import ChatCluster, ChatNode
 
 
@@ -91,7 +91,7 @@ async def test_adding_an_unknown_user_is_refused(chat_cluster: ChatCluster) -> N
 
 async def test_friends_are_bounded_on_both_sides(chat_cluster: ChatCluster) -> None:
     """At max_friends an add gets errno 19, whichever side is full."""
-    node = await chat_cluster.node(Policy(max_friends=1))
+    node = await chat_cluster.node(policy_with(max_friends=1))
     alice, bob, carol = [await node.register(n) for n in ("alice", "bob", "carol")]
     await node.befriend(alice, bob)
     a, c = await node.login(alice), await node.login(carol)

@@ -16,7 +16,7 @@ from clusterchat.protocol import (
     InviteAck,
     MemberEntry,
 )
-from clusterchat.service.context import Policy
+from tests.support.defaults import policy_with
 from tests.support.service import ChatCluster, Client
 
 
@@ -212,7 +212,7 @@ async def test_member_who_joins_on_another_node_gets_the_next_message(
 
 async def test_a_full_group_refuses_new_members(chat_cluster: ChatCluster) -> None:
     """At max_group_size a join gets errno 19 naming the limit (fan-out is bounded)."""
-    node = await chat_cluster.node(Policy(max_group_size=2))
+    node = await chat_cluster.node(policy_with(max_group_size=2))
     alice, bob, carol = [await node.register(n) for n in ("alice", "bob", "carol")]
     a, b, c = await node.login(alice), await node.login(bob), await node.login(carol)
     group = await _create(a, "pair")

@@ -5,6 +5,7 @@ import logging
 import pytest
 
 from clusterchat.service.throttled_log import ThrottledLog, exception_kind
+from tests.support.defaults import SETTINGS
 
 LOGGER = logging.getLogger("test.throttled")
 
@@ -25,7 +26,9 @@ def test_one_traceback_per_kind_then_a_count_per_interval(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     now = [0.0]
-    throttled = ThrottledLog(LOGGER, interval=60, clock=lambda: now[0])
+    throttled = ThrottledLog(
+        LOGGER, interval=60, max_kinds=SETTINGS.log_throttle_kinds, clock=lambda: now[0]
+    )
 
     def bug(where: str, value: int) -> None:
         exc = _caught(value)
@@ -47,7 +50,9 @@ def test_one_traceback_per_kind_then_a_count_per_interval(
 
 
 def test_kinds_are_bounded(caplog: pytest.LogCaptureFixture) -> None:
-    throttled = ThrottledLog(LOGGER, max_kinds=3, clock=lambda: 0.0)
+    throttled = ThrottledLog(
+        LOGGER, interval=SETTINGS.log_throttle_interval, max_kinds=3, clock=lambda: 0.0
+    )
     with caplog.at_level(logging.WARNING, logger=LOGGER.name):
         for index in range(100):
             throttled.log(("refused", index), logging.WARNING, "refused %d", index)
