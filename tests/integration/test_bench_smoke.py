@@ -8,6 +8,7 @@ or duplicated.
 """
 
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -27,13 +28,27 @@ QUICK_OFFLINE = 100
 QUICK_IDLE = 200
 
 
+#: The bench package of this checkout (benchmarks/clusterchat_bench).
+BENCH_DIR = Path(__file__).resolve().parents[2] / "benchmarks"
+
+
+def bench_env() -> dict[str, str]:
+    """Our environment, with this checkout's bench package first on the path."""
+    path = os.pathsep.join(p for p in (str(BENCH_DIR), os.environ.get("PYTHONPATH")) if p)
+    return {**os.environ, "PYTHONPATH": path}
+
+
 @pytest.fixture(scope="module")
 def bench_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[int, str, Path]:
     """Run ``clusterchat bench --quick`` once; yield its exit status, output and out dir."""
     out = tmp_path_factory.mktemp("bench") / "out"
     argv = [sys.executable, "-m", "clusterchat", "bench", "--quick", "--out", str(out)]
     process = subprocess.Popen(
-        argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+        argv,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        env=bench_env(),
     )
     try:
         output, _ = process.communicate(timeout=seconds(100))

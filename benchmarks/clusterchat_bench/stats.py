@@ -13,7 +13,7 @@ from array import array
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
-from clusterchat.bench.commands import StepDone
+from clusterchat_bench.commands import StepDone
 
 __all__ = ["DELIVERED_SHARE", "StepFigures", "merge_step", "percentile"]
 

@@ -4,16 +4,16 @@ First a warm-up step sends one message per flow (it fills the nodes' caches
 and proves every flow delivers); then each offered rate runs for
 ``--step-seconds`` plus a drain, split over the workers in proportion to their
 flows. Stepping stops after the first step that is not sustainable
-(``clusterchat.bench.stats``); the maximum sustainable rate is the highest
+(``clusterchat_bench.stats``); the maximum sustainable rate is the highest
 offered rate before it.
 """
 
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
-from clusterchat.bench.commands import FlowsReady, Step, StepDone
-from clusterchat.bench.scenarios.context import ScenarioContext
-from clusterchat.bench.stats import StepFigures, merge_step
+from clusterchat_bench.commands import FlowsReady, Step, StepDone
+from clusterchat_bench.scenarios.context import ScenarioContext
+from clusterchat_bench.stats import StepFigures, merge_step
 
 __all__ = ["BUSY_OTHERS", "SteppedFigures", "cpu_text", "run_steps"]
 

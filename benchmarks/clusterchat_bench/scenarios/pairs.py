@@ -11,10 +11,10 @@ loop; see ``steps`` for the stepping and ``stats`` for the verdict.
 
 from dataclasses import dataclass
 
-from clusterchat.bench.commands import Close, Done, FlowsReady, MakePairs
-from clusterchat.bench.scenarios.connect import POOL
-from clusterchat.bench.scenarios.context import ScenarioContext
-from clusterchat.bench.scenarios.steps import SteppedFigures, run_steps
+from clusterchat_bench.commands import Close, Done, FlowsReady, MakePairs
+from clusterchat_bench.scenarios.connect import POOL
+from clusterchat_bench.scenarios.context import ScenarioContext
+from clusterchat_bench.scenarios.steps import SteppedFigures, run_steps
 
 __all__ = ["PairsFigures", "close_pairs", "run_pairs"]
 

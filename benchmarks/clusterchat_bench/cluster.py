@@ -20,12 +20,12 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from clusterchat.bench.commands import Endpoint
 from clusterchat.cluster.errors import ChildFailed
 from clusterchat.cluster.nginx import nginx_argv, render_nginx_conf
 from clusterchat.cluster.ports import free_port
 from clusterchat.cluster.processes import Child, spawn, stop, wait_for_log, wait_for_port
 from clusterchat.cluster.redis import redis_argv
+from clusterchat_bench.commands import Endpoint
 
 __all__ = ["NODE_ARGS", "NODE_ENV", "BenchCluster"]
 

@@ -14,9 +14,9 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from clusterchat.bench.results import BenchReport, ratios, target_checks
-from clusterchat.bench.scenarios.connect import PhaseFigures
-from clusterchat.bench.scenarios.steps import SteppedFigures, cpu_text
+from clusterchat_bench.results import BenchReport, ratios, target_checks
+from clusterchat_bench.scenarios.connect import PhaseFigures
+from clusterchat_bench.scenarios.steps import SteppedFigures, cpu_text
 
 __all__ = ["print_summary", "report_dict", "write_json"]
 

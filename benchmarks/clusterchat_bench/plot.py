@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from clusterchat.bench.results import BenchReport
+from clusterchat_bench.results import BenchReport
 
 __all__ = ["write_plot"]
 

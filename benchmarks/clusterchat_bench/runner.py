@@ -5,7 +5,7 @@ Scenarios run in ``SCENARIOS`` order; ``pairs`` needs the users of
 fails is recorded in ``BenchReport.errors`` with its reason, the load
 generators are replaced (a failed command may leave answers in their pipes),
 and the run goes on. Whatever happens, including Ctrl-C (KeyboardInterrupt)
-and SIGTERM (turned into one by ``clusterchat.bench.main``), the workers and
+and SIGTERM (turned into one by ``clusterchat_bench.main``), the workers and
 every child are stopped by pid, the node logs are copied to ``OUT/logs`` and
 the temporary directory is removed.
 """
@@ -24,20 +24,20 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from clusterchat.bench.cluster import NODE_ARGS, NODE_ENV, BenchCluster
-from clusterchat.bench.commands import Endpoint
-from clusterchat.bench.limits import raise_open_files
-from clusterchat.bench.machine import machine_info, versions
-from clusterchat.bench.options import BenchOptions
-from clusterchat.bench.results import BenchReport
-from clusterchat.bench.scenarios.ceiling import run_ceiling
-from clusterchat.bench.scenarios.connect import run_connect
-from clusterchat.bench.scenarios.context import Display, ScenarioContext
-from clusterchat.bench.scenarios.groups import run_groups
-from clusterchat.bench.scenarios.idle import run_idle
-from clusterchat.bench.scenarios.offline import run_offline
-from clusterchat.bench.scenarios.pairs import close_pairs, run_pairs
-from clusterchat.bench.workers import WorkerPool
+from clusterchat_bench.cluster import NODE_ARGS, NODE_ENV, BenchCluster
+from clusterchat_bench.commands import Endpoint
+from clusterchat_bench.limits import raise_open_files
+from clusterchat_bench.machine import machine_info, versions
+from clusterchat_bench.options import BenchOptions
+from clusterchat_bench.results import BenchReport
+from clusterchat_bench.scenarios.ceiling import run_ceiling
+from clusterchat_bench.scenarios.connect import run_connect
+from clusterchat_bench.scenarios.context import Display, ScenarioContext
+from clusterchat_bench.scenarios.groups import run_groups
+from clusterchat_bench.scenarios.idle import run_idle
+from clusterchat_bench.scenarios.offline import run_offline
+from clusterchat_bench.scenarios.pairs import close_pairs, run_pairs
+from clusterchat_bench.workers import WorkerPool
 
 __all__ = ["run_bench"]
 

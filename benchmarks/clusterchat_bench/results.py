@@ -14,14 +14,14 @@ where they are relative; they are reported, never asserted:
 from dataclasses import dataclass, field
 from typing import Any
 
-from clusterchat.bench.scenarios.ceiling import CeilingFigures
-from clusterchat.bench.scenarios.connect import ConnectFigures
-from clusterchat.bench.scenarios.groups import GroupsFigures
-from clusterchat.bench.scenarios.idle import IdleFigures
-from clusterchat.bench.scenarios.offline import OfflineFigures
-from clusterchat.bench.scenarios.pairs import PairsFigures
-from clusterchat.bench.scenarios.steps import SteppedFigures
-from clusterchat.bench.stats import StepFigures
+from clusterchat_bench.scenarios.ceiling import CeilingFigures
+from clusterchat_bench.scenarios.connect import ConnectFigures
+from clusterchat_bench.scenarios.groups import GroupsFigures
+from clusterchat_bench.scenarios.idle import IdleFigures
+from clusterchat_bench.scenarios.offline import OfflineFigures
+from clusterchat_bench.scenarios.pairs import PairsFigures
+from clusterchat_bench.scenarios.steps import SteppedFigures
+from clusterchat_bench.stats import StepFigures
 
 __all__ = ["BenchReport", "TargetCheck", "ratios", "target_checks"]
 

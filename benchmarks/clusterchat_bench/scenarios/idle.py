@@ -15,10 +15,10 @@ import resource
 from dataclasses import dataclass
 from pathlib import Path
 
-from clusterchat.bench.commands import Close, Done, Endpoint, UserSpec
-from clusterchat.bench.scenarios.connect import PhaseFigures, connect_users
-from clusterchat.bench.scenarios.context import ScenarioContext, deal
 from clusterchat.cluster.processes import stop
+from clusterchat_bench.commands import Close, Done, Endpoint, UserSpec
+from clusterchat_bench.scenarios.connect import PhaseFigures, connect_users
+from clusterchat_bench.scenarios.context import ScenarioContext, deal
 
 __all__ = ["IdleFigures", "rss_kib", "run_idle"]
 
