@@ -24,6 +24,7 @@ from types import FrameType
 from clusterchat.cluster.address_file import ClusterAddress, remove_address, write_address
 from clusterchat.cluster.errors import ChildFailed
 from clusterchat.cluster.nginx import NGINX_PACKAGES, STREAM_MODULE, nginx_argv, render_nginx_conf
+from clusterchat.cluster.node_command import NODE_READY, node_argv
 from clusterchat.cluster.ports import free_port
 from clusterchat.cluster.processes import (
     Child,
@@ -40,7 +41,6 @@ from clusterchat.cluster.tls import self_signed
 
 __all__ = ["Cluster", "ClusterSpec", "run_cluster"]
 
-_READY = "listening on"
 #: Failed restarts of one child in a row after which ``up`` stops the cluster.
 _RESTART_TRIES = 3
 #: Seconds between two checks that every child still runs.
@@ -146,36 +146,23 @@ class Cluster:
             redis_dir.resolve(),
             host=self.spec.host,
             persistence=self.spec.redis_persistence,
-            # A subscriber Redis disconnects for a full output buffer loses what
-            # was queued for it (counted as received): give bursts room.
-            extra=["--client-output-buffer-limit", "pubsub 256mb 128mb 60"],
         )
         child = spawn("redis", argv, log_path=self.spec.dir / "redis.log")
         wait_for_port(self.spec.host, slot.port, self.spec.ready_timeout, child)
         return child
 
     def _start_node(self, slot: _Slot) -> Child:
-        argv = [
-            sys.executable,
-            "-m",
-            "clusterchat",
-            "node",
-            "--host",
-            self.spec.host,
-            "--port",
-            str(slot.port),
-            "--db",
-            self.db_url,
-            "--redis",
-            self.redis_url,
-            "--node-id",
-            slot.name,
+        argv = node_argv(
+            slot.port,
+            db_url=self.db_url,
+            redis_url=self.redis_url,
+            node_id=slot.name,
+            host=self.spec.host,
             # nginx names each client in a PROXY header (limits per address).
-            "--proxy-protocol",
-            *self.spec.node_args,
-        ]
+            extra=["--proxy-protocol", *self.spec.node_args],
+        )
         child = spawn(slot.name, argv, log_path=self.spec.dir / f"{slot.name}.log")
-        wait_for_log(child, _READY, self.spec.ready_timeout)
+        wait_for_log(child, NODE_READY, self.spec.ready_timeout)
         return child
 
     def _start_nginx(self, slot: _Slot) -> Child:
