@@ -1,14 +1,23 @@
 """The cluster under test: started by the bench, or a running one it targets.
 
 An own cluster lives in a temporary directory: a private redis-server on a
-free loopback port (persistence off), N ``clusterchat node`` processes sharing
-one SQLite database and that Redis, and, with ``--via-nginx``, nginx
-balancing TCP over them. Nodes run with cheap password hashing
-(``NODE_ENV``: argon2 time cost 1, 1 MiB) so thousands of logins measure the
-server rather than the hash, and with request-rate limits high enough not to
-throttle the load (``--max-rate``/``max_burst`` 100000), and connection limits
-above its own thousands of loopback connections. Everything is started
-as a child in its own session and stopped by pid (``cluster.processes``).
+free loopback port, N ``clusterchat node`` processes sharing one SQLite
+database and that Redis, and, with ``--via-nginx``, nginx balancing TCP over
+them. Redis and the nodes get the command lines ``clusterchat up`` gives
+users, from the same two functions (``cluster.redis.redis_argv``,
+``cluster.node_command.node_argv``), so the bench measures what users run:
+Redis with up's settings, nodes with the password hashing a node ships with.
+Two things differ, and both are reported (``node_configuration``):
+
+- ``RAISED_FOR_LOAD``: limits that would throttle the offered load (request
+  rate, connections, registrations per address) are raised, through the
+  nodes' ``CLUSTERCHAT_*`` environment;
+- ``--cheap-hashing`` (off by default) gives the nodes cheap argon2
+  parameters (``CHEAP_HASHING``), so that thousands of logins measure the
+  server rather than the hash; login rates are then not a default node's.
+
+Everything is started as a child in its own session and stopped by pid
+(``cluster.processes``).
 
 A targeted cluster is only addresses: nothing is started or stopped, and the
 node processes are unknown (no RSS figure).
@@ -16,40 +25,87 @@ node processes are unknown (no RSS figure).
 
 import os
 import shutil
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from clusterchat.cluster.errors import ChildFailed
 from clusterchat.cluster.nginx import nginx_argv, render_nginx_conf
+from clusterchat.cluster.node_command import NODE_READY, node_argv
 from clusterchat.cluster.ports import free_port
 from clusterchat.cluster.processes import Child, spawn, stop, wait_for_log, wait_for_port
 from clusterchat.cluster.redis import redis_argv
+from clusterchat.settings import ENV_PREFIX, Settings
 from clusterchat_bench.commands import Endpoint
 
-__all__ = ["NODE_ARGS", "NODE_ENV", "BenchCluster"]
+__all__ = [
+    "CHEAP_HASHING",
+    "RAISED_FOR_LOAD",
+    "BenchCluster",
+    "node_configuration",
+    "node_environment",
+]
 
 HOST = "127.0.0.1"
 
-#: Environment of the nodes the bench starts: hashing cheap enough for thousands of logins.
-NODE_ENV: dict[str, str] = {
-    "CLUSTERCHAT_ARGON2_TIME_COST": "1",
-    "CLUSTERCHAT_ARGON2_MEMORY_KIB": "1024",
-    "CLUSTERCHAT_MAX_BURST": "100000",
-    # Thousands of users registered from one address, as fast as it can.
-    "CLUSTERCHAT_REGISTRATIONS_PER_ADDRESS": "1000000",
+#: Node settings raised for load generation: the offered load comes from a few
+#: loopback addresses, thousands of connections and registrations at once, as
+#: fast as the load generator can; the defaults would throttle it.
+RAISED_FOR_LOAD: dict[str, int] = {
+    "max_rate": 100_000,
+    "max_burst": 100_000,
+    "max_connections": 1_000_000,
+    "max_per_address": 1_000_000,
+    "registrations_per_address": 1_000_000,
 }
-#: Extra node arguments: no flood or connection limit in the way of the offered load.
-NODE_ARGS: tuple[str, ...] = (
-    "--max-rate",
-    "100000",
-    "--max-connections",
-    "1000000",
-    "--max-per-address",
-    "1000000",
-)
+#: Node settings of ``--cheap-hashing``: argon2 cheap enough for thousands of logins.
+CHEAP_HASHING: dict[str, int] = {"argon2_time_cost": 1, "argon2_memory_kib": 1024}
 
-_READY = "listening on"
+
+def node_environment(cheap_hashing: bool) -> dict[str, str]:
+    """The ``CLUSTERCHAT_*`` variables the bench adds to its nodes' environment.
+
+    Args:
+        cheap_hashing: Add ``CHEAP_HASHING`` (``--cheap-hashing``).
+
+    Returns:
+        Variable name to value.
+    """
+    chosen = {**RAISED_FOR_LOAD, **(CHEAP_HASHING if cheap_hashing else {})}
+    return {ENV_PREFIX + name.upper(): str(value) for name, value in chosen.items()}
+
+
+def node_configuration(cheap_hashing: bool) -> dict[str, Any]:
+    """How the bench's nodes differ from a default node, for the header and ``bench.json``.
+
+    The settings in effect are read the way a node reads them
+    (``Settings.load`` over the nodes' environment), so a ``CLUSTERCHAT_*``
+    variable of the caller's shows up here too.
+
+    Args:
+        cheap_hashing: Whether ``--cheap-hashing`` was given.
+
+    Returns:
+        ``password_hashing`` (``cheap_hashing``, the argon2 parameters in
+        effect and the defaults) and ``raised_for_load_generation`` (per
+        setting, the default and the bench's value).
+    """
+    default = Settings()
+    actual = Settings.load(environ={**os.environ, **node_environment(cheap_hashing)})
+    hashing = ("argon2_time_cost", "argon2_memory_kib")
+    return {
+        "password_hashing": {
+            "cheap_hashing": cheap_hashing,
+            **{name: getattr(actual, name) for name in hashing},
+            "defaults": {name: getattr(default, name) for name in hashing},
+        },
+        "raised_for_load_generation": {
+            name: {"default": getattr(default, name), "bench": getattr(actual, name)}
+            for name in RAISED_FOR_LOAD
+        },
+    }
+
+
 _READY_TIMEOUT = 30.0
 _STOP_TIMEOUT = 15.0
 _ATTEMPTS = 3
@@ -68,6 +124,7 @@ class BenchCluster:
         nodes: The node children (empty for a targeted cluster).
         redis: The redis-server child.
         nginx: The nginx child.
+        cheap_hashing: The nodes run with ``CHEAP_HASHING`` (``--cheap-hashing``).
     """
 
     workdir: Path | None
@@ -77,6 +134,7 @@ class BenchCluster:
     nodes: list[Child] = field(default_factory=list)
     redis: Child | None = None
     nginx: Child | None = None
+    cheap_hashing: bool = False
 
     @property
     def own(self) -> bool:
@@ -89,16 +147,27 @@ class BenchCluster:
         return cls(workdir=None, endpoints=endpoints, redis_url=redis_url)
 
     @classmethod
-    def start(cls, workdir: Path, nodes: int, via_nginx: bool) -> "BenchCluster":
+    def start(
+        cls, workdir: Path, nodes: int, via_nginx: bool, cheap_hashing: bool = False
+    ) -> "BenchCluster":
         """Start redis-server, ``nodes`` nodes and (optionally) nginx in ``workdir``.
 
         On failure everything started so far is stopped before the error propagates.
+
+        Args:
+            workdir: Directory of the database, logs and configs.
+            nodes: How many nodes.
+            via_nginx: Start nginx in front of the nodes.
+            cheap_hashing: Give the nodes ``CHEAP_HASHING`` (``--cheap-hashing``).
+
+        Returns:
+            The running cluster.
 
         Raises:
             ChildFailed: A child exited or did not become ready.
             MissingDependency: redis-server or nginx is not installed.
         """
-        cluster = cls(workdir=workdir)
+        cluster = cls(workdir=workdir, cheap_hashing=cheap_hashing)
         try:
             cluster._start_redis()
             for number in range(1, nodes + 1):
@@ -124,9 +193,8 @@ class BenchCluster:
         redis_dir.mkdir(exist_ok=True)
         for attempt in range(1, _ATTEMPTS + 1):
             port = free_port(HOST)
-            child = spawn(
-                "redis", redis_argv(port, redis_dir, host=HOST), log_path=self.workdir / "redis.log"
-            )
+            argv = redis_argv(port, redis_dir, host=HOST)
+            child = spawn("redis", argv, log_path=self.workdir / "redis.log")
             try:
                 wait_for_port(HOST, port, _READY_TIMEOUT, child)
             except ChildFailed:
@@ -152,15 +220,15 @@ class BenchCluster:
         """
         assert self.workdir is not None
         assert self.redis_url is not None
-        env = {**os.environ, **NODE_ENV}
+        env = {**os.environ, **node_environment(self.cheap_hashing)}
         for attempt in range(1, _ATTEMPTS + 1):
             port = free_port(HOST)
-            argv = [sys.executable, "-m", "clusterchat", "node", "--host", HOST]
-            argv += ["--port", str(port), "--db", self.db_url, "--redis", self.redis_url]
-            argv += ["--node-id", name, *NODE_ARGS]
+            argv = node_argv(
+                port, db_url=self.db_url, redis_url=self.redis_url, node_id=name, host=HOST
+            )
             child = spawn(name, argv, log_path=self.workdir / f"{name}.log", env=env)
             try:
-                wait_for_log(child, _READY, _READY_TIMEOUT)
+                wait_for_log(child, NODE_READY, _READY_TIMEOUT)
             except ChildFailed:
                 stop(child)
                 if attempt == _ATTEMPTS:
@@ -194,6 +262,11 @@ class BenchCluster:
             self.nginx = child
             self.front = Endpoint(HOST, port)
             return
+
+    def command_lines(self) -> dict[str, list[str]]:
+        """The argv of each child still running, by name (recorded in ``bench.json``)."""
+        children = [self.redis, *self.nodes, self.nginx]
+        return {c.name: list(c.argv) for c in children if c is not None and c.alive()}
 
     def processes(self) -> dict[str, list[int]]:
         """The pids of the children still running, by name (for the CPU meter)."""

@@ -53,7 +53,17 @@ def build_parser(prog: str = "clusterchat bench") -> argparse.ArgumentParser:
     bench.add_argument("--group-rates", help="offered member-msgs/s of groups (10000,...)")
     bench.add_argument("--offline", type=int, help="stored messages to fetch (default 1000)")
     bench.add_argument("--idle", type=int, help="idle connections on one node (default 10000)")
-    bench.add_argument("--quick", action="store_true", help="every scenario small (< 1 min)")
+    bench.add_argument(
+        "--quick",
+        action="store_true",
+        help="a smoke run: every scenario small (< 1 min), figures only, nothing judged",
+    )
+    bench.add_argument(
+        "--cheap-hashing",
+        action="store_true",
+        help="the nodes it starts hash passwords with cheap argon2 parameters"
+        " (default: a node's own defaults); reported in the header and bench.json",
+    )
     bench.add_argument("--via-nginx", action="store_true", help="connect through nginx")
     bench.add_argument("--target", help="HOST:PORT,... of a running cluster's nodes")
     bench.add_argument("--redis", help="the running cluster's Redis URL (with --target)")
