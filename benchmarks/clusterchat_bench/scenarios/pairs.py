@@ -6,7 +6,7 @@ node k mod N and its partner 2k+1 to node k+1 mod N: with two or more nodes
 each message leaves through one node's PUBLISH and arrives through the other
 node's subscription. (``--via-nginx`` lets the balancer choose, so some pairs
 may share a node.) Each user sends ``rate / users`` messages per second, open
-loop; see ``steps`` for the stepping and ``stats`` for the verdict.
+loop; see ``steps`` for the stepping and ``stats`` for what "sustained" means.
 """
 
 from dataclasses import dataclass
