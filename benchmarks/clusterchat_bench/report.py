@@ -90,18 +90,18 @@ def _steps_table(title: str, unit: str, run: SteppedFigures, quick: bool) -> Tab
 def idle_text(idle: IdleFigures) -> str:
     """The idle figure, always with the connections it comes from.
 
-    ``node RSS +780 KiB over 200 logged-in connections (4,000 B each; too few
-    connections for a per-connection cost)``.
+    ``+21,904 KiB over 200 logged-in connections = 112,148 B each``; below
+    ``FEW_IDLE_CONNECTIONS`` the run's note (printed under the table) says
+    that so few connections make no per-connection cost.
     """
     if idle.rss_before_kib is None or idle.rss_after_kib is None:
-        return f"{idle.login.succeeded:,} logged-in connections; node RSS not measured"
+        return f"not measured ({idle.login.succeeded:,} logged-in connections)"
     growth = idle.rss_after_kib - idle.rss_before_kib
-    text = f"node RSS {growth:+,} KiB over {idle.login.succeeded:,} logged-in connections"
+    text = f"{growth:+,} KiB over {idle.login.succeeded:,} logged-in connections"
     if idle.bytes_per_connection is not None:
-        text += f" ({idle.bytes_per_connection:,.0f} B each"
+        text += f" = {idle.bytes_per_connection:,.0f} B each"
         if idle.login.succeeded < FEW_IDLE_CONNECTIONS:
-            text += "; too few connections for a per-connection cost"
-        text += ")"
+            text += " (too few: see below)"
     return text
 
 
@@ -143,7 +143,7 @@ def _summary(report: BenchReport, quick: bool) -> Table:
         )
     if report.idle is not None:
         i = report.idle
-        table.add_row("idle", "memory", idle_text(i))
+        table.add_row("idle", "node RSS growth", idle_text(i))
         table.add_row(
             "",
             "node RSS before / after",
@@ -164,6 +164,8 @@ def print_summary(report: BenchReport, console: Console) -> None:
     if report.groups is not None:
         console.print(_steps_table("groups (fan-out)", "member-msgs", report.groups.run, quick))
     console.print(_summary(report, quick))
+    if report.idle is not None and report.idle.note:
+        console.print(f"idle: {report.idle.note}", highlight=False, markup=False)
     for line in header_lines(report.machine, report.cluster, quick):
         console.print(line, highlight=False, markup=False)
     for loss in report.losses():
