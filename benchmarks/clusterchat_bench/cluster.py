@@ -3,8 +3,9 @@
 An own cluster lives in a temporary directory: a private redis-server on a
 free loopback port, N ``clusterchat node`` processes sharing one SQLite
 database and that Redis, and, with ``--via-nginx``, nginx balancing TCP over
-them. Redis and the nodes get the command lines ``clusterchat up`` gives
-users, from the same two functions (``cluster.redis.redis_argv``,
+them. Redis and the nodes are started as ``clusterchat up`` starts them, by
+the same two functions (``cluster.children.start_redis``/``start_node``,
+which build their command lines with ``cluster.redis.redis_argv`` and
 ``cluster.node_command.node_argv``), so the bench measures what users run:
 Redis with up's settings, nodes with the password hashing a node ships with.
 Two things differ, and both are reported (``node_configuration``):
@@ -25,16 +26,16 @@ node processes are unknown (no RSS figure).
 
 import os
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from clusterchat.cluster.children import start_node, start_redis
 from clusterchat.cluster.errors import ChildFailed
 from clusterchat.cluster.nginx import nginx_argv, render_nginx_conf
-from clusterchat.cluster.node_command import NODE_READY, node_argv
 from clusterchat.cluster.ports import free_port
-from clusterchat.cluster.processes import Child, spawn, stop, wait_for_log, wait_for_port
-from clusterchat.cluster.redis import redis_argv
+from clusterchat.cluster.processes import Child, spawn, stop, wait_for_port
 from clusterchat.settings import ENV_PREFIX, Settings
 from clusterchat_bench.commands import Endpoint
 
@@ -189,22 +190,18 @@ class BenchCluster:
 
     def _start_redis(self) -> None:
         assert self.workdir is not None
-        redis_dir = self.workdir / "redis"
-        redis_dir.mkdir(exist_ok=True)
-        for attempt in range(1, _ATTEMPTS + 1):
-            port = free_port(HOST)
-            argv = redis_argv(port, redis_dir, host=HOST)
-            child = spawn("redis", argv, log_path=self.workdir / "redis.log")
-            try:
-                wait_for_port(HOST, port, _READY_TIMEOUT, child)
-            except ChildFailed:
-                stop(child)
-                if attempt == _ATTEMPTS:
-                    raise
-                continue
-            self.redis = child
-            self.redis_url = f"redis://{HOST}:{port}/0"
-            return
+        workdir = self.workdir
+        child, port = _on_free_port(
+            lambda port: start_redis(
+                port,
+                workdir / "redis",
+                log_path=workdir / "redis.log",
+                timeout=_READY_TIMEOUT,
+                host=HOST,
+            )
+        )
+        self.redis = child
+        self.redis_url = f"redis://{HOST}:{port}/0"
 
     def start_node(self, name: str) -> tuple[Child, int]:
         """Start one more node of this cluster (same database and Redis).
@@ -219,31 +216,29 @@ class BenchCluster:
             ChildFailed: It exited or did not become ready (after a few ports).
         """
         assert self.workdir is not None
-        assert self.redis_url is not None
+        workdir = self.workdir
         env = {**os.environ, **node_environment(self.cheap_hashing)}
-        for attempt in range(1, _ATTEMPTS + 1):
-            port = free_port(HOST)
-            argv = node_argv(
-                port, db_url=self.db_url, redis_url=self.redis_url, node_id=name, host=HOST
+        return _on_free_port(
+            lambda port: start_node(
+                name,
+                port,
+                db_url=self.db_url,
+                redis_url=self.redis_url,
+                log_path=workdir / f"{name}.log",
+                timeout=_READY_TIMEOUT,
+                host=HOST,
+                env=env,
             )
-            child = spawn(name, argv, log_path=self.workdir / f"{name}.log", env=env)
-            try:
-                wait_for_log(child, NODE_READY, _READY_TIMEOUT)
-            except ChildFailed:
-                stop(child)
-                if attempt == _ATTEMPTS:
-                    raise
-                continue
-            return child, port
-        raise AssertionError("unreachable")  # pragma: no cover
+        )
 
     def _start_nginx(self) -> None:
         assert self.workdir is not None
         prefix = self.workdir / "nginx"
         prefix.mkdir(exist_ok=True)
         upstreams = [(e.host, e.port) for e in self.endpoints]
-        for attempt in range(1, _ATTEMPTS + 1):
-            port = free_port(HOST)
+        log_path = self.workdir / "nginx.log"
+
+        def start(port: int) -> Child:
             conf = render_nginx_conf(
                 prefix,
                 listen=(HOST, port),
@@ -251,17 +246,16 @@ class BenchCluster:
                 worker_connections=_NGINX_CONNECTIONS,
             )
             (prefix / "nginx.conf").write_text(conf)
-            child = spawn("nginx", nginx_argv(prefix), log_path=self.workdir / "nginx.log")
+            child = spawn("nginx", nginx_argv(prefix), log_path=log_path)
             try:
                 wait_for_port(HOST, port, _READY_TIMEOUT, child)
             except ChildFailed:
                 stop(child)
-                if attempt == _ATTEMPTS:
-                    raise
-                continue
-            self.nginx = child
-            self.front = Endpoint(HOST, port)
-            return
+                raise
+            return child
+
+        self.nginx, port = _on_free_port(start)
+        self.front = Endpoint(HOST, port)
 
     def command_lines(self) -> dict[str, list[str]]:
         """The argv of each child still running, by name (recorded in ``bench.json``)."""
@@ -293,3 +287,25 @@ class BenchCluster:
             shutil.copyfile(log, target)
             copied.append(target)
         return copied
+
+
+def _on_free_port(start: Callable[[int], Child]) -> tuple[Child, int]:
+    """Call ``start`` with a free port, and again with another when it fails.
+
+    Another process may take a port between ``free_port`` and the child's
+    bind; ``start`` stops its child before raising.
+
+    Returns:
+        The ready child and its port.
+
+    Raises:
+        ChildFailed: ``start`` failed ``_ATTEMPTS`` times.
+    """
+    for attempt in range(1, _ATTEMPTS + 1):
+        port = free_port(HOST)
+        try:
+            return start(port), port
+        except ChildFailed:
+            if attempt == _ATTEMPTS:
+                raise
+    raise AssertionError("unreachable")  # pragma: no cover

@@ -18,7 +18,7 @@ from typing import Any
 __all__ = ["SMOKE_RUN", "header_lines", "machine_line"]
 
 SMOKE_RUN = (
-    "SMOKE RUN (--quick): small sizes that show every scenario runs;"
+    "SMOKE RUN (--quick): small sizes that only show the scenarios run;"
     " its figures are not capacity figures and nothing is judged"
 )
 

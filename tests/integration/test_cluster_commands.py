@@ -1,10 +1,10 @@
 """``clusterchat up`` and the benchmark start Redis and nodes with the same command lines.
 
 Both clusters are started for real (Redis, one node each; ``up`` adds nginx),
-and the command lines their children actually run are compared: each is what
-``redis_argv`` / ``node_argv`` build, so they differ only in ports,
-directories and names, and in the one flag ``up`` adds for nginx in front
-(``--proxy-protocol``).
+both through ``cluster.children``, and the command lines their children
+actually run are compared: each is what ``redis_argv`` / ``node_argv`` build,
+so they differ only in ports, directories and names, and in the one flag
+``up`` adds for nginx in front (``--proxy-protocol``).
 """
 
 from collections.abc import Iterator, Sequence
