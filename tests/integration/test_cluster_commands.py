@@ -13,6 +13,8 @@ from pathlib import Path
 import pytest
 import redis
 
+from clusterchat.cluster.children import start_node
+from clusterchat.cluster.errors import ChildFailed
 from clusterchat.cluster.launcher import Cluster, ClusterSpec
 from clusterchat.cluster.node_command import node_argv
 from clusterchat.cluster.ports import free_port
@@ -114,3 +116,34 @@ def test_bench_and_up_run_nodes_with_one_command_line(
         host="127.0.0.1",
     )
     assert [*_without_places(bench_argv), "--proxy-protocol"] == _without_places(up_argv)
+
+
+def _processes_with(words: Sequence[str]) -> list[int]:
+    """Pids whose command line contains ``words`` in a row (from /proc)."""
+    wanted = "\0".join(words).encode()
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if wanted in cmdline:
+            found.append(int(entry.name))
+    return found
+
+
+def test_a_node_not_ready_in_time_is_stopped(tmp_path: Path) -> None:
+    """start_node raises ChildFailed when the node is late, and leaves no process behind."""
+    port = free_port()
+    with pytest.raises(ChildFailed):
+        start_node(
+            "late",
+            port,
+            db_url=f"sqlite:///{tmp_path / 'chat.db'}",
+            redis_url=None,
+            log_path=tmp_path / "late.log",
+            timeout=0.001,
+        )
+    assert _processes_with(["--port", str(port)]) == []
