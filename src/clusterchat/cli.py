@@ -2,6 +2,7 @@
 
 import argparse
 import asyncio
+import importlib
 import logging
 import ssl
 import sys
@@ -13,7 +14,7 @@ from clusterchat import __version__
 from clusterchat.cluster.address_file import read_address
 from clusterchat.settings import Settings
 
-__all__ = ["main"]
+__all__ = ["main", "run_bench"]
 
 #: What a node uses for a setting given nowhere; the help texts show these. The
 #: node's flags themselves default to None ("not given"), so that the
@@ -175,29 +176,48 @@ def _status_parser(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -
     )
 
 
+#: The separate distribution (``benchmarks/``) that ``clusterchat bench`` runs.
+BENCH_PACKAGE = "clusterchat_bench"
+BENCH_INSTALL = (
+    "the benchmark is a separate package, not installed here:"
+    " pip install -e benchmarks (from a clusterchat checkout; ./scripts/bootstrap does it)"
+)
+
+
 def _bench_parser(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
-    bench = sub.add_parser(
+    # Listed for `clusterchat --help` only: main() hands `bench ...` to the bench package.
+    sub.add_parser(
         "bench",
-        help="measure a real cluster: throughput, latency, capacity",
-        description="measure a real cluster: throughput, latency, capacity",
+        help="measure a real cluster (the separate clusterchat-bench package, benchmarks/)",
+        add_help=False,
     )
-    bench.add_argument("--scenario", help="comma list: ceiling,connect,pairs,groups,offline,idle")
-    bench.add_argument("--nodes", type=int, help="nodes of the cluster it starts (default 2)")
-    bench.add_argument("--users", type=int, help="users of connect and pairs (default 2000)")
-    bench.add_argument("--step-seconds", type=float, help="seconds per offered rate (default 5)")
-    bench.add_argument("--drain-seconds", type=float, help="most wait after a step (default 5)")
-    bench.add_argument("--rates", help="offered msgs/s of pairs (default 1000,2000,5000,...)")
-    bench.add_argument("--groups", type=int, help="groups (default 20)")
-    bench.add_argument("--group-size", type=int, help="members per group (default 100)")
-    bench.add_argument("--group-rates", help="offered member-msgs/s of groups (10000,...)")
-    bench.add_argument("--offline", type=int, help="stored messages to fetch (default 1000)")
-    bench.add_argument("--idle", type=int, help="idle connections on one node (default 10000)")
-    bench.add_argument("--quick", action="store_true", help="every scenario small (< 1 min)")
-    bench.add_argument("--via-nginx", action="store_true", help="connect through nginx")
-    bench.add_argument("--target", help="HOST:PORT,... of a running cluster's nodes")
-    bench.add_argument("--redis", help="the running cluster's Redis URL (with --target)")
-    bench.add_argument("--out", type=Path, help="output directory (default bench-out)")
-    bench.add_argument("--workers", type=int, help="load-generator processes")
+
+
+def run_bench(argv: Sequence[str]) -> int:
+    """Run ``clusterchat bench`` from the benchmark package, or say how to install it.
+
+    The benchmark lives beside the product (``benchmarks/clusterchat_bench``);
+    clusterchat never imports it except here, by name, when asked to.
+
+    Args:
+        argv: The arguments after ``bench``.
+
+    Returns:
+        The bench's exit status, or 1 (with a message on standard error) when
+        the package is not installed.
+
+    Raises:
+        ModuleNotFoundError: The bench is installed but one of its own imports is missing.
+    """
+    try:
+        bench = importlib.import_module(f"{BENCH_PACKAGE}.main")
+    except ModuleNotFoundError as exc:
+        if exc.name not in (BENCH_PACKAGE, f"{BENCH_PACKAGE}.main"):
+            raise
+        print(f"clusterchat bench: {BENCH_INSTALL}", file=sys.stderr)
+        return 1
+    status: int = bench.main(list(argv), prog="clusterchat bench")
+    return status
 
 
 def _db_parser(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
@@ -257,7 +277,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    if arguments[:1] == ["bench"]:
+        return run_bench(arguments[1:])
+    args = build_parser().parse_args(arguments)
     if args.command == "node":
         flags = {k: v for k, v in vars(args).items() if k not in {"command", "config"}}
         try:
@@ -341,8 +364,4 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"clusterchat import-classic: {exc}", file=sys.stderr)
             return 2
         return asyncio.run(run_import(args.source, settings))
-    if args.command == "bench":
-        from clusterchat.bench import run as run_bench
-
-        return run_bench(vars(args), sys.argv if argv is None else ["clusterchat", *argv])
     raise AssertionError(args.command)

@@ -24,6 +24,7 @@ from alembic.runtime.migration import MigrationContext
 from argon2 import PasswordHasher
 from sqlalchemy import create_engine
 
+from clusterchat.cluster.node_command import node_argv
 from clusterchat.cluster.ports import free_port
 from clusterchat.cluster.processes import Child, spawn, stop, wait_for_log
 from clusterchat.store import migrate
@@ -50,9 +51,11 @@ def _db(tmp_path: Path) -> str:
 
 
 def _run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [*CLUSTERCHAT, *args], capture_output=True, text=True, timeout=seconds(120), cwd=cwd
-    )
+    return _exec([*CLUSTERCHAT, *args], cwd=cwd)
+
+
+def _exec(argv: list[str], cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(argv, capture_output=True, text=True, timeout=seconds(120), cwd=cwd)
 
 
 def test_the_migrations_build_exactly_the_tables_of_schema_py(tmp_path: Path) -> None:
@@ -89,22 +92,22 @@ def test_db_upgrade_and_current_say_what_they_did(tmp_path: Path) -> None:
 def test_a_node_refuses_a_database_that_is_not_at_the_newest_revision(tmp_path: Path) -> None:
     """Empty, older, made before versions or newer: exit 2, naming what to run; no table made."""
     url = _db(tmp_path)
-    node = ["node", "--port", "0", "--db", url]
-    empty = _run(*node)
+    node = node_argv(0, db_url=url)
+    empty = _exec(node)
     assert empty.returncode == 2
     assert f"no tables yet; run: clusterchat db upgrade --db {url}" in empty.stderr
     assert "Traceback" not in empty.stderr
     assert asyncio.run(migrate.state(url)).tables is False  # the node made nothing
 
     asyncio.run(migrate.upgrade(url, to="0002"))
-    older = _run(*node)
+    older = _exec(node)
     assert older.returncode == 2
     assert f"at revision 0002 and this node needs {migrate.head()}" in older.stderr
     assert "clusterchat db upgrade --db" in older.stderr
 
     with sqlite3.connect(tmp_path / "chat.db") as conn:
         conn.execute("UPDATE alembic_version SET version_num = '9999'")
-    newer = _run(*node)
+    newer = _exec(node)
     assert newer.returncode == 2
     assert "at revision 9999, newer than this clusterchat knows" in newer.stderr
     refused = _run("db", "upgrade", "--db", url)
@@ -133,7 +136,7 @@ def test_four_nodes_started_in_the_same_instant(tmp_path: Path) -> None:
     """On an old database all four refuse and change nothing; once upgraded all four serve."""
     url = _db(tmp_path)
     asyncio.run(migrate.upgrade(url, to="0002"))
-    argv = [*CLUSTERCHAT, "node", "--port", "0", "--db", url]
+    argv = node_argv(0, db_url=url)
     gate = threading.Barrier(4)
     results: list[subprocess.CompletedProcess[str]] = []
 
@@ -154,7 +157,7 @@ def test_four_nodes_started_in_the_same_instant(tmp_path: Path) -> None:
     try:
         ports = [free_port("127.0.0.1") for _ in range(4)]
         for number, port in enumerate(ports, 1):  # all four before waiting for any
-            argv = [*CLUSTERCHAT, "node", "--port", str(port), "--db", url]
+            argv = node_argv(port, db_url=url)
             children.append(spawn(f"node-{number}", argv, log_path=tmp_path / f"n{number}.log"))
         for child, port in zip(children, ports, strict=True):
             wait_for_log(child, f"listening on 127.0.0.1:{port}", seconds(30))

@@ -5,12 +5,12 @@ import json
 import socket
 import ssl
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from clusterchat.client import ChatClient
+from clusterchat.cluster.node_command import node_argv
 from clusterchat.cluster.tls import self_signed
 from tests.support.classic import PASSWORD, ClassicClient, register
 from tests.support.node import NodeFactory
@@ -79,7 +79,7 @@ def test_tls_flags_are_checked_before_anything_starts(tmp_path: Path) -> None:
     ]
     for flags, message in cases:
         done = subprocess.run(
-            [sys.executable, "-m", "clusterchat", "node", "--port", "0", *flags],
+            node_argv(0, db_url=f"sqlite:///{tmp_path / 'chat.db'}", extra=flags),
             capture_output=True,
             text=True,
             timeout=seconds(30),

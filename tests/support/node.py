@@ -1,10 +1,11 @@
 """Fixture plugin: real ``clusterchat node`` processes on free loopback ports.
 
 ``node_factory`` starts ``python -m clusterchat node`` as a child process (in
-its own session, output in ``tmp_path``), waits for its "listening on" line,
-and at teardown stops every node it started by pid and checks that each one
-is gone. The factory is synchronous: from an async test call it through
-``asyncio.to_thread`` (its waits poll with ``time.sleep``).
+its own session, output in ``tmp_path``), built by the same ``node_argv`` as
+``clusterchat up``'s nodes (``cluster.node_command``), waits for its
+"listening on" line, and at teardown stops every node it started by pid and
+checks that each one is gone. The factory is synchronous: from an async test
+call it through ``asyncio.to_thread`` (its waits poll with ``time.sleep``).
 
 ``NodeHandle.restart()`` starts a stopped (or killed) node again with the same
 command line, environment and log file, on the same port, so that a balancer in
@@ -15,7 +16,6 @@ import contextlib
 import itertools
 import os
 import signal
-import sys
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -25,6 +25,7 @@ from typing import Protocol
 import pytest
 
 from clusterchat.cluster.errors import ChildFailed
+from clusterchat.cluster.node_command import node_argv
 from clusterchat.cluster.ports import free_port
 from clusterchat.cluster.processes import Child, log_tail, spawn, stop, wait_for_log
 from tests.support.database import migrated
@@ -163,8 +164,7 @@ def node_factory(tmp_path: Path) -> Iterator[NodeFactory]:
         child_env = {**os.environ, **TEST_NODE_ENV, **(env or {})}
         for attempt in range(1, _START_ATTEMPTS + 1):
             port = free_port(HOST)
-            argv = [sys.executable, "-m", "clusterchat", "node"]
-            argv += ["--host", HOST, "--port", str(port), "--db", url, *extra_args]
+            argv = node_argv(port, db_url=url, host=HOST, extra=extra_args)
             log_path = tmp_path / f"node-{number}.log"
             child = spawn(f"node-{number}", argv, log_path=log_path, env=child_env)
             handle = NodeHandle(HOST, port, child, env=child_env)

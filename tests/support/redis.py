@@ -2,8 +2,9 @@
 
 ``redis_server`` is a fresh server per test (starting one takes a few
 milliseconds, so there is no sharing to get wrong: each test may stop, kill,
-pause or restart its own). ``redis_factory(*extra_args)`` starts more, with
-extra server arguments, e.g.
+pause or restart its own). Each runs the command line of ``clusterchat up``'s
+Redis (``cluster.redis.redis_argv``). ``redis_factory(*extra_args)`` starts
+more, with extra server arguments that win over those, e.g.
 ``redis_factory("--client-output-buffer-limit", "pubsub 64kb 32kb 1")``.
 
 ``redis_factory`` and the handle's ``start``/``stop``/``kill`` block (they

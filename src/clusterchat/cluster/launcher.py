@@ -23,6 +23,7 @@ from pathlib import Path
 from types import FrameType
 
 from clusterchat.cluster.address_file import ClusterAddress, remove_address, write_address
+from clusterchat.cluster.children import start_node, start_redis
 from clusterchat.cluster.errors import ChildFailed
 from clusterchat.cluster.nginx import NGINX_PACKAGES, STREAM_MODULE, nginx_argv, render_nginx_conf
 from clusterchat.cluster.ports import free_port
@@ -33,15 +34,13 @@ from clusterchat.cluster.processes import (
     log_tail,
     spawn,
     stop,
-    wait_for_log,
     wait_for_port,
 )
-from clusterchat.cluster.redis import REDIS_PACKAGE, redis_argv
+from clusterchat.cluster.redis import REDIS_PACKAGE
 from clusterchat.cluster.tls import self_signed
 
 __all__ = ["Cluster", "ClusterSpec", "run_cluster", "upgrade_database"]
 
-_READY = "listening on"
 #: Failed restarts of one child in a row after which ``up`` stops the cluster.
 _RESTART_TRIES = 3
 #: Seconds between two checks that every child still runs.
@@ -144,44 +143,27 @@ class Cluster:
         slot.child = slot.start(slot)
 
     def _start_redis(self, slot: _Slot) -> Child:
-        redis_dir = self.spec.dir / "redis"
-        redis_dir.mkdir(exist_ok=True)
-        argv = redis_argv(
+        return start_redis(
             slot.port,
-            redis_dir.resolve(),
+            self.spec.dir / "redis",
+            log_path=self.spec.dir / "redis.log",
+            timeout=self.spec.ready_timeout,
             host=self.spec.host,
             persistence=self.spec.redis_persistence,
-            # A subscriber Redis disconnects for a full output buffer loses what
-            # was queued for it (counted as received): give bursts room.
-            extra=["--client-output-buffer-limit", "pubsub 256mb 128mb 60"],
         )
-        child = spawn("redis", argv, log_path=self.spec.dir / "redis.log")
-        wait_for_port(self.spec.host, slot.port, self.spec.ready_timeout, child)
-        return child
 
     def _start_node(self, slot: _Slot) -> Child:
-        argv = [
-            sys.executable,
-            "-m",
-            "clusterchat",
-            "node",
-            "--host",
-            self.spec.host,
-            "--port",
-            str(slot.port),
-            "--db",
-            self.db_url,
-            "--redis",
-            self.redis_url,
-            "--node-id",
+        return start_node(
             slot.name,
+            slot.port,
+            db_url=self.db_url,
+            redis_url=self.redis_url,
+            log_path=self.spec.dir / f"{slot.name}.log",
+            timeout=self.spec.ready_timeout,
+            host=self.spec.host,
             # nginx names each client in a PROXY header (limits per address).
-            "--proxy-protocol",
-            *self.spec.node_args,
-        ]
-        child = spawn(slot.name, argv, log_path=self.spec.dir / f"{slot.name}.log")
-        wait_for_log(child, _READY, self.spec.ready_timeout)
-        return child
+            extra=["--proxy-protocol", *self.spec.node_args],
+        )
 
     def _start_nginx(self, slot: _Slot) -> Child:
         prefix = (self.spec.dir / "nginx").resolve()

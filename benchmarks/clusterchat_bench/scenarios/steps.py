@@ -4,16 +4,16 @@ First a warm-up step sends one message per flow (it fills the nodes' caches
 and proves every flow delivers); then each offered rate runs for
 ``--step-seconds`` plus a drain, split over the workers in proportion to their
 flows. Stepping stops after the first step that is not sustainable
-(``clusterchat.bench.stats``); the maximum sustainable rate is the highest
+(``clusterchat_bench.stats``); the maximum sustainable rate is the highest
 offered rate before it.
 """
 
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
-from clusterchat.bench.commands import FlowsReady, Step, StepDone
-from clusterchat.bench.scenarios.context import ScenarioContext
-from clusterchat.bench.stats import StepFigures, merge_step
+from clusterchat_bench.commands import FlowsReady, Step, StepDone
+from clusterchat_bench.scenarios.context import ScenarioContext
+from clusterchat_bench.stats import StepFigures, merge_step
 
 __all__ = ["BUSY_OTHERS", "SteppedFigures", "cpu_text", "run_steps"]
 
@@ -24,7 +24,7 @@ BUSY_OTHERS = 50.0
 
 @dataclass(frozen=True)
 class SteppedFigures:
-    """A stepped run: its warm-up, its steps and the verdict.
+    """A stepped run: its warm-up, its steps, and the highest rate sustained.
 
     Attributes:
         flows: Senders (one per user for ``pairs``, one per group for ``groups``).
@@ -85,7 +85,7 @@ def run_steps(
 
     # Warm-up: one message per flow in about a second.
     warmup = step(0, float(receivers), 1.0, max(options.drain_seconds, _WARMUP_DRAIN), "warm-up")
-    ctx.display.note(_line("warm-up", warmup))
+    ctx.display.note(_line("warm-up", warmup, options.quick))
     done: list[StepFigures] = []
     stopped = "every offered rate was sustained"
     for number, offered in enumerate(rates, start=1):
@@ -97,7 +97,7 @@ def run_steps(
             f"{offered:,}/s",
         )
         done.append(figures)
-        ctx.display.note(_line(f"{offered:,}/s", figures))
+        ctx.display.note(_line(f"{offered:,}/s", figures, options.quick))
         if not figures.sustainable:
             stopped = f"{offered:,}/s not sustained: {'; '.join(figures.reasons)}"
             break
@@ -112,11 +112,14 @@ def run_steps(
     )
 
 
-def _line(label: str, f: StepFigures) -> str:
-    verdict = "ok" if f.sustainable else "NOT sustained"
+def _line(label: str, f: StepFigures, quick: bool) -> str:
+    """One step's figures; outside a smoke run, whether it was sustained (``stats``)."""
+    sustained = ""
+    if not quick:
+        sustained = ", sustained" if f.sustainable else ", not sustained"
     return (
         f"  {label:>10} delivered {f.delivered_per_s:>9,.0f}/s p50 {f.p50_ms:.1f} "
-        f"p99 {f.p99_ms:.1f} max {f.max_ms:.1f} ms, lost {f.lost}, dup {f.duplicated}: {verdict}"
+        f"p99 {f.p99_ms:.1f} max {f.max_ms:.1f} ms, lost {f.lost}, dup {f.duplicated}{sustained}"
         f" (cpu% {cpu_text(f.cpu_percent)})"
     )
 

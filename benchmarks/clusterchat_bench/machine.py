@@ -7,6 +7,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+import clusterchat
 from clusterchat import __version__
 from clusterchat.cluster.processes import MissingDependency, find_executable
 
@@ -53,8 +54,8 @@ def _program_version(argv: list[str]) -> str | None:
 
 
 def _git_revision() -> str | None:
-    """The checkout's commit, with ``+dirty`` when tracked files differ from it."""
-    root = Path(__file__).resolve().parents[3]
+    """The commit of clusterchat's checkout (the code measured), ``+dirty`` when changed."""
+    root = Path(clusterchat.__file__).resolve().parents[2]
     if not (root / ".git").exists():
         return None
     try:

@@ -5,7 +5,7 @@ Scenarios run in ``SCENARIOS`` order; ``pairs`` needs the users of
 fails is recorded in ``BenchReport.errors`` with its reason, the load
 generators are replaced (a failed command may leave answers in their pipes),
 and the run goes on. Whatever happens, including Ctrl-C (KeyboardInterrupt)
-and SIGTERM (turned into one by ``clusterchat.bench.main``), the workers and
+and SIGTERM (turned into one by ``clusterchat_bench.main``), the workers and
 every child are stopped by pid, the node logs are copied to ``OUT/logs`` and
 the temporary directory is removed.
 """
@@ -24,20 +24,21 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from clusterchat.bench.cluster import NODE_ARGS, NODE_ENV, BenchCluster
-from clusterchat.bench.commands import Endpoint
-from clusterchat.bench.limits import raise_open_files
-from clusterchat.bench.machine import machine_info, versions
-from clusterchat.bench.options import BenchOptions
-from clusterchat.bench.results import BenchReport
-from clusterchat.bench.scenarios.ceiling import run_ceiling
-from clusterchat.bench.scenarios.connect import run_connect
-from clusterchat.bench.scenarios.context import Display, ScenarioContext
-from clusterchat.bench.scenarios.groups import run_groups
-from clusterchat.bench.scenarios.idle import run_idle
-from clusterchat.bench.scenarios.offline import run_offline
-from clusterchat.bench.scenarios.pairs import close_pairs, run_pairs
-from clusterchat.bench.workers import WorkerPool
+from clusterchat_bench.cluster import BenchCluster, node_configuration, node_environment
+from clusterchat_bench.commands import Endpoint
+from clusterchat_bench.header import SMOKE_RUN, header_lines
+from clusterchat_bench.limits import raise_open_files
+from clusterchat_bench.machine import machine_info, versions
+from clusterchat_bench.options import BenchOptions
+from clusterchat_bench.results import BenchReport
+from clusterchat_bench.scenarios.ceiling import run_ceiling
+from clusterchat_bench.scenarios.connect import run_connect
+from clusterchat_bench.scenarios.context import Display, ScenarioContext
+from clusterchat_bench.scenarios.groups import run_groups
+from clusterchat_bench.scenarios.idle import run_idle
+from clusterchat_bench.scenarios.offline import run_offline
+from clusterchat_bench.scenarios.pairs import close_pairs, run_pairs
+from clusterchat_bench.workers import WorkerPool
 
 __all__ = ["run_bench"]
 
@@ -71,16 +72,18 @@ def _new_report(options: BenchOptions) -> BenchReport:
 
 
 def _describe(cluster: BenchCluster, options: BenchOptions, open_files: int) -> dict[str, Any]:
+    own = cluster.own
     return {
-        "mode": "own" if cluster.own else "target",
+        "mode": "own" if own else "target",
         "nodes": len(cluster.endpoints),
         "endpoints": [str(e) for e in cluster.endpoints],
         "pids": cluster.processes(),
         "via_nginx": cluster.front is not None,
         "redis_url": cluster.redis_url,
-        "node_env": NODE_ENV if cluster.own else None,
-        "node_args": list(NODE_ARGS) if cluster.own else None,
-        "database": "sqlite (one file shared by the nodes)" if cluster.own else None,
+        "node_configuration": node_configuration(cluster.cheap_hashing) if own else None,
+        "node_env": node_environment(cluster.cheap_hashing) if own else None,
+        "command_lines": cluster.command_lines() if own else None,
+        "database": "sqlite (one file shared by the nodes)" if own else None,
         "workers": options.workers,
         "open_file_limit": open_files,
     }
@@ -101,16 +104,19 @@ def run_bench(options: BenchOptions, display: Display) -> BenchReport:
     cluster: BenchCluster | None = None
     workers: WorkerPool | None = None
     try:
+        if options.quick:
+            display.note(SMOKE_RUN)
         if workdir is not None:
-            display.note(
-                f"starting redis-server and {options.nodes} node(s) in {workdir} "
-                "(argon2 time cost 1, 1 MiB: logins measure the server, not the hash)"
+            display.note(f"starting redis-server and {options.nodes} node(s) in {workdir}")
+            cluster = BenchCluster.start(
+                workdir, options.nodes, options.via_nginx, options.cheap_hashing
             )
-            cluster = BenchCluster.start(workdir, options.nodes, options.via_nginx)
         else:
             endpoints = [Endpoint(host, port) for host, port in options.targets]
             cluster = BenchCluster.target(endpoints, options.redis)
         report.cluster = _describe(cluster, options, open_files)
+        for line in header_lines(report.machine, report.cluster, quick=False):
+            display.note(line)
         if cluster.own:
             where = zip(cluster.nodes, cluster.endpoints, strict=True)
             nodes = ", ".join(f"{c.name} pid {c.pid} on {e}" for c, e in where)

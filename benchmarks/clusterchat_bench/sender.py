@@ -14,8 +14,8 @@ import asyncio
 import time
 from collections.abc import Callable
 
-from clusterchat.bench.commands import StepDone
-from clusterchat.bench.pool import Pool
+from clusterchat_bench.commands import StepDone
+from clusterchat_bench.pool import Pool
 
 __all__ = ["run_step"]
 

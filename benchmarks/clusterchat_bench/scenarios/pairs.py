@@ -6,15 +6,15 @@ node k mod N and its partner 2k+1 to node k+1 mod N: with two or more nodes
 each message leaves through one node's PUBLISH and arrives through the other
 node's subscription. (``--via-nginx`` lets the balancer choose, so some pairs
 may share a node.) Each user sends ``rate / users`` messages per second, open
-loop; see ``steps`` for the stepping and ``stats`` for the verdict.
+loop; see ``steps`` for the stepping and ``stats`` for what "sustained" means.
 """
 
 from dataclasses import dataclass
 
-from clusterchat.bench.commands import Close, Done, FlowsReady, MakePairs
-from clusterchat.bench.scenarios.connect import POOL
-from clusterchat.bench.scenarios.context import ScenarioContext
-from clusterchat.bench.scenarios.steps import SteppedFigures, run_steps
+from clusterchat_bench.commands import Close, Done, FlowsReady, MakePairs
+from clusterchat_bench.scenarios.connect import POOL
+from clusterchat_bench.scenarios.context import ScenarioContext
+from clusterchat_bench.scenarios.steps import SteppedFigures, run_steps
 
 __all__ = ["PairsFigures", "close_pairs", "run_pairs"]
 

@@ -4,13 +4,13 @@ One worker registers a sender and a receiver (on different nodes when there
 are several), stores K acknowledged messages for the receiver while it has
 never logged in, waits a moment for the node's write-behind store, then logs
 the receiver in and times the login answer (up to 1000 messages) plus the
-pushes that carry the rest. See ``clusterchat.bench.offline_probe``.
+pushes that carry the rest. See ``clusterchat_bench.offline_probe``.
 """
 
 from dataclasses import dataclass
 
-from clusterchat.bench.commands import Offline, OfflineDone, UserSpec
-from clusterchat.bench.scenarios.context import ScenarioContext
+from clusterchat_bench.commands import Offline, OfflineDone, UserSpec
+from clusterchat_bench.scenarios.context import ScenarioContext
 
 __all__ = ["OfflineFigures", "run_offline"]
 

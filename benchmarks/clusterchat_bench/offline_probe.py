@@ -13,10 +13,10 @@ login answer and the pushes that follow, until all ``count`` arrived or
 import asyncio
 import time
 
-from clusterchat.bench.commands import Offline, OfflineDone
-from clusterchat.bench.pool import open_client
 from clusterchat.client import ChatClient, offline_messages
 from clusterchat.protocol import GroupChat, OneChat
+from clusterchat_bench.commands import Offline, OfflineDone
+from clusterchat_bench.pool import open_client
 
 __all__ = ["run_offline"]
 

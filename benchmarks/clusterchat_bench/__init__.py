@@ -7,7 +7,7 @@ figures (``report``, ``plot``). ``docs/performance.md`` and
 ``benchmarks/README.md`` explain what each scenario measures.
 """
 
-from clusterchat.bench.main import run
-from clusterchat.bench.options import SCENARIOS, BenchOptions
+from clusterchat_bench.main import run
+from clusterchat_bench.options import SCENARIOS, BenchOptions
 
 __all__ = ["SCENARIOS", "BenchOptions", "run"]

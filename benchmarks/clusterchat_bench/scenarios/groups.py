@@ -10,10 +10,10 @@ latency: from sending to the arrival at its last member.
 
 from dataclasses import dataclass
 
-from clusterchat.bench.commands import Close, Done, FlowsReady, MakeGroups, UserSpec
-from clusterchat.bench.scenarios.connect import PhaseFigures, connect_users
-from clusterchat.bench.scenarios.context import ScenarioContext, deal
-from clusterchat.bench.scenarios.steps import SteppedFigures, run_steps
+from clusterchat_bench.commands import Close, Done, FlowsReady, MakeGroups, UserSpec
+from clusterchat_bench.scenarios.connect import PhaseFigures, connect_users
+from clusterchat_bench.scenarios.context import ScenarioContext, deal
+from clusterchat_bench.scenarios.steps import SteppedFigures, run_steps
 
 __all__ = ["GroupsFigures", "run_groups"]
 

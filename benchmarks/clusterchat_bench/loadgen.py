@@ -2,7 +2,7 @@
 
 ``main(conn)`` is the process entry (``multiprocessing`` target). It ignores
 SIGINT (the coordinator decides when workers stop, and stops them by pid),
-raises its open-file limit, and serves commands (``clusterchat.bench.commands``)
+raises its open-file limit, and serves commands (``clusterchat_bench.commands``)
 one at a time: each is answered by exactly one result, possibly preceded by
 ``Progress`` messages. The worker ends on ``Exit`` or when the pipe closes.
 """
@@ -13,7 +13,7 @@ import time
 import traceback
 from multiprocessing.connection import Connection
 
-from clusterchat.bench.commands import (
+from clusterchat_bench.commands import (
     Close,
     Command,
     Done,
@@ -28,10 +28,10 @@ from clusterchat.bench.commands import (
     Result,
     Step,
 )
-from clusterchat.bench.limits import raise_open_files
-from clusterchat.bench.offline_probe import run_offline
-from clusterchat.bench.pool import Pool
-from clusterchat.bench.sender import run_step
+from clusterchat_bench.limits import raise_open_files
+from clusterchat_bench.offline_probe import run_offline
+from clusterchat_bench.pool import Pool
+from clusterchat_bench.sender import run_step
 
 __all__ = ["main"]
 

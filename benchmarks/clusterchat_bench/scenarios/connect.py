@@ -13,8 +13,8 @@ so runs against a long-lived cluster never collide.
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from clusterchat.bench.commands import Login, PhaseDone, Register, UserSpec
-from clusterchat.bench.scenarios.context import ScenarioContext, deal
+from clusterchat_bench.commands import Login, PhaseDone, Register, UserSpec
+from clusterchat_bench.scenarios.context import ScenarioContext, deal
 
 __all__ = ["ConnectFigures", "PhaseFigures", "connect_users", "pair_specs", "run_connect"]
 

@@ -2,7 +2,7 @@
 
 Each worker is a ``multiprocessing`` process (spawn start method: a fresh
 interpreter, no inherited event loop or threads) running
-``clusterchat.bench.loadgen.main`` with one end of a pipe. ``call`` sends one
+``clusterchat_bench.loadgen.main`` with one end of a pipe. ``call`` sends one
 command per worker and waits, with a deadline, for one result from each,
 passing their ``Progress`` on. ``close`` asks each worker to exit, then stops
 the ones still running by pid (SIGTERM, then SIGKILL).
@@ -16,8 +16,8 @@ from multiprocessing.connection import Connection, wait
 from multiprocessing.process import BaseProcess
 from typing import TypeVar
 
-from clusterchat.bench import loadgen
-from clusterchat.bench.commands import Command, Exit, Failed, Progress, Result
+from clusterchat_bench import loadgen
+from clusterchat_bench.commands import Command, Exit, Failed, Progress, Result
 
 __all__ = ["WorkerError", "WorkerPool"]
 

@@ -1,9 +1,13 @@
 """The end of a run: ``bench.json`` with every figure, and the summary tables (rich).
 
 ``bench.json`` holds the report's dataclasses as JSON objects, plus
-``ratios`` (sustained rates over the PUBLISH ceilings), ``targets`` (the
-issue's targets, met or not) and ``losses`` (every lost or duplicated message;
-empty on a correct run).
+``ratios`` (sustained rates over the PUBLISH ceilings of the same run) and
+``losses`` (every lost or duplicated message; empty on a correct run).
+
+The tables print figures only. A full run also shows which steps were
+sustained (the criterion that defines "max sustainable", in
+``clusterchat_bench.stats``) and the ratios to the ceiling; a ``--quick`` run
+is a smoke run: it shows neither, and says so first and last.
 """
 
 import dataclasses
@@ -14,11 +18,13 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from clusterchat.bench.results import BenchReport, ratios, target_checks
-from clusterchat.bench.scenarios.connect import PhaseFigures
-from clusterchat.bench.scenarios.steps import SteppedFigures, cpu_text
+from clusterchat_bench.header import header_lines
+from clusterchat_bench.results import BenchReport, ratios
+from clusterchat_bench.scenarios.connect import PhaseFigures
+from clusterchat_bench.scenarios.idle import FEW_IDLE_CONNECTIONS, IdleFigures
+from clusterchat_bench.scenarios.steps import SteppedFigures, cpu_text
 
-__all__ = ["print_summary", "report_dict", "write_json"]
+__all__ = ["idle_text", "print_summary", "report_dict", "write_json"]
 
 
 def _plain(value: Any) -> Any:
@@ -35,7 +41,6 @@ def report_dict(report: BenchReport) -> dict[str, Any]:
     """Everything in the report as JSON-ready values."""
     data = _plain(dataclasses.asdict(report))
     data["ratios"] = ratios(report)
-    data["targets"] = [dataclasses.asdict(check) for check in target_checks(report)]
     data["losses"] = report.losses()
     return dict(data)
 
@@ -56,14 +61,16 @@ def _phase(phase: PhaseFigures) -> str:
     return f"{phase.succeeded:,} in {phase.seconds:.2f} s = {phase.per_second:,.0f}/s{failed}"
 
 
-def _steps_table(title: str, unit: str, run: SteppedFigures) -> Table:
+def _steps_table(title: str, unit: str, run: SteppedFigures, quick: bool) -> Table:
     table = Table(title=title, title_justify="left")
     for column in (f"offered {unit}/s", "delivered/s", "p50 ms", "p99 ms", "max ms"):
         table.add_column(column, justify="right")
-    for column in ("lost", "dup", "gen lag ms", "cpu % of a core", "verdict"):
+    for column in ("lost", "dup", "gen lag ms", "cpu % of a core"):
         table.add_column(column, justify="right")
+    if not quick:
+        table.add_column("sustained", justify="right")
     for step in run.steps:
-        table.add_row(
+        row = [
             _num(step.offered_per_s),
             _num(step.delivered_per_s),
             _num(step.p50_ms, digits=1),
@@ -73,12 +80,32 @@ def _steps_table(title: str, unit: str, run: SteppedFigures) -> Table:
             str(step.duplicated),
             _num(step.generator_lag_ms, digits=1),
             cpu_text(step.cpu_percent),
-            "ok" if step.sustainable else "; ".join(step.reasons),
-        )
+        ]
+        if not quick:
+            row.append("yes" if step.sustainable else "no: " + "; ".join(step.reasons))
+        table.add_row(*row)
     return table
 
 
-def _summary(report: BenchReport) -> Table:
+def idle_text(idle: IdleFigures) -> str:
+    """The idle figure, always with the connections it comes from.
+
+    ``+21,904 KiB over 200 logged-in connections = 112,148 B each``; below
+    ``FEW_IDLE_CONNECTIONS`` the run's note (printed under the table) says
+    that so few connections make no per-connection cost.
+    """
+    if idle.rss_before_kib is None or idle.rss_after_kib is None:
+        return f"not measured ({idle.login.succeeded:,} logged-in connections)"
+    growth = idle.rss_after_kib - idle.rss_before_kib
+    text = f"{growth:+,} KiB over {idle.login.succeeded:,} logged-in connections"
+    if idle.bytes_per_connection is not None:
+        text += f" = {idle.bytes_per_connection:,.0f} B each"
+        if idle.login.succeeded < FEW_IDLE_CONNECTIONS:
+            text += " (too few: see below)"
+    return text
+
+
+def _summary(report: BenchReport, quick: bool) -> Table:
     table = Table(title="clusterchat bench", title_justify="left")
     table.add_column("scenario")
     table.add_column("figure")
@@ -98,6 +125,10 @@ def _summary(report: BenchReport) -> Table:
         if figures is None:
             continue
         run = figures.run
+        if quick:
+            offered = ", ".join(f"{s.offered_per_s:,.0f}" for s in run.steps)
+            table.add_row(name, f"steps run (offered {unit}/s)", offered)
+            continue
         table.add_row(name, f"max sustainable {unit}/s", _num(run.max_sustainable_per_s))
         share = shares[f"{name}_max_vs_unpipelined_ceiling"]
         table.add_row("", "of unpipelined ceiling", _num(share and share * 100, "%", 1))
@@ -112,11 +143,7 @@ def _summary(report: BenchReport) -> Table:
         )
     if report.idle is not None:
         i = report.idle
-        table.add_row(
-            "idle",
-            f"RSS per connection ({i.login.succeeded:,} logged in)",
-            _num(i.bytes_per_connection, " B"),
-        )
+        table.add_row("idle", "node RSS growth", idle_text(i))
         table.add_row(
             "",
             "node RSS before / after",
@@ -127,23 +154,19 @@ def _summary(report: BenchReport) -> Table:
     return table
 
 
-def _targets(report: BenchReport) -> Table:
-    table = Table(title="targets (issue 5)", title_justify="left")
-    for column in ("target", "figure", "bound", "met"):
-        table.add_column(column)
-    for check in target_checks(report):
-        met = "-" if check.met is None else ("yes" if check.met else "no")
-        table.add_row(check.name, check.figure, check.target, met)
-    return table
-
-
 def print_summary(report: BenchReport, console: Console) -> None:
-    """Print the step tables, the summary and the targets."""
+    """Print the step tables, the summary, and the header again (machine, cluster, smoke run)."""
+    quick = bool(report.options.get("quick"))
     if report.pairs is not None:
-        console.print(_steps_table("pairs (cross-node one-to-one)", "msgs", report.pairs.run))
+        console.print(
+            _steps_table("pairs (cross-node one-to-one)", "msgs", report.pairs.run, quick)
+        )
     if report.groups is not None:
-        console.print(_steps_table("groups (fan-out)", "member-msgs", report.groups.run))
-    console.print(_summary(report))
-    console.print(_targets(report))
+        console.print(_steps_table("groups (fan-out)", "member-msgs", report.groups.run, quick))
+    console.print(_summary(report, quick))
+    if report.idle is not None and report.idle.note:
+        console.print(f"idle: {report.idle.note}", highlight=False, markup=False)
+    for line in header_lines(report.machine, report.cluster, quick):
+        console.print(line, highlight=False, markup=False)
     for loss in report.losses():
         console.print(f"LOST OR DUPLICATED: {loss}", style="bold red", markup=False)

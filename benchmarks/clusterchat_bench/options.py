@@ -40,7 +40,9 @@ class BenchOptions:
             the members that receive each), one step each, ascending.
         offline: Messages stored for the ``offline`` user before it logs in.
         idle: Idle logged-in connections on one node.
-        quick: Small sizes everywhere (the smoke test's run).
+        quick: Small sizes everywhere: a smoke run (the smoke test's), judged by nothing.
+        cheap_hashing: The nodes the bench starts hash passwords with cheap
+            argon2 parameters instead of a node's defaults (reported as such).
         via_nginx: Clients connect through nginx instead of to chosen nodes.
         targets: Nodes of a running cluster to drive instead of starting one.
         redis: That cluster's Redis URL (``ceiling`` measures it).
@@ -63,6 +65,7 @@ class BenchOptions:
     offline: int = 1000
     idle: int = 10000
     quick: bool = False
+    cheap_hashing: bool = False
     via_nginx: bool = False
     targets: tuple[tuple[str, int], ...] = ()
     redis: str | None = None
@@ -128,6 +131,10 @@ class BenchOptions:
             raise ValueError("--target needs --redis URL for the ceiling scenario")
         if self.targets and self.via_nginx:
             raise ValueError("--via-nginx applies to the cluster the bench starts, not --target")
+        if self.targets and self.cheap_hashing:
+            raise ValueError(
+                "--cheap-hashing applies to the cluster the bench starts, not --target"
+            )
 
 
 def _parse_scenarios(text: str) -> tuple[str, ...]:

@@ -25,8 +25,8 @@ from urllib.parse import urlsplit
 import redis
 import redis.asyncio
 
-from clusterchat.bench.scenarios.context import ScenarioContext
 from clusterchat.cluster.processes import Child, spawn, stop
+from clusterchat_bench.scenarios.context import ScenarioContext
 
 __all__ = ["CeilingFigures", "run_ceiling"]
 

@@ -1,4 +1,4 @@
-"""Figures of a step from every worker's account of it, and the sustainability verdict.
+"""Figures of a step from every worker's account of it, and whether it was sustained.
 
 A step is *sustainable* when the cluster delivered at least 95% of the offered
 rate, its p99 latency stayed under the limit (100 ms unless told otherwise)
@@ -13,7 +13,7 @@ from array import array
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
-from clusterchat.bench.commands import StepDone
+from clusterchat_bench.commands import StepDone
 
 __all__ = ["DELIVERED_SHARE", "StepFigures", "merge_step", "percentile"]
 
@@ -52,7 +52,7 @@ class StepFigures:
         error_sample: One of them, if any.
         generator_lag_ms: How far behind schedule the slowest sender fell.
         generator_aborted: A sender gave up offering the rate.
-        sustainable: The verdict.
+        sustainable: Whether the step met the criterion above.
         reasons: Why not, when not.
         cpu_percent: Per process (or group of processes), percent of one core
             used during the step and its drain.
@@ -123,11 +123,11 @@ def merge_step(
         sustainable=False,
         reasons=(),
     )
-    reasons = _verdict(figures, p99_limit_ms)
+    reasons = _unsustained_because(figures, p99_limit_ms)
     return replace(figures, sustainable=not reasons, reasons=reasons)
 
 
-def _verdict(f: StepFigures, p99_limit_ms: float) -> tuple[str, ...]:
+def _unsustained_because(f: StepFigures, p99_limit_ms: float) -> tuple[str, ...]:
     reasons = []
     if f.delivered_per_s < DELIVERED_SHARE * f.offered_per_s:
         share = f"{DELIVERED_SHARE:.0%} of {f.offered_per_s:,.0f}/s"

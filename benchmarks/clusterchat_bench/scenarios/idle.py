@@ -4,23 +4,29 @@ With a cluster of its own the bench starts a dedicated node for this (same
 database and Redis), reads its ``VmRSS`` from ``/proc/PID/status`` once it is
 ready, registers and logs in C users on it (each on its own connection, left
 open and silent), reads ``VmRSS`` again, and divides the growth by the
-connections. Against ``--target`` the first node is used and no RSS can be
-read. More than ``_PER_SOURCE`` connections are spread over several source
-addresses (127.0.0.1, 127.0.0.2, ...), each of which has its own ~28k
-ephemeral ports. Children inherit the raised open-file limit; C is capped
-below it, with a note, when the hard limit is too low.
+connections; below ``FEW_IDLE_CONNECTIONS`` the figure says it comes from
+too few connections to be a per-connection cost. Against ``--target`` the
+first node is used and no RSS can be read. More than ``_PER_SOURCE``
+connections are spread over several source addresses (127.0.0.1,
+127.0.0.2, ...), each of which has its own ~28k ephemeral ports. Children
+inherit the raised open-file limit; C is capped below it, with a note, when
+the hard limit is too low.
 """
 
 import resource
 from dataclasses import dataclass
 from pathlib import Path
 
-from clusterchat.bench.commands import Close, Done, Endpoint, UserSpec
-from clusterchat.bench.scenarios.connect import PhaseFigures, connect_users
-from clusterchat.bench.scenarios.context import ScenarioContext, deal
 from clusterchat.cluster.processes import stop
+from clusterchat_bench.commands import Close, Done, Endpoint, UserSpec
+from clusterchat_bench.scenarios.connect import PhaseFigures, connect_users
+from clusterchat_bench.scenarios.context import ScenarioContext, deal
 
-__all__ = ["IdleFigures", "rss_kib", "run_idle"]
+__all__ = ["FEW_IDLE_CONNECTIONS", "IdleFigures", "rss_kib", "run_idle"]
+
+#: Fewer idle connections than this make a poor per-connection figure: the
+#: node's fixed costs and the allocator's steps weigh more than the connections.
+FEW_IDLE_CONNECTIONS = 5000
 
 POOL = "idle"
 _PER_SOURCE = 20_000
@@ -90,6 +96,12 @@ def run_idle(ctx: ScenarioContext) -> IdleFigures:
     per_connection = None
     if before is not None and after is not None and login.succeeded:
         per_connection = (after - before) * 1024 / login.succeeded
+        if login.succeeded < FEW_IDLE_CONNECTIONS:
+            few = (
+                f"from {login.succeeded:,} connections only: too few for a per-connection"
+                f" cost (use --idle {FEW_IDLE_CONNECTIONS:,} or more)"
+            )
+            note = f"{note}; {few}" if note else few
     return IdleFigures(
         connections=count,
         node=node,

@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from clusterchat.bench.results import BenchReport
+from clusterchat_bench.results import BenchReport
 
 __all__ = ["write_plot"]
 
@@ -33,7 +33,10 @@ def write_plot(report: BenchReport, path: Path) -> bool:
         p99_axis.plot(offered, [s.p99_ms for s in steps], marker="o", label=label)
     rate_axis.plot([0, top], [0, top], linestyle=":", color="grey", label="delivered = offered")
     p99_axis.axhline(
-        report.options.get("p99_limit_ms", 100.0), linestyle=":", color="red", label="p99 limit"
+        report.options.get("p99_limit_ms", 100.0),
+        linestyle=":",
+        color="red",
+        label="p99 bound of 'sustained'",
     )
     for axis in (rate_axis, p99_axis):
         axis.set_xscale("log")
@@ -47,7 +50,9 @@ def write_plot(report: BenchReport, path: Path) -> bool:
     p99_axis.set_ylabel("p99 latency (ms, log)")
     p99_axis.set_title("p99 latency")
     cores = report.machine.get("cores")
-    figure.suptitle(f"clusterchat bench, {report.cluster.get('nodes')} nodes, {cores} cores")
+    smoke = " (smoke run: --quick)" if report.options.get("quick") else ""
+    title = f"clusterchat bench, {report.cluster.get('nodes')} nodes, {cores} cores{smoke}"
+    figure.suptitle(title)
     figure.tight_layout()
     figure.savefig(path, dpi=100)
     plt.close(figure)

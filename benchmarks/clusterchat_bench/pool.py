@@ -16,10 +16,10 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
-from clusterchat.bench.commands import FlowsReady, PhaseDone, UserSpec
-from clusterchat.bench.recorder import Recorder
 from clusterchat.client import ChatClient
 from clusterchat.protocol import Answer, Error, GroupChat, GroupChatAck, OneChat, OneChatAck
+from clusterchat_bench.commands import FlowsReady, PhaseDone, UserSpec
+from clusterchat_bench.recorder import Recorder
 
 __all__ = ["Flow", "Member", "Pool", "open_client"]
 

@@ -5,11 +5,11 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Protocol, TypeVar
 
-from clusterchat.bench.cluster import BenchCluster
-from clusterchat.bench.commands import Endpoint
-from clusterchat.bench.cpu import CpuMeter
-from clusterchat.bench.options import BenchOptions
-from clusterchat.bench.workers import WorkerPool
+from clusterchat_bench.cluster import BenchCluster
+from clusterchat_bench.commands import Endpoint
+from clusterchat_bench.cpu import CpuMeter
+from clusterchat_bench.options import BenchOptions
+from clusterchat_bench.workers import WorkerPool
 
 __all__ = ["Display", "ScenarioContext", "deal"]
 
