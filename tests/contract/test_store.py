@@ -1,11 +1,12 @@
 """The Store contract (src/clusterchat/store/base.py), run against every SQL dialect.
 
-``STORES`` lists the databases: SQLite in ``tmp_path`` for now; PostgreSQL and
-MariaDB join by adding a ``pytest.param`` whose factory returns their URL.
+``STORES`` lists the databases: SQLite in ``tmp_path``, and a fresh database
+on the session's private PostgreSQL and MariaDB servers (tests/support/postgres.py,
+tests/support/mariadb.py), which carry the ``integration`` mark.
 """
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -13,12 +14,12 @@ import pytest
 from clusterchat.store.base import Group, Member, NameTaken, NewMessage, Store, User
 from clusterchat.store.sql import SqlStore
 
-#: Each parameter turns the test's tmp_path into a database URL.
+#: The dialects; ``store_url`` turns each into the URL of an empty database.
 STORES = [
-    pytest.param(lambda tmp: f"sqlite:///{tmp}/store.db", id="sqlite"),
+    pytest.param("sqlite", id="sqlite"),
+    pytest.param("postgres", id="postgresql", marks=pytest.mark.integration),
+    pytest.param("mariadb", id="mariadb", marks=pytest.mark.integration),
 ]
-
-UrlFactory = Callable[[Path], str]
 
 
 async def _open(url: str) -> SqlStore:
@@ -31,8 +32,10 @@ async def _open(url: str) -> SqlStore:
 @pytest.fixture(params=STORES)
 def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     """The URL of an empty database of one dialect."""
-    factory: UrlFactory = request.param
-    return factory(tmp_path)
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path}/store.db"
+    url: str = request.getfixturevalue(f"{request.param}_url")
+    return url
 
 
 @pytest.fixture
