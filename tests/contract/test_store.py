@@ -275,6 +275,18 @@ async def test_log_bodies_round_trip_any_bytes(store: Store) -> None:
     assert [e.body for e in await store.read(bob, 0, 10)] == bodies
 
 
+async def test_unicode_client_ids_and_devices_round_trip(store: Store) -> None:
+    """Chinese and emoji in a client message id and a device name are kept exactly."""
+    alice = await store.create_user("alice", "h")
+    bob = await store.create_user("bob", "h")
+    [first] = await store.append([_msg("m1", alice, (bob,), cid="消息🙂")])
+    [again] = await store.append([_msg("m2", alice, (bob,), cid="消息🙂")])
+    [other] = await store.append([_msg("m3", alice, (bob,), cid="消息🙃")])
+    assert (first.duplicate, again.duplicate, other.duplicate) == (False, True, False)
+    await store.save_cursors([(bob, "手机📱", 2), (bob, "电脑💻", 1)])
+    assert await store.load_cursors(bob) == {"手机📱": 2, "电脑💻": 1}
+
+
 async def test_cursors_only_move_forward(store: Store) -> None:
     """Saved cursors keep the larger position, per user and device."""
     alice = await store.create_user("alice", "h")

@@ -15,6 +15,7 @@ from sqlalchemy import (
     MetaData,
     String,
     Table,
+    false,
     func,
     text,
 )
@@ -34,8 +35,16 @@ __all__ = [
 
 metadata = MetaData()
 
-# MySQL/MariaDB: utf8mb4 so that any Unicode name or message round-trips.
-_MYSQL: dict[str, Any] = {"mysql_charset": "utf8mb4", "mysql_engine": "InnoDB"}
+# MySQL/MariaDB: utf8mb4 so that any Unicode name or message round-trips, and
+# its binary collation so that names compare exactly, as on SQLite and
+# PostgreSQL (utf8mb4's default collation folds case: "alice" would take "Alice").
+# Every table says so itself: a database created with the server's default
+# character set (latin1 on MariaDB) must not decide.
+_MYSQL: dict[str, Any] = {
+    "mysql_charset": "utf8mb4",
+    "mysql_collate": "utf8mb4_bin",
+    "mysql_engine": "InnoDB",
+}
 
 users = Table(
     "users",
@@ -77,7 +86,8 @@ chat_groups = Table(
     Column("name_key", String(255), nullable=False, unique=True),
     Column("description", String(256), nullable=False, default=""),
     # Joining needs an invitation from the creator (docs/protocol.md §2.7).
-    Column("invite_only", Boolean, nullable=False, default=False, server_default=text("0")),
+    # false(): rendered per dialect (PostgreSQL refuses an integer default for a boolean).
+    Column("invite_only", Boolean, nullable=False, default=False, server_default=false()),
     Column("created_at", DateTime, nullable=False, server_default=func.now()),
     **_MYSQL,
 )

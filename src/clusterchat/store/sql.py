@@ -9,8 +9,9 @@ One implementation for every dialect; they differ only by URL:
   without a visit to the event loop, queued across processes on a file lock.
   The other writes are single autocommitted statements or write-only
   transactions, so SQLite never has to upgrade a read lock.
-* ``postgresql://...`` (driver asyncpg) and ``mysql://...`` (driver aiomysql)
-  for clusters spanning machines.
+* ``postgresql://...`` (driver asyncpg) and ``mysql://...`` or
+  ``mariadb://...`` (driver asyncmy) for clusters spanning machines
+  (docs/operations.md §Databases says why these drivers).
 
 All SQL is built by SQLAlchemy with bound parameters; nothing is formatted
 into query text.
@@ -61,8 +62,8 @@ _ASYNC_DRIVERS = {
     "sqlite": "sqlite+aiosqlite",
     "postgresql": "postgresql+asyncpg",
     "postgres": "postgresql+asyncpg",
-    "mysql": "mysql+aiomysql",
-    "mariadb": "mysql+aiomysql",
+    "mysql": "mysql+asyncmy",
+    "mariadb": "mysql+asyncmy",
 }
 
 
