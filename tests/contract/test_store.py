@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from clusterchat.store.base import Group, Member, NameTaken, NewMessage, Store, User
+from clusterchat.store.base import Appended, Group, Member, NameTaken, NewMessage, Store, User
 from clusterchat.store.sql import SqlStore
 
 #: The dialects; ``store_url`` turns each into the URL of an empty database.
@@ -334,6 +334,69 @@ async def test_two_engines_write_concurrently_without_loss(store_url: str) -> No
         for name in (f"{tag}-new-{i}" for tag in ("one", "two") for i in range(20)):
             with pytest.raises(NameTaken):  # every concurrent registration was kept
                 await second.create_user(name, "h")
+    finally:
+        await first.close()
+        await second.close()
+
+
+async def test_two_engines_append_to_the_same_users_at_once(store_url: str) -> None:
+    """Two nodes' stores appending for the same users and conversations at once keep the log.
+
+    Batches of one-to-one and group messages whose recipients overlap, listed
+    in different orders, from two engines at once: no append fails (no
+    deadlock, no duplicate key), every message is stored once with one entry
+    per recipient, each user's positions and each conversation's seqs are
+    1, 2, 3... without holes, the results name the positions the log holds,
+    and two messages that share recipients are in the same order in each of
+    their logs.
+    """
+    first, second = await _open(store_url), await _open(store_url)
+    try:
+        users = [await first.create_user(f"user{i}", "h") for i in range(6)]
+        rounds = 40
+
+        def batch(tag: str, n: int) -> list[NewMessage]:
+            a, b, c, d = (users[(n + k) % 6] for k in range(4))
+            members = (b, c, d) if n % 2 else (d, c, b)  # shared recipients, either order
+            return [
+                _msg(f"{tag}-{n}-pair", a, (b,), conv=f"u:{min(a, b)}:{max(a, b)}"),
+                _msg(f"{tag}-{n}-group", a, members, conv=f"g:{n % 3}"),
+                _msg(f"{tag}-{n}-back", b, (a,), conv=f"u:{min(a, b)}:{max(a, b)}"),
+            ]
+
+        async def write(store: SqlStore, tag: str) -> list[tuple[NewMessage, Appended]]:
+            batches = [batch(tag, n) for n in range(rounds)]
+            results = await asyncio.gather(*(store.append(b) for b in batches))
+            return [
+                (m, r)
+                for b, rs in zip(batches, results, strict=True)
+                for m, r in zip(b, rs, strict=True)
+            ]
+
+        done = await asyncio.gather(write(first, "one"), write(second, "two"))
+        appended = [pair for pairs in done for pair in pairs]
+        assert len(appended) == 2 * rounds * 3
+
+        logs = {user: await second.read(user, 0, 10_000) for user in users}
+        for user, entries in logs.items():
+            assert [e.pos for e in entries] == list(range(1, len(entries) + 1)), user
+        where = {(user, e.body.decode()): e.pos for user, entries in logs.items() for e in entries}
+        assert len(where) == sum(len(m.recipients) for m, _ in appended)
+        seqs: dict[str, list[int]] = {}
+        for message, result in appended:
+            assert not result.duplicate
+            assert result.positions == tuple(
+                (user, where[user, message.mid]) for user in message.recipients
+            )
+            seqs.setdefault(message.conversation, []).append(result.seq)
+        for numbers in seqs.values():
+            assert sorted(numbers) == list(range(1, len(numbers) + 1))
+        for one, _ in appended:  # shared recipients see shared messages in one order
+            for other, _ in appended:
+                shared = sorted(set(one.recipients) & set(other.recipients))
+                if one.mid < other.mid and len(shared) > 1:
+                    orders = {where[u, one.mid] < where[u, other.mid] for u in shared}
+                    assert len(orders) == 1, (one.mid, other.mid, shared)
     finally:
         await first.close()
         await second.close()
