@@ -25,6 +25,7 @@ class Settings:
     host: str = "127.0.0.1"
     port: int = 6000
     db: str = "sqlite:///clusterchat.db"
+    db_pool_size: int = 5
     redis: str | None = None
     node_id: str | None = None
     prefix: str = "clusterchat"

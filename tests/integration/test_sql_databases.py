@@ -9,9 +9,12 @@ import threading
 from typing import Any
 
 import pytest
+from sqlalchemy.engine import make_url
 
 from tests.support.classic import PASSWORD, ClassicClient, login, register
+from tests.support.mariadb import MariaDBServer
 from tests.support.node import NodeFactory, NodeHandle
+from tests.support.postgres import PostgresServer
 from tests.support.redis import RedisServer
 
 pytestmark = pytest.mark.integration
@@ -128,3 +131,27 @@ def test_senders_on_both_nodes_append_for_one_user_at_once(
     for client in (a, b, d):
         client.close()
     _no_failed_appends(n1, n2)
+
+
+@pytest.mark.parametrize("kind", ["postgres", "mariadb"], ids=["postgresql", "mariadb"])
+def test_a_node_keeps_db_pool_size_connections(
+    node_factory: NodeFactory, request: pytest.FixtureRequest, kind: str
+) -> None:
+    """CLUSTERCHAT_DB_POOL_SIZE=2: 30 registrations at once use two connections, no more."""
+    server: PostgresServer | MariaDBServer = request.getfixturevalue(f"{kind}_server")
+    url = server.create_database()
+    database = make_url(url).database
+    node = node_factory(db_url=url, env={"CLUSTERCHAT_DB_POOL_SIZE": "2"})
+    registrations = [threading.Thread(target=register, args=(node, f"user{i}")) for i in range(30)]
+    for thread in registrations:
+        thread.start()
+    for thread in registrations:
+        thread.join()
+    if isinstance(server, PostgresServer):
+        count = server.sql(f"SELECT count(*) FROM pg_stat_activity WHERE datname = '{database}'")
+    else:
+        count = server.sql(
+            f"SELECT count(*) FROM information_schema.processlist WHERE db = '{database}'"
+        )
+    assert int(count) == 2
+    _no_failed_appends(node)
