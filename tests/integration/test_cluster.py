@@ -6,11 +6,18 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from typing import Any
 
 import pytest
 
-from tests.support.classic import PASSWORD, ClassicClient, login, register
+from tests.support.classic import (
+    PASSWORD,
+    ClassicClient,
+    login,
+    offline_texts,
+    receive_texts,
+    register,
+    sync,
+)
 from tests.support.nginx import NginxFactory
 from tests.support.node import NodeFactory, NodeHandle
 from tests.support.redis import RedisServer
@@ -26,24 +33,6 @@ def _cluster(node_factory: NodeFactory, redis: RedisServer, count: int) -> list[
     ]
 
 
-def _sync(client: ClassicClient) -> None:
-    """Round-trip a ping: everything sent before it has been handled."""
-    assert client.request({"msgid": 120, "ref": 99})["msgid"] == 121
-
-
-def _receive_texts(client: ClassicClient, count: int) -> list[str]:
-    texts: list[str] = []
-    while len(texts) < count:
-        message = client.receive()
-        assert message["msgid"] in (6, 10), message
-        texts.append(message["msg"])
-    return texts
-
-
-def _offline_texts(answer: dict[str, Any]) -> list[str]:
-    return [json.loads(text)["msg"] for text in answer.get("offlinemsg", [])]
-
-
 def test_users_on_two_nodes_chat_both_ways(
     node_factory: NodeFactory, redis_server: RedisServer
 ) -> None:
@@ -55,8 +44,8 @@ def test_users_on_two_nodes_chat_both_ways(
     for i in range(20):
         a.send({"msgid": 6, "toid": bob, "msg": f"a{i}"})
         b.send({"msgid": 6, "toid": alice, "msg": f"b{i}"})
-    assert _receive_texts(b, 20) == [f"a{i}" for i in range(20)]
-    assert _receive_texts(a, 20) == [f"b{i}" for i in range(20)]
+    assert receive_texts(b, 20) == [f"a{i}" for i in range(20)]
+    assert receive_texts(a, 20) == [f"b{i}" for i in range(20)]
     a.close()
     b.close()
 
@@ -72,13 +61,13 @@ def test_user_on_two_nodes_gets_each_message_once_per_session(
     laptop, _ = login(n2, bob)
     for i in range(30):
         a.send({"msgid": 6, "toid": bob, "msg": f"m{i}"})
-    _sync(a)
+    sync(a)
     expected = [f"m{i}" for i in range(30)]
-    assert _receive_texts(phone, 30) == expected
-    assert _receive_texts(laptop, 30) == expected
+    assert receive_texts(phone, 30) == expected
+    assert receive_texts(laptop, 30) == expected
     # Nothing more is pending for either (no duplicates).
-    _sync(phone)
-    _sync(laptop)
+    sync(phone)
+    sync(laptop)
     for client in (a, phone, laptop):
         client.close()
 
@@ -101,16 +90,16 @@ def test_group_chat_reaches_members_on_every_node_and_offline_ones_later(
     for i in range(10):
         a.send({"msgid": 10, "groupid": group, "msg": f"g{i}"})
     expected = [f"g{i}" for i in range(10)]
-    assert _receive_texts(b, 10) == expected
-    assert _receive_texts(c, 10) == expected
+    assert receive_texts(b, 10) == expected
+    assert receive_texts(c, 10) == expected
     relogin = d.request({"msgid": 1, "id": dan, "password": PASSWORD})
-    got = _offline_texts(relogin)
-    got += _receive_texts(d, 10 - len(got))
+    got = offline_texts(relogin)
+    got += receive_texts(d, 10 - len(got))
     assert got == expected
     # Ben posts from node 2: ann (node 1) gets it, ben does not get his own.
     b.send({"msgid": 10, "groupid": group, "msg": "from ben"})
-    assert _receive_texts(a, 1) == ["from ben"]
-    _sync(b)
+    assert receive_texts(a, 1) == ["from ben"]
+    sync(b)
     for client in (a, b, c, d):
         client.close()
 
@@ -136,7 +125,7 @@ def test_clients_through_nginx_land_on_different_nodes(
     for i, client in enumerate(clients):
         client.send({"msgid": 6, "toid": ids[(i + 1) % 6], "msg": f"ring {i}"})
     for i, client in enumerate(clients):
-        assert _receive_texts(client, 1) == [f"ring {(i - 1) % 6}"]
+        assert receive_texts(client, 1) == [f"ring {(i - 1) % 6}"]
     for client in clients:
         client.close()
 
@@ -155,23 +144,23 @@ def test_node_killed_messages_wait_for_nextlogin(
     a, _ = login(n1, alice)
     b, _ = login(n2, bob)
     a.send({"msgid": 6, "toid": bob, "msg": "before"})
-    assert _receive_texts(b, 1) == ["before"]
+    assert receive_texts(b, 1) == ["before"]
     n2.stop(signal.SIGKILL)
     assert b.closed_by_server()
     b.close()
     sent = [f"while dead {i}" for i in range(50)]
     for text in sent:
         a.send({"msgid": 6, "toid": bob, "msg": text})
-    _sync(a)
+    sync(a)
     # Bob logs in again at once, through the surviving node.
     b2, answer = login(n1, bob)
-    got = _offline_texts(answer)
+    got = offline_texts(answer)
     if got[:1] == ["before"]:
         got = got[1:]
     while len(got) < len(sent):
-        got += _receive_texts(b2, 1)
+        got += receive_texts(b2, 1)
     assert got == sent
-    _sync(b2)  # and nothing more arrives
+    sync(b2)  # and nothing more arrives
     a.close()
     b2.close()
 
@@ -184,19 +173,19 @@ def test_redis_outage_loses_nothing(node_factory: NodeFactory, redis_server: Red
     c, _ = login(n1, carol)
     b, _ = login(n2, bob)
     a.send({"msgid": 6, "toid": bob, "msg": "warm-up"})
-    assert _receive_texts(b, 1) == ["warm-up"]
+    assert receive_texts(b, 1) == ["warm-up"]
 
     redis_server.stop()
     cross = [f"outage {i}" for i in range(40)]
     for text in cross:
         a.send({"msgid": 6, "toid": bob, "msg": text})
     a.send({"msgid": 6, "toid": carol, "msg": "local during outage"})
-    assert _receive_texts(c, 1) == ["local during outage"]
-    _sync(a)
+    assert receive_texts(c, 1) == ["local during outage"]
+    sync(a)
 
     redis_server.start()
     b.sock.settimeout(seconds(30))
-    assert _receive_texts(b, len(cross)) == cross
+    assert receive_texts(b, len(cross)) == cross
     # Presence recovers: bob reads online again in alice's friend list (once
     # they are friends: alice asks, bob is pushed the request and asks back).
     assert a.request({"msgid": 7, "friendid": bob}) == {
@@ -216,7 +205,7 @@ def test_redis_outage_loses_nothing(node_factory: NodeFactory, redis_server: Red
             break
         assert time.monotonic() < deadline, "bob never came back online in presence"
         time.sleep(0.2)
-    _sync(b)
+    sync(b)
     for client in (a, b, c):
         client.close()
 
@@ -241,14 +230,14 @@ def test_sigterm_on_a_node_moves_its_clients_without_loss(
     sent = [f"during the move {i}" for i in range(25)]
     for text in sent:
         a.send({"msgid": 6, "toid": bob, "msg": text})
-    _sync(a)
+    sync(a)
     b2 = ClassicClient("127.0.0.1", front.port)  # nginx skips the stopped node
     answer = b2.request({"msgid": 1, "id": bob, "password": PASSWORD})
     assert answer["errno"] == 0
-    got = _offline_texts(answer)
-    got += _receive_texts(b2, len(sent) - len(got))
+    got = offline_texts(answer)
+    got += receive_texts(b2, len(sent) - len(got))
     assert got == sent
-    _sync(b2)
+    sync(b2)
     a.close()
     b2.close()
 

@@ -4,14 +4,20 @@ The servers are the session's private ones (tests/support/postgres.py,
 tests/support/mariadb.py); each test gets a fresh database on them.
 """
 
-import json
 import threading
-from typing import Any
 
 import pytest
 from sqlalchemy.engine import make_url
 
-from tests.support.classic import PASSWORD, ClassicClient, login, register
+from tests.support.classic import (
+    PASSWORD,
+    ClassicClient,
+    login,
+    offline_texts,
+    receive_texts,
+    register,
+    sync,
+)
 from tests.support.mariadb import MariaDBServer
 from tests.support.node import NodeFactory, NodeHandle
 from tests.support.postgres import PostgresServer
@@ -38,30 +44,12 @@ def _two_nodes(node_factory: NodeFactory, redis: RedisServer, db_url: str) -> li
     ]
 
 
-def _texts(client: ClassicClient, count: int) -> list[str]:
-    texts: list[str] = []
-    while len(texts) < count:
-        message = client.receive()
-        assert message["msgid"] in (6, 10), message
-        texts.append(message["msg"])
-    return texts
-
-
-def _offline(answer: dict[str, Any]) -> list[str]:
-    return [json.loads(text)["msg"] for text in answer.get("offlinemsg", [])]
-
-
 def _no_failed_appends(*nodes: NodeHandle) -> None:
     """No append failed and was retried by a node's LogWriter (a lock error, a duplicate key)."""
     for node in nodes:
         log = node.child.log_path.read_text()
         assert "messages failed; retrying" not in log
         assert "Traceback" not in log
-
-
-def _sync(client: ClassicClient) -> None:
-    """Round-trip a ping: everything sent before it has been handled."""
-    assert client.request({"msgid": 120, "ref": 99})["msgid"] == 121
 
 
 def test_users_on_two_nodes_chat_live_and_offline(
@@ -75,8 +63,8 @@ def test_users_on_two_nodes_chat_live_and_offline(
     assert answer["name"] == "Émile 🙂"
     a.send({"msgid": 6, "toid": bob, "msg": "你好 🌍"})
     b.send({"msgid": 6, "toid": alice, "msg": "bonjour 👋"})
-    assert _texts(b, 1) == ["你好 🌍"]
-    assert _texts(a, 1) == ["bonjour 👋"]
+    assert receive_texts(b, 1) == ["你好 🌍"]
+    assert receive_texts(a, 1) == ["bonjour 👋"]
     group = a.request({"msgid": 8, "groupname": "茶🍵", "groupdesc": "绿茶"})["groupid"]
     assert b.request({"msgid": 9, "groupid": group})["errno"] == 0
     c, _ = login(n2, carol)
@@ -87,13 +75,13 @@ def test_users_on_two_nodes_chat_live_and_offline(
         a.send({"msgid": 10, "groupid": group, "msg": text})
     for i in range(5):
         a.send({"msgid": 6, "toid": carol, "msg": f"私信 {i}"})
-    _sync(a)
-    assert _texts(b, 10) == sent
+    sync(a)
+    assert receive_texts(b, 10) == sent
     c, answer = login(n1, carol)  # the other node this time
-    got = _offline(answer)
-    got += _texts(c, 15 - len(got))
+    got = offline_texts(answer)
+    got += receive_texts(c, 15 - len(got))
     assert got == [*sent, *(f"私信 {i}" for i in range(5))]
-    _sync(c)  # and nothing more
+    sync(c)  # and nothing more
     for client in (a, b, c):
         client.close()
     _no_failed_appends(n1, n2)
@@ -112,7 +100,7 @@ def test_senders_on_both_nodes_append_for_one_user_at_once(
     def send(client: ClassicClient, tag: str) -> None:
         for i in range(count):
             client.send({"msgid": 6, "toid": dan, "msg": f"{tag}{i}"})
-        _sync(client)
+        sync(client)
 
     senders = [threading.Thread(target=send, args=pair) for pair in ((a, "a"), (b, "b"))]
     for thread in senders:
@@ -122,12 +110,12 @@ def test_senders_on_both_nodes_append_for_one_user_at_once(
     d = ClassicClient(n2.host, n2.port)
     answer = d.request({"msgid": 1, "id": dan, "password": PASSWORD})
     assert answer["errno"] == 0
-    got = _offline(answer)
-    got += _texts(d, 2 * count - len(got))
+    got = offline_texts(answer)
+    got += receive_texts(d, 2 * count - len(got))
     assert sorted(got) == sorted(f"{tag}{i}" for tag in "ab" for i in range(count))
     for tag in "ab":  # per sender, the log's order is the send order
         assert [t for t in got if t[0] == tag] == [f"{tag}{i}" for i in range(count)]
-    _sync(d)
+    sync(d)
     for client in (a, b, d):
         client.close()
     _no_failed_appends(n1, n2)

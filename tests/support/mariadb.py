@@ -14,24 +14,19 @@ SIGTERM (a normal shutdown), SIGKILL after a grace period, and its process
 group is checked gone.
 """
 
-import itertools
-import subprocess
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
 from clusterchat.cluster import processes
-from clusterchat.cluster.ports import free_port
-from tests.support.processes import assert_stopped
+from tests.support.database import HOST, DatabaseServer
+from tests.support.processes import assert_stopped, start_on_free_port
 from tests.support.timing import seconds
 
 __all__ = ["MariaDBServer", "mariadb_server", "mariadb_url"]
 
-_HOST = "127.0.0.1"
 _PACKAGE = "mariadb-server"
-_PORT_ATTEMPTS = 3
 _READY = "ready for connections"
 #: Throwaway databases: no binary log, no flush at each commit, a small buffer pool.
 _OPTIONS = (
@@ -44,48 +39,19 @@ _OPTIONS = (
 )
 
 
-@dataclass
-class MariaDBServer:
-    """A running private MariaDB server.
+class MariaDBServer(DatabaseServer):
+    """A running private MariaDB server (``child``: mariadbd)."""
 
-    Attributes:
-        port: Its TCP port on 127.0.0.1.
-        dir: Its private directory (data, socket, log).
-        child: The mariadbd process.
-    """
+    scheme = "mysql"
+    user = "root"
 
-    port: int
-    dir: Path
-    child: processes.Child
-    _numbers: Iterator[int] = field(default_factory=lambda: itertools.count(1))
-
-    def url(self, database: str) -> str:
-        """The ``mysql://`` URL of one database on this server."""
-        return f"mysql://root@{_HOST}:{self.port}/{database}"
-
-    def create_database(self) -> str:
-        """Create a new empty database; return its URL (blocking: the client runs).
-
-        Created as an operator would, with the server's default character set
-        (latin1 here): the schema itself must ask for utf8mb4.
-        """
-        name = f"test_{next(self._numbers)}"
-        self.sql(f"CREATE DATABASE {name}")
-        return self.url(name)
-
-    def sql(self, statement: str, database: str = "") -> str:
-        """Run statements with the ``mariadb`` client; return what it printed (blocking)."""
+    def client(self, database: str) -> list[str]:
         client = processes.find_executable("mariadb", "mariadb-client")
-        argv = [client, "--no-defaults", "-h", _HOST, "-P", str(self.port), "-u", "root"]
+        argv = [client, "--no-defaults", "-h", HOST, "-P", str(self.port), "-u", "root"]
         argv += ["--batch", "--skip-column-names"]
         if database:
             argv += ["-D", database]
-        done = subprocess.run(
-            [*argv, "-e", statement], capture_output=True, text=True, timeout=seconds(30)
-        )
-        if done.returncode != 0:
-            raise RuntimeError(f"mariadb {statement!r} failed: {done.stderr.strip()}")
-        return done.stdout
+        return [*argv, "-e"]
 
     def stop(self) -> None:
         """Normal shutdown (SIGTERM), SIGKILL after a grace period; reap it."""
@@ -102,28 +68,26 @@ def start_mariadb(base: Path) -> MariaDBServer:
     install = processes.find_executable("mariadb-install-db", _PACKAGE)
     mariadbd = processes.find_executable("mariadbd", _PACKAGE)
     data = base / "data"
-    argv = [install, "--no-defaults", f"--datadir={data}", "--user=root"]
-    argv += ["--auth-root-authentication-method=normal", "--skip-test-db"]
-    child = processes.spawn("mariadb-install-db", argv, log_path=base / "install.log", cwd=base)
+    setup = [install, "--no-defaults", f"--datadir={data}", "--user=root"]
+    setup += ["--auth-root-authentication-method=normal", "--skip-test-db"]
+    child = processes.spawn("mariadb-install-db", setup, log_path=base / "install.log", cwd=base)
     if child.popen.wait(timeout=seconds(120)) != 0:
         raise processes.ChildFailed(f"mariadb-install-db failed:\n{processes.log_tail(child)}")
-    for attempt in range(1, _PORT_ATTEMPTS + 1):
-        port = free_port(_HOST)
-        argv = [mariadbd, "--no-defaults", f"--datadir={data}", f"--socket={base / 'sock'}"]
-        argv += [f"--port={port}", f"--bind-address={_HOST}", "--user=root"]
-        argv += [f"--pid-file={base / 'mariadbd.pid'}", *_OPTIONS]
-        child = processes.spawn("mariadbd", argv, log_path=base / "mariadbd.log", cwd=base)
-        server = MariaDBServer(port, base, child)
-        try:
-            processes.wait_for_log(child, _READY, seconds(60))
-        except processes.ChildFailed:
-            server.stop()
-            taken = "address already in use" in processes.log_tail(child).lower()
-            if not taken or attempt == _PORT_ATTEMPTS:
-                raise
-            continue
-        return server
-    raise AssertionError("unreachable")  # pragma: no cover
+
+    def argv(port: int) -> list[str]:
+        server = [mariadbd, "--no-defaults", f"--datadir={data}", f"--socket={base / 'sock'}"]
+        server += [f"--port={port}", f"--bind-address={HOST}", "--user=root"]
+        return [*server, f"--pid-file={base / 'mariadbd.pid'}", *_OPTIONS]
+
+    port, child = start_on_free_port(
+        "mariadbd",
+        argv,
+        log_path=base / "mariadbd.log",
+        ready=_READY,
+        timeout=seconds(60),
+        cwd=base,
+    )
+    return MariaDBServer(port, base, child)
 
 
 @pytest.fixture(scope="session")

@@ -20,30 +20,25 @@ ends open sessions; SIGTERM would wait for every client to leave), its
 process group is checked gone, and the directory is removed.
 """
 
-import itertools
 import os
 import pwd
 import shutil
 import signal
-import subprocess
 import tempfile
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
 from clusterchat.cluster import processes
 from clusterchat.cluster.errors import MissingDependency
-from clusterchat.cluster.ports import free_port
-from tests.support.processes import assert_stopped
+from tests.support.database import HOST, DatabaseServer
+from tests.support.processes import assert_stopped, start_on_free_port
 from tests.support.timing import seconds
 
 __all__ = ["PostgresServer", "postgres_server", "postgres_url"]
 
-_HOST = "127.0.0.1"
 _PACKAGE = "postgresql"
-_PORT_ATTEMPTS = 3
 _READY = "database system is ready to accept connections"
 #: Throwaway databases: no waiting for the disk.
 _SETTINGS = ("fsync=off", "synchronous_commit=off", "full_page_writes=off", "max_connections=200")
@@ -69,42 +64,16 @@ def _as_server_user(argv: list[str]) -> list[str]:
     return [setpriv, *user, "--pdeathsig", "TERM", "--", *argv]
 
 
-@dataclass
-class PostgresServer:
-    """A running private PostgreSQL server.
+class PostgresServer(DatabaseServer):
+    """A running private PostgreSQL server (``child``: the postmaster)."""
 
-    Attributes:
-        port: Its TCP port on 127.0.0.1.
-        dir: Its private directory (data, socket, log).
-        child: The postmaster.
-    """
+    scheme = "postgresql"
+    user = "postgres"
 
-    port: int
-    dir: Path
-    child: processes.Child
-    _numbers: Iterator[int] = field(default_factory=lambda: itertools.count(1))
-
-    def url(self, database: str) -> str:
-        """The ``postgresql://`` URL of one database on this server."""
-        return f"postgresql://postgres@{_HOST}:{self.port}/{database}"
-
-    def create_database(self) -> str:
-        """Create a new empty database; return its URL (blocking: psql runs)."""
-        name = f"test_{next(self._numbers)}"
-        self.sql(f"CREATE DATABASE {name}")
-        return self.url(name)
-
-    def sql(self, statement: str, database: str = "postgres") -> str:
-        """Run one statement with psql; return what it printed (blocking)."""
-        psql = str(_bin_dir() / "psql")
-        argv = [psql, "-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1"]
-        argv += ["-h", _HOST, "-p", str(self.port), "-U", "postgres", "-d", database]
-        done = subprocess.run(
-            [*argv, "-c", statement], capture_output=True, text=True, timeout=seconds(30)
-        )
-        if done.returncode != 0:
-            raise RuntimeError(f"psql {statement!r} failed: {done.stderr.strip()}")
-        return done.stdout
+    def client(self, database: str) -> list[str]:
+        argv = [str(_bin_dir() / "psql"), "-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1"]
+        argv += ["-h", HOST, "-p", str(self.port), "-U", "postgres"]
+        return [*argv, "-d", database or "postgres", "-c"]
 
     def stop(self) -> None:
         """Fast shutdown (SIGINT), SIGKILL after a grace period; reap it."""
@@ -126,7 +95,7 @@ def _private_dir() -> Path:
 
 
 def start_postgres(base: Path) -> PostgresServer:
-    """initdb into ``base/data`` and start the server on a free port (retried if taken).
+    """initdb into ``base/data`` and start the server on a free port.
 
     Raises:
         MissingDependency: PostgreSQL is not installed.
@@ -140,26 +109,24 @@ def start_postgres(base: Path) -> PostgresServer:
     child = processes.spawn("initdb", initdb, log_path=base / "initdb.log", cwd=base)
     if child.popen.wait(timeout=seconds(60)) != 0:
         raise processes.ChildFailed(f"initdb failed:\n{processes.log_tail(child)}")
-    for attempt in range(1, _PORT_ATTEMPTS + 1):
-        port = free_port(_HOST)
-        argv = [str(bin_dir / "postgres"), "-D", str(data), "-k", str(base)]
-        argv += ["-p", str(port), "-h", _HOST]
+
+    def argv(port: int) -> list[str]:
+        server = [str(bin_dir / "postgres"), "-D", str(data), "-k", str(base)]
+        server += ["-p", str(port), "-h", HOST]
         for setting in _SETTINGS:
-            argv += ["-c", setting]
-        child = processes.spawn(
-            "postgres", _as_server_user(argv), log_path=base / "postgres.log", cwd=base
-        )
-        server = PostgresServer(port, base, child)
-        try:
-            processes.wait_for_log(child, _READY, seconds(30))
-        except processes.ChildFailed:
-            server.stop()
-            taken = "address already in use" in processes.log_tail(child).lower()
-            if not taken or attempt == _PORT_ATTEMPTS:
-                raise
-            continue
-        return server
-    raise AssertionError("unreachable")  # pragma: no cover
+            server += ["-c", setting]
+        return _as_server_user(server)
+
+    port, child = start_on_free_port(
+        "postgres",
+        argv,
+        log_path=base / "postgres.log",
+        ready=_READY,
+        timeout=seconds(30),
+        stop_signal=signal.SIGINT,
+        cwd=base,
+    )
+    return PostgresServer(port, base, child)
 
 
 @pytest.fixture(scope="session")
