@@ -1,4 +1,9 @@
-"""Real nodes joined by a real redis-server, some behind a real nginx (the cluster issue)."""
+"""Real nodes joined by a real redis-server, some behind a real nginx (the cluster issue).
+
+Each test that stores messages runs three times: on SQLite (one file beside
+the nodes), and on a fresh database of the session's PostgreSQL and MariaDB
+servers (``cluster_db``).
+"""
 
 import json
 import signal
@@ -26,18 +31,37 @@ from tests.support.timing import seconds
 pytestmark = pytest.mark.integration
 
 
-def _cluster(node_factory: NodeFactory, redis: RedisServer, count: int) -> list[NodeHandle]:
+@pytest.fixture(
+    params=[
+        pytest.param(None, id="sqlite"),
+        pytest.param("postgres", id="postgresql"),
+        pytest.param("mariadb", id="mariadb"),
+    ]
+)
+def cluster_db(request: pytest.FixtureRequest) -> str | None:
+    """The cluster's database URL: None for node_factory's SQLite file, or a fresh
+    database on the session's PostgreSQL or MariaDB server."""
+    if request.param is None:
+        return None
+    url: str = request.getfixturevalue(f"{request.param}_url")
+    return url
+
+
+def _cluster(
+    node_factory: NodeFactory, redis: RedisServer, count: int, db_url: str | None
+) -> list[NodeHandle]:
+    # One after the other: the first creates the schema.
     return [
-        node_factory(extra_args=["--redis", redis.url, "--node-id", f"n{i}"])
+        node_factory(db_url=db_url, extra_args=["--redis", redis.url, "--node-id", f"n{i}"])
         for i in range(1, count + 1)
     ]
 
 
 def test_users_on_two_nodes_chat_both_ways(
-    node_factory: NodeFactory, redis_server: RedisServer
+    node_factory: NodeFactory, redis_server: RedisServer, cluster_db: str | None
 ) -> None:
     """Alice on node 1 and bob on node 2 exchange messages through Redis."""
-    n1, n2 = _cluster(node_factory, redis_server, 2)
+    n1, n2 = _cluster(node_factory, redis_server, 2, cluster_db)
     alice, bob = register(n1, "alice", "bob")
     a, _ = login(n1, alice)
     b, _ = login(n2, bob)
@@ -51,10 +75,10 @@ def test_users_on_two_nodes_chat_both_ways(
 
 
 def test_user_on_two_nodes_gets_each_message_once_per_session(
-    node_factory: NodeFactory, redis_server: RedisServer
+    node_factory: NodeFactory, redis_server: RedisServer, cluster_db: str | None
 ) -> None:
     """Bob's phone (node 1) and laptop (node 2) each get every message exactly once."""
-    n1, n2 = _cluster(node_factory, redis_server, 2)
+    n1, n2 = _cluster(node_factory, redis_server, 2, cluster_db)
     alice, bob = register(n1, "alice", "bob")
     a, _ = login(n1, alice)
     phone, _ = login(n1, bob)
@@ -73,10 +97,10 @@ def test_user_on_two_nodes_gets_each_message_once_per_session(
 
 
 def test_group_chat_reaches_members_on_every_node_and_offline_ones_later(
-    node_factory: NodeFactory, redis_server: RedisServer
+    node_factory: NodeFactory, redis_server: RedisServer, cluster_db: str | None
 ) -> None:
     """A group spread over three nodes: online members live, offline member at next login."""
-    n1, n2, n3 = _cluster(node_factory, redis_server, 3)
+    n1, n2, n3 = _cluster(node_factory, redis_server, 3, cluster_db)
     ann, ben, cat, dan = register(n1, "ann", "ben", "cat", "dan")
     a, _ = login(n1, ann)
     group = a.request({"msgid": 8, "groupname": "tea", "groupdesc": "tea lovers"})["groupid"]
@@ -105,10 +129,13 @@ def test_group_chat_reaches_members_on_every_node_and_offline_ones_later(
 
 
 def test_clients_through_nginx_land_on_different_nodes(
-    node_factory: NodeFactory, redis_server: RedisServer, nginx_factory: NginxFactory
+    node_factory: NodeFactory,
+    redis_server: RedisServer,
+    nginx_factory: NginxFactory,
+    cluster_db: str | None,
 ) -> None:
     """nginx spreads logins over both nodes, and they chat with each other."""
-    nodes = _cluster(node_factory, redis_server, 2)
+    nodes = _cluster(node_factory, redis_server, 2, cluster_db)
     front = nginx_factory([(n.host, n.port) for n in nodes])
     names = [f"u{i}" for i in range(6)]
     ids = register(nodes[0], *names)
@@ -131,7 +158,7 @@ def test_clients_through_nginx_land_on_different_nodes(
 
 
 def test_node_killed_messages_wait_for_nextlogin(
-    node_factory: NodeFactory, redis_server: RedisServer
+    node_factory: NodeFactory, redis_server: RedisServer, cluster_db: str | None
 ) -> None:
     """SIGKILL bob's node: what alice sends meanwhile reaches bob at next login, exactly once.
 
@@ -139,7 +166,7 @@ def test_node_killed_messages_wait_for_nextlogin(
     node saved bob's classic cursor: docs/delivery.md (crash window) allows
     the next session to show it once more, first; nothing else may repeat.
     """
-    n1, n2 = _cluster(node_factory, redis_server, 2)
+    n1, n2 = _cluster(node_factory, redis_server, 2, cluster_db)
     alice, bob = register(n1, "alice", "bob")
     a, _ = login(n1, alice)
     b, _ = login(n2, bob)
@@ -165,9 +192,11 @@ def test_node_killed_messages_wait_for_nextlogin(
     b2.close()
 
 
-def test_redis_outage_loses_nothing(node_factory: NodeFactory, redis_server: RedisServer) -> None:
+def test_redis_outage_loses_nothing(
+    node_factory: NodeFactory, redis_server: RedisServer, cluster_db: str | None
+) -> None:
     """Redis stops: local chat goes on; cross-node messages arrive once it is back."""
-    n1, n2 = _cluster(node_factory, redis_server, 2)
+    n1, n2 = _cluster(node_factory, redis_server, 2, cluster_db)
     alice, carol, bob = register(n1, "alice", "carol", "bob")
     a, _ = login(n1, alice)
     c, _ = login(n1, carol)
@@ -211,10 +240,13 @@ def test_redis_outage_loses_nothing(node_factory: NodeFactory, redis_server: Red
 
 
 def test_sigterm_on_a_node_moves_its_clients_without_loss(
-    node_factory: NodeFactory, redis_server: RedisServer, nginx_factory: NginxFactory
+    node_factory: NodeFactory,
+    redis_server: RedisServer,
+    nginx_factory: NginxFactory,
+    cluster_db: str | None,
 ) -> None:
     """A node stopped with SIGTERM: its clients reconnect through nginx and lose nothing."""
-    nodes = _cluster(node_factory, redis_server, 2)
+    nodes = _cluster(node_factory, redis_server, 2, cluster_db)
     front = nginx_factory([(n.host, n.port) for n in nodes])
     alice, bob = register(nodes[0], "alice", "bob")
     a = ClassicClient("127.0.0.1", front.port)
@@ -246,7 +278,7 @@ def test_status_lists_live_nodes_and_their_users(
     node_factory: NodeFactory, redis_server: RedisServer
 ) -> None:
     """`clusterchat status` shows each live node with its online users."""
-    n1, n2 = _cluster(node_factory, redis_server, 2)
+    n1, n2 = _cluster(node_factory, redis_server, 2, None)  # presence only: any database
     alice, bob = register(n1, "alice", "bob")
     a, _ = login(n1, alice)
     b, _ = login(n2, bob)
