@@ -7,12 +7,18 @@ tests/support/mariadb.py), which carry the ``integration`` mark.
 
 import asyncio
 from collections.abc import AsyncIterator
+from functools import partial
 from pathlib import Path
 
 import pytest
+from sqlalchemy import text
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import AsyncConnection, create_async_engine
 
+from clusterchat.store import log_sql
 from clusterchat.store.base import Appended, Group, Member, NameTaken, NewMessage, Store, User
-from clusterchat.store.sql import SqlStore
+from clusterchat.store.sql import SqlStore, async_url
 
 #: The dialects; ``store_url`` turns each into the URL of an empty database.
 STORES = [
@@ -22,9 +28,9 @@ STORES = [
 ]
 
 
-async def _open(url: str) -> SqlStore:
+async def _open(url: str, lock_timeout: int = log_sql.LOCK_TIMEOUT) -> SqlStore:
     # The engine resolves the file path when built: once, off the event loop.
-    store = await asyncio.to_thread(SqlStore, url)
+    store = await asyncio.to_thread(partial(SqlStore, url, lock_timeout=lock_timeout))
     await store.create_schema()
     return store
 
@@ -400,3 +406,82 @@ async def test_two_engines_append_to_the_same_users_at_once(store_url: str) -> N
     finally:
         await first.close()
         await second.close()
+
+
+@pytest.fixture(
+    params=[
+        pytest.param("postgres", id="postgresql", marks=pytest.mark.integration),
+        pytest.param("mariadb", id="mariadb", marks=pytest.mark.integration),
+    ]
+)
+def locking_url(request: pytest.FixtureRequest) -> str:
+    """An empty database of a dialect whose appends take locks (not SQLite: one writer)."""
+    url: str = request.getfixturevalue(f"{request.param}_url")
+    return url
+
+
+async def _hold(conn: AsyncConnection, users: list[int], conversations: list[str]) -> list[str]:
+    """Take, on ``conn``, the append locks of ``users`` and ``conversations`` (a frozen node).
+
+    Returns:
+        The MySQL lock names (empty on PostgreSQL).
+    """
+    if conn.dialect.name == "postgresql":
+        await conn.begin()
+        for key in log_sql.pg_lock_keys(users, conversations):
+            await conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": key})
+        return []
+    database = conn.engine.url.database or ""
+    names = log_sql.mysql_lock_names(database, users, conversations)
+    for name in names:
+        got = await conn.execute(text("SELECT GET_LOCK(:n, 0)"), {"n": name})
+        assert got.scalar() == 1
+    return names
+
+
+async def _others_locks(conn: AsyncConnection, names: list[str]) -> int:
+    """How many append locks sessions other than ``conn``'s hold."""
+    if conn.dialect.name == "postgresql":
+        query = (
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND pid <> pg_backend_pid()"
+        )
+        return int((await conn.execute(text(query))).scalar_one())
+    held = 0
+    for name in names:
+        owner = (await conn.execute(text("SELECT IS_USED_LOCK(:n)"), {"n": name})).scalar()
+        mine = (await conn.execute(text("SELECT CONNECTION_ID()"))).scalar()
+        held += owner is not None and owner != mine
+    return held
+
+
+async def test_an_append_that_waits_too_long_for_a_lock_fails_and_keeps_none(
+    locking_url: str,
+) -> None:
+    """A node frozen while holding bob's lock: an append for bob fails after lock_timeout,
+    stores nothing and keeps none of its locks; appends for others go on, and bob's
+    succeeds once the lock is free."""
+    store = await _open(locking_url, lock_timeout=1)
+    engine = create_async_engine(async_url(locking_url))
+    try:
+        alice, bob, carol = [await store.create_user(n, "h") for n in ("alice", "bob", "carol")]
+        pair = f"u:{alice}:{bob}"
+        async with engine.connect() as frozen:
+            held = await _hold(frozen, [bob], [])
+            with pytest.raises(DBAPIError):
+                await store.append([_msg("m1", alice, (bob,), conv=pair)])
+            # alice's lock was taken before bob's was waited for: it is free again.
+            names = log_sql.mysql_lock_names(
+                make_url(locking_url).database or "", [alice, bob], [pair]
+            )
+            assert await _others_locks(frozen, names) == 0
+            assert await store.read(bob, 0, 10) == []
+            [other] = await store.append([_msg("m2", alice, (carol,), conv=f"u:{alice}:{carol}")])
+            assert other.positions == ((carol, 1),)
+            await frozen.rollback()
+            for name in held:
+                await frozen.execute(text("SELECT RELEASE_LOCK(:n)"), {"n": name})
+        [done] = await store.append([_msg("m1", alice, (bob,), conv=pair)])
+        assert done.positions == ((bob, 1),)
+    finally:
+        await engine.dispose()
+        await store.close()

@@ -10,7 +10,7 @@ both write. On SQLite one writer at a time holds the file (the writer thread
 and its file lock). On PostgreSQL and MySQL/MariaDB, several nodes append at
 once, so ``append`` first takes one lock per user it will write for (each
 recipient, and the sender, whose ``cid`` it checks) and per conversation
-(on MySQL/MariaDB one per stripe of them: ``_lock_logs``), **in one stable
+(on MySQL/MariaDB one per stripe of them: ``mysql_lock_names``), **in one stable
 order** (sorted), and reads the largest positions only after that, in a READ
 COMMITTED transaction (each statement sees what committed before it):
 
@@ -30,14 +30,14 @@ meet a deadlock that PostgreSQL detects only after ``deadlock_timeout`` (1 s);
 checks (InnoDB takes a shared lock on the parent row) and would deadlock with
 a friendship inserted in the other order; a head row per user would add a
 write per recipient and a table. A lock is waited for at most
-``LOCK_TIMEOUT`` seconds (a frozen node holding one): then the append fails
-and the node's LogWriter retries it.
+``lock_timeout`` seconds (``LOCK_TIMEOUT``; a frozen node holding one): then
+the append fails, its locks are released, and the node's LogWriter retries it.
 """
 
 import functools
 import hashlib
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from sqlalchemy import (
@@ -64,11 +64,14 @@ __all__ = [
     "MYSQL_LOCK_STRIPES",
     "append",
     "last_positions",
+    "mysql_lock_names",
+    "pg_lock_keys",
     "release_named_locks",
     "save_cursors",
 ]
 
-#: Seconds an append waits for another node's append to the same user or conversation.
+#: Seconds an append waits for another node's append to the same user or conversation
+#: (the default of ``SqlStore(lock_timeout=)``).
 LOCK_TIMEOUT = 10
 #: MySQL/MariaDB: how many named locks the users and conversations are spread over.
 MYSQL_LOCK_STRIPES = 1024
@@ -122,13 +125,18 @@ def _cursor_upsert(dialect: str, rows: list[dict[str, Any]]) -> Executable:
     raise ValueError(f"no cursor upsert for the {dialect} dialect")
 
 
-def append(conn: Connection, batch: Sequence[NewMessage]) -> list[Appended]:
+def append(
+    conn: Connection, batch: Sequence[NewMessage], lock_timeout: int = LOCK_TIMEOUT
+) -> list[Appended]:
     """Append one batch inside the caller's write transaction (contract: store/base.py).
 
     On MySQL/MariaDB the caller must call ``release_named_locks`` on the same
     connection once the transaction ended (module docstring).
+
+    Raises:
+        OperationalError: Another append held a lock for ``lock_timeout`` seconds.
     """
-    _lock_logs(conn, batch)
+    _lock_logs(conn, batch, lock_timeout)
     originals = _originals(conn, batch)
     fresh: list[NewMessage] = []
     # For each message: an Appended (a duplicate) or the index of a fresh one.
@@ -182,42 +190,58 @@ def append(conn: Connection, batch: Sequence[NewMessage]) -> list[Appended]:
     return results
 
 
-def _lock_logs(conn: Connection, batch: Sequence[NewMessage]) -> None:
-    """Lock, in sorted order, every user and conversation the batch writes for (docstring)."""
+def pg_lock_keys(users: Iterable[int], conversations: Iterable[str]) -> list[int]:
+    """PostgreSQL: the advisory lock keys of these users and conversations, sorted."""
+    keys = {_PG_USER_LOCK | (u & 0xFFFFFFFF) for u in users}
+    keys.update(_PG_CONVERSATION_LOCK | _hash32(c) for c in conversations)
+    return sorted(keys)
+
+
+def mysql_lock_names(
+    database: str, users: Iterable[int], conversations: Iterable[str]
+) -> list[str]:
+    """MySQL/MariaDB: the named locks (stripes) of these users and conversations, sorted.
+
+    Named locks are per server, not per database: the database's name is in
+    each. Striped: MariaDB takes one more of a session's named locks in time
+    that grows with those it holds (4,000 in 0.23 s, 8,000 in 1.5 s), so users
+    and conversations share ``MYSQL_LOCK_STRIPES`` locks (a shared stripe only
+    makes two appends wait for each other).
+    """
+    prefix = "cc" + hashlib.sha1(database.encode()).hexdigest()[:12]
+    stripes = {u % MYSQL_LOCK_STRIPES for u in users}
+    stripes.update(_hash32(c) % MYSQL_LOCK_STRIPES for c in conversations)
+    return [f"{prefix}:{stripe}" for stripe in sorted(stripes)]
+
+
+def _lock_logs(conn: Connection, batch: Sequence[NewMessage], timeout: int) -> None:
+    """Lock, in sorted order, every user and conversation the batch writes for (docstring).
+
+    Raises:
+        OperationalError: A lock was not granted within ``timeout`` seconds.
+    """
     dialect = conn.dialect.name
     if dialect == "sqlite":
         return  # one writer at a time already
-    users = sorted({u for m in batch for u in (m.sender_id, *m.recipients)})
-    conversations = sorted({m.conversation for m in batch})
+    users = {u for m in batch for u in (m.sender_id, *m.recipients)}
+    conversations = {m.conversation for m in batch}
     if dialect == "postgresql":
-        keys = sorted(
-            [_PG_USER_LOCK | (u & 0xFFFFFFFF) for u in users]
-            + [_PG_CONVERSATION_LOCK | _hash32(c) for c in conversations]
-        )
-        conn.exec_driver_sql(f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT}s'")
+        conn.exec_driver_sql(f"SET LOCAL lock_timeout = '{int(timeout)}s'")
         # unnest yields the array's elements in order, so the locks are taken in key order.
         conn.execute(
             text("SELECT count(pg_advisory_xact_lock(k)) FROM unnest(CAST(:keys AS bigint[])) k"),
-            {"keys": keys},
+            {"keys": pg_lock_keys(users, conversations)},
         )
         return
     if dialect in ("mysql", "mariadb"):
-        # Named locks are per server, not per database: the database's name is
-        # in each. Striped: MariaDB takes one more of a session's named locks
-        # in time that grows with those it holds (4,000 in 0.23 s, 8,000 in
-        # 1.5 s), so users and conversations share MYSQL_LOCK_STRIPES locks (a
-        # shared stripe only makes two appends wait for each other).
-        prefix = "cc" + hashlib.sha1((conn.engine.url.database or "").encode()).hexdigest()[:12]
-        stripes = {u % MYSQL_LOCK_STRIPES for u in users}
-        stripes.update(_hash32(c) % MYSQL_LOCK_STRIPES for c in conversations)
-        names = [f"{prefix}:{stripe}" for stripe in sorted(stripes)]
+        names = mysql_lock_names(conn.engine.url.database or "", users, conversations)
         calls = ", ".join(["GET_LOCK(%s, %s)"] * len(names))
         row = conn.exec_driver_sql(
-            f"SELECT {calls}", tuple(v for name in names for v in (name, LOCK_TIMEOUT))
+            f"SELECT {calls}", tuple(v for name in names for v in (name, int(timeout)))
         ).one()
         if not all(got == 1 for got in row):
             raise OperationalError(
-                "GET_LOCK", None, Exception(f"log locks not granted in {LOCK_TIMEOUT} s")
+                "GET_LOCK", None, Exception(f"log locks not granted in {timeout} s")
             )
         return
     raise ValueError(f"no log locks for the {dialect} dialect")

@@ -102,11 +102,21 @@ class SqlStore:
     Args:
         url: The database URL (``sqlite:///...``, ``postgresql://...``, ``mysql://...``).
         pool_size: Connections used at once.
+        lock_timeout: Seconds an append waits for another node's append to the
+            same users (PostgreSQL, MySQL/MariaDB: log_sql.py); then it fails.
         echo: Log every statement (debugging).
     """
 
-    def __init__(self, url: str, *, pool_size: int = 5, echo: bool = False) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        pool_size: int = 5,
+        lock_timeout: int = log_sql.LOCK_TIMEOUT,
+        echo: bool = False,
+    ) -> None:
         self.url = async_url(url)
+        self._lock_timeout = lock_timeout
         self._engine: AsyncEngine = create_async_engine(
             self.url, echo=echo, pool_pre_ping=True, pool_size=pool_size, max_overflow=0
         )
@@ -310,7 +320,8 @@ class SqlStore:
             return []
         # No retry on a unique violation: appends that share a user or a
         # conversation are serialised (log_sql.py), so one would be a bug.
-        return await self._write(partial(log_sql.append, batch=batch), log=True)
+        work = partial(log_sql.append, batch=batch, lock_timeout=self._lock_timeout)
+        return await self._write(work, log=True)
 
     async def read(self, user_id: int, after: int, limit: int) -> list[LogEntry]:
         query = (
