@@ -8,12 +8,13 @@ binary logging and durable flushing are off (throwaway databases), and root
 has an empty password from 127.0.0.1. ``mariadb_url`` is a fresh, empty
 database on it for each test.
 
-The server runs as whoever runs the tests (``--user=root`` keeps mariadbd from
-switching to the ``mysql`` user when that is root). At teardown it gets
+The server runs as whoever runs the tests (as root, ``--user=root`` keeps
+mariadbd from switching to the ``mysql`` user). At teardown it gets
 SIGTERM (a normal shutdown), SIGKILL after a grace period, and its process
 group is checked gone.
 """
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -68,7 +69,10 @@ def start_mariadb(base: Path) -> MariaDBServer:
     install = processes.find_executable("mariadb-install-db", _PACKAGE)
     mariadbd = processes.find_executable("mariadbd", _PACKAGE)
     data = base / "data"
-    setup = [install, "--no-defaults", f"--datadir={data}", "--user=root"]
+    # As root, --user=root keeps it from switching to the mysql user; otherwise
+    # it runs as whoever we are.
+    as_us = ["--user=root"] if os.geteuid() == 0 else []
+    setup = [install, "--no-defaults", f"--datadir={data}", *as_us]
     setup += ["--auth-root-authentication-method=normal", "--skip-test-db"]
     child = processes.spawn("mariadb-install-db", setup, log_path=base / "install.log", cwd=base)
     if child.popen.wait(timeout=seconds(120)) != 0:
@@ -76,7 +80,7 @@ def start_mariadb(base: Path) -> MariaDBServer:
 
     def argv(port: int) -> list[str]:
         server = [mariadbd, "--no-defaults", f"--datadir={data}", f"--socket={base / 'sock'}"]
-        server += [f"--port={port}", f"--bind-address={HOST}", "--user=root"]
+        server += [f"--port={port}", f"--bind-address={HOST}", *as_us]
         return [*server, f"--pid-file={base / 'mariadbd.pid'}", *_OPTIONS]
 
     port, child = start_on_free_port(
