@@ -281,6 +281,16 @@ async def test_log_bodies_round_trip_any_bytes(store: Store) -> None:
     assert [e.body for e in await store.read(bob, 0, 10)] == bodies
 
 
+async def test_a_body_larger_than_64_kib_is_kept_whole(store: Store) -> None:
+    """A push bigger than a MySQL BLOB (65,535 bytes) round-trips: max_frame and
+    max_message may be raised, and 8,192 characters of emoji are 32 KiB already."""
+    alice = await store.create_user("alice", "h")
+    bob = await store.create_user("bob", "h")
+    body = "🙂".encode() * 50_000  # 200,000 bytes
+    await store.append([NewMessage("big", alice, "c", (bob,), "t", body)])
+    assert [e.body for e in await store.read(bob, 0, 10)] == [body]
+
+
 async def test_unicode_client_ids_and_devices_round_trip(store: Store) -> None:
     """Chinese and emoji in a client message id and a device name are kept exactly."""
     alice = await store.create_user("alice", "h")

@@ -19,6 +19,7 @@ from sqlalchemy import (
     func,
     text,
 )
+from sqlalchemy.dialects import mysql
 
 __all__ = [
     "chat_groups",
@@ -120,6 +121,8 @@ group_members = Table(
 # is one B-tree (WITHOUT ROWID): a one-to-one message costs two B-tree inserts.
 # ``cursors`` remembers how far each device of a user has read its log.
 
+_BODY = LargeBinary().with_variant(mysql.MEDIUMBLOB(), "mysql", "mariadb")
+
 messages = Table(
     "messages",
     metadata,
@@ -129,7 +132,9 @@ messages = Table(
     Column("sender_id", Integer, ForeignKey("users.id"), nullable=False),
     Column("cid", String(64), nullable=True),
     Column("time", String(19), nullable=False),
-    Column("body", LargeBinary, nullable=False),
+    # MySQL's BLOB holds 65,535 bytes: a push of raised limits (or of 8,192
+    # escaped characters) can be larger. MEDIUMBLOB holds 16 MiB.
+    Column("body", _BODY, nullable=False),
     Column("created_at", DateTime, nullable=False, server_default=func.now()),
     # Only messages that carry a client id are indexed by it (MySQL, which has
     # no partial index, indexes every row; its NULLs never collide).
