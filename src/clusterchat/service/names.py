@@ -23,13 +23,18 @@ _NICKNAME = precis_i18n.get_profile("NicknameCasePreserved")
 _SPOOF = icu.SpoofChecker()
 #: Longest key the store holds (a skeleton can be longer than its name).
 MAX_KEY = 255
+#: Longest name the store holds (users.name, chat_groups.name): NFKC can make a
+#: name longer than the request's (U+FDFA is 18 characters), and PostgreSQL and
+#: MySQL refuse what does not fit where SQLite would keep it.
+MAX_NAME = 64
 
 
 def normalize(name: str, field: str) -> str:
     """The name as it is stored and shown.
 
     Raises:
-        ChatError: errno 13 naming the field and the refused character.
+        ChatError: errno 13 naming the field and the refused character, or
+            saying that the name became longer than ``MAX_NAME``.
     """
     try:
         enforced: str = _NICKNAME.enforce(name)
@@ -38,6 +43,11 @@ def normalize(name: str, field: str) -> str:
         if exc.reason != "DISALLOWED/empty":
             reason += f" (U+{ord(exc.object[exc.start]):04X})"
         raise ChatError(ErrorCode.INVALID_FIELD, f"{field}: {reason}") from None
+    if len(enforced) > MAX_NAME:
+        raise ChatError(
+            ErrorCode.INVALID_FIELD,
+            f"{field}: too long once normalised ({len(enforced)} characters, at most {MAX_NAME})",
+        )
     return enforced
 
 
