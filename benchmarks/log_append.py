@@ -34,14 +34,14 @@ BODY = (
 
 async def _create(url: str) -> None:
     await upgrade(url)
-    store = SqlStore(url, pool_size=SETTINGS.db_pool_size)
+    store = SqlStore(url, pool_size=SETTINGS.db_pool_size, lock_timeout=SETTINGS.db_lock_timeout)
     for index in range(USERS):
         await store.create_user(f"u{index}", "h", name_key=f"u{index}")
     await store.close()
 
 
 async def _append(url: str, tag: str, batch: int, seconds: float) -> float:
-    store = SqlStore(url, pool_size=SETTINGS.db_pool_size)
+    store = SqlStore(url, pool_size=SETTINGS.db_pool_size, lock_timeout=SETTINGS.db_lock_timeout)
     rng = random.Random(tag)
     sent = 0
     started = time.perf_counter()

@@ -27,8 +27,10 @@ from blockbuster import BlockBuster, blockbuster_ctx
 from hypothesis import HealthCheck, Phase, settings
 
 pytest_plugins: list[str] = [
+    "tests.support.mariadb",
     "tests.support.nginx",
     "tests.support.node",
+    "tests.support.postgres",
     "tests.support.proxy",
     "tests.support.redis",
     "tests.support.service",
@@ -65,6 +67,11 @@ settings.register_profile(
 def blockbuster() -> Iterator[BlockBuster | None]:
     """Fail any test whose event loop makes a blocking call (aiohttp's habit)."""
     with blockbuster_ctx("clusterchat") as bb:
+        # asyncpg reads ~/.pgpass and looks for client certificates while it
+        # parses the connection parameters of a new connection: a stat or two
+        # of local files, once per pooled connection (SqlStore keeps them open).
+        for function in bb.functions.values():
+            function.can_block_in("asyncpg/connect_utils.py", "_parse_connect_dsn_and_args")
         yield bb
 
 

@@ -86,7 +86,9 @@ async def run_import(source_url: str, settings: Settings) -> int:
         workers=settings.hash_workers,
     )
     try:
-        report = await import_classic(source_url, settings.db, hasher.hash)
+        report = await import_classic(
+            source_url, settings.db, hasher.hash, settings.db_lock_timeout
+        )
     except (ImportConflict, MissingTable) as exc:
         print(f"clusterchat import-classic: {exc}", file=sys.stderr)
         return 1

@@ -18,12 +18,16 @@ checked the names already stored with them (``store/migrations``).
 import icu
 import precis_i18n
 
-__all__ = ["MAX_KEY", "NameRefused", "look_alike_key", "normalize"]
+__all__ = ["MAX_KEY", "MAX_NAME", "NameRefused", "look_alike_key", "normalize"]
 
 _NICKNAME = precis_i18n.get_profile("NicknameCasePreserved")
 _SPOOF = icu.SpoofChecker()
 #: Longest key the store holds (a skeleton can be longer than its name).
 MAX_KEY = 255
+#: Longest name the store holds (users.name, chat_groups.name): NFKC can make a
+#: name longer than the request's (U+FDFA becomes 18 characters), and PostgreSQL
+#: and MySQL refuse what does not fit where SQLite would keep it.
+MAX_NAME = 64
 
 
 class NameRefused(ValueError):
@@ -34,7 +38,8 @@ def normalize(name: str) -> str:
     """The name as it is stored and shown.
 
     Raises:
-        NameRefused: Naming the refused character, or that the name is empty.
+        NameRefused: Naming the refused character, or saying that the name is
+            empty or became longer than ``MAX_NAME``.
     """
     try:
         enforced: str = _NICKNAME.enforce(name)
@@ -43,6 +48,10 @@ def normalize(name: str) -> str:
         if exc.reason != "DISALLOWED/empty":
             reason += f" (U+{ord(exc.object[exc.start]):04X})"
         raise NameRefused(reason) from None
+    if len(enforced) > MAX_NAME:
+        raise NameRefused(
+            f"too long once normalised ({len(enforced)} characters, at most {MAX_NAME})"
+        )
     return enforced
 
 

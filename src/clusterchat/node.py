@@ -42,7 +42,9 @@ class Node:
         self.settings = settings
         self._tls = _tls_context(settings)  # first: a bad certificate starts nothing
         self.node_id = settings.node_id or secrets.token_hex(4)
-        self.store = SqlStore(settings.db, pool_size=settings.db_pool_size)
+        self.store = SqlStore(
+            settings.db, pool_size=settings.db_pool_size, lock_timeout=settings.db_lock_timeout
+        )
         self.bus: Bus
         self.presence: Presence
         address = f"{settings.host}:{settings.port}"

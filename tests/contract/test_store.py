@@ -1,40 +1,51 @@
 """The Store contract (src/clusterchat/store/base.py), run against every SQL dialect.
 
-``STORES`` lists the databases: SQLite in ``tmp_path`` for now; PostgreSQL and
-MariaDB join by adding a ``pytest.param`` whose factory returns their URL.
+``STORES`` lists the databases: SQLite in ``tmp_path``, and a fresh database
+on the session's private PostgreSQL and MariaDB servers (tests/support/postgres.py,
+tests/support/mariadb.py), which carry the ``integration`` mark.
 """
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
+from functools import partial
 from pathlib import Path
 
 import pytest
+from sqlalchemy import text
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import AsyncConnection, create_async_engine
 
-from clusterchat.store.base import Group, Member, NameTaken, NewMessage, Store, User
-from clusterchat.store.sql import SqlStore
+from clusterchat.store import log_sql
+from clusterchat.store.base import Appended, Group, Member, NameTaken, NewMessage, Store, User
+from clusterchat.store.sql import SqlStore, async_url
 from tests.support.database import migrated
 from tests.support.defaults import SETTINGS
 
-#: Each parameter turns the test's tmp_path into a database URL.
+#: The dialects; ``store_url`` turns each into the URL of an empty database.
 STORES = [
-    pytest.param(lambda tmp: f"sqlite:///{tmp}/store.db", id="sqlite"),
+    pytest.param("sqlite", id="sqlite"),
+    pytest.param("postgres", id="postgresql", marks=pytest.mark.integration),
+    pytest.param("mariadb", id="mariadb", marks=pytest.mark.integration),
 ]
 
-UrlFactory = Callable[[Path], str]
 
-
-async def _open(url: str) -> SqlStore:
+async def _open(url: str, lock_timeout: int = SETTINGS.db_lock_timeout) -> SqlStore:
     # The engine resolves the file path when built: once, off the event loop.
     await asyncio.to_thread(migrated, url)
-    store = await asyncio.to_thread(SqlStore, url, pool_size=SETTINGS.db_pool_size)
+    store = await asyncio.to_thread(
+        partial(SqlStore, url, pool_size=SETTINGS.db_pool_size, lock_timeout=lock_timeout)
+    )
     return store
 
 
 @pytest.fixture(params=STORES)
 def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     """The URL of an empty database of one dialect."""
-    factory: UrlFactory = request.param
-    return factory(tmp_path)
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path}/store.db"
+    url: str = request.getfixturevalue(f"{request.param}_url")
+    return url
 
 
 @pytest.fixture
@@ -274,6 +285,28 @@ async def test_log_bodies_round_trip_any_bytes(store: Store) -> None:
     assert [e.body for e in await store.read(bob, 0, 10)] == bodies
 
 
+async def test_a_body_larger_than_64_kib_is_kept_whole(store: Store) -> None:
+    """A push bigger than a MySQL BLOB (65,535 bytes) round-trips: max_frame and
+    max_message may be raised, and 8,192 characters of emoji are 32 KiB already."""
+    alice = await store.create_user("alice", "h")
+    bob = await store.create_user("bob", "h")
+    body = "🙂".encode() * 50_000  # 200,000 bytes
+    await store.append([NewMessage("big", alice, "c", (bob,), "t", body)])
+    assert [e.body for e in await store.read(bob, 0, 10)] == [body]
+
+
+async def test_unicode_client_ids_and_devices_round_trip(store: Store) -> None:
+    """Chinese and emoji in a client message id and a device name are kept exactly."""
+    alice = await store.create_user("alice", "h")
+    bob = await store.create_user("bob", "h")
+    [first] = await store.append([_msg("m1", alice, (bob,), cid="消息🙂")])
+    [again] = await store.append([_msg("m2", alice, (bob,), cid="消息🙂")])
+    [other] = await store.append([_msg("m3", alice, (bob,), cid="消息🙃")])
+    assert (first.duplicate, again.duplicate, other.duplicate) == (False, True, False)
+    await store.save_cursors([(bob, "手机📱", 2), (bob, "电脑💻", 1)])
+    assert await store.load_cursors(bob) == {"手机📱": 2, "电脑💻": 1}
+
+
 async def test_cursors_only_move_forward(store: Store) -> None:
     """Saved cursors keep the larger position, per user and device."""
     alice = await store.create_user("alice", "h")
@@ -324,3 +357,145 @@ async def test_two_engines_write_concurrently_without_loss(store_url: str) -> No
     finally:
         await first.close()
         await second.close()
+
+
+async def test_two_engines_append_to_the_same_users_at_once(store_url: str) -> None:
+    """Two nodes' stores appending for the same users and conversations at once keep the log.
+
+    Batches of one-to-one and group messages whose recipients overlap, listed
+    in different orders, from two engines at once: no append fails (no
+    deadlock, no duplicate key), every message is stored once with one entry
+    per recipient, each user's positions and each conversation's seqs are
+    1, 2, 3... without holes, the results name the positions the log holds,
+    and two messages that share recipients are in the same order in each of
+    their logs.
+    """
+    first, second = await _open(store_url), await _open(store_url)
+    try:
+        users = [await first.create_user(f"user{i}", "h") for i in range(6)]
+        rounds = 40
+
+        def batch(tag: str, n: int) -> list[NewMessage]:
+            a, b, c, d = (users[(n + k) % 6] for k in range(4))
+            members = (b, c, d) if n % 2 else (d, c, b)  # shared recipients, either order
+            return [
+                _msg(f"{tag}-{n}-pair", a, (b,), conv=f"u:{min(a, b)}:{max(a, b)}"),
+                _msg(f"{tag}-{n}-group", a, members, conv=f"g:{n % 3}"),
+                _msg(f"{tag}-{n}-back", b, (a,), conv=f"u:{min(a, b)}:{max(a, b)}"),
+            ]
+
+        async def write(store: SqlStore, tag: str) -> list[tuple[NewMessage, Appended]]:
+            batches = [batch(tag, n) for n in range(rounds)]
+            results = await asyncio.gather(*(store.append(b) for b in batches))
+            return [
+                (m, r)
+                for b, rs in zip(batches, results, strict=True)
+                for m, r in zip(b, rs, strict=True)
+            ]
+
+        done = await asyncio.gather(write(first, "one"), write(second, "two"))
+        appended = [pair for pairs in done for pair in pairs]
+        assert len(appended) == 2 * rounds * 3
+
+        logs = {user: await second.read(user, 0, 10_000) for user in users}
+        for user, entries in logs.items():
+            assert [e.pos for e in entries] == list(range(1, len(entries) + 1)), user
+        where = {(user, e.body.decode()): e.pos for user, entries in logs.items() for e in entries}
+        assert len(where) == sum(len(m.recipients) for m, _ in appended)
+        seqs: dict[str, list[int]] = {}
+        for message, result in appended:
+            assert not result.duplicate
+            assert result.positions == tuple(
+                (user, where[user, message.mid]) for user in message.recipients
+            )
+            seqs.setdefault(message.conversation, []).append(result.seq)
+        for numbers in seqs.values():
+            assert sorted(numbers) == list(range(1, len(numbers) + 1))
+        for one, _ in appended:  # shared recipients see shared messages in one order
+            for other, _ in appended:
+                shared = sorted(set(one.recipients) & set(other.recipients))
+                if one.mid < other.mid and len(shared) > 1:
+                    orders = {where[u, one.mid] < where[u, other.mid] for u in shared}
+                    assert len(orders) == 1, (one.mid, other.mid, shared)
+    finally:
+        await first.close()
+        await second.close()
+
+
+@pytest.fixture(
+    params=[
+        pytest.param("postgres", id="postgresql", marks=pytest.mark.integration),
+        pytest.param("mariadb", id="mariadb", marks=pytest.mark.integration),
+    ]
+)
+def locking_url(request: pytest.FixtureRequest) -> str:
+    """An empty database of a dialect whose appends take locks (not SQLite: one writer)."""
+    url: str = request.getfixturevalue(f"{request.param}_url")
+    return url
+
+
+async def _hold(conn: AsyncConnection, users: list[int], conversations: list[str]) -> list[str]:
+    """Take, on ``conn``, the append locks of ``users`` and ``conversations`` (a frozen node).
+
+    Returns:
+        The MySQL lock names (empty on PostgreSQL).
+    """
+    if conn.dialect.name == "postgresql":
+        await conn.begin()
+        for key in log_sql.pg_lock_keys(users, conversations):
+            await conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": key})
+        return []
+    database = conn.engine.url.database or ""
+    names = log_sql.mysql_lock_names(database, users, conversations)
+    for name in names:
+        got = await conn.execute(text("SELECT GET_LOCK(:n, 0)"), {"n": name})
+        assert got.scalar() == 1
+    return names
+
+
+async def _others_locks(conn: AsyncConnection, names: list[str]) -> int:
+    """How many append locks sessions other than ``conn``'s hold."""
+    if conn.dialect.name == "postgresql":
+        query = (
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND pid <> pg_backend_pid()"
+        )
+        return int((await conn.execute(text(query))).scalar_one())
+    held = 0
+    for name in names:
+        owner = (await conn.execute(text("SELECT IS_USED_LOCK(:n)"), {"n": name})).scalar()
+        mine = (await conn.execute(text("SELECT CONNECTION_ID()"))).scalar()
+        held += owner is not None and owner != mine
+    return held
+
+
+async def test_an_append_that_waits_too_long_for_a_lock_fails_and_keeps_none(
+    locking_url: str,
+) -> None:
+    """A node frozen while holding bob's lock: an append for bob fails after lock_timeout,
+    stores nothing and keeps none of its locks; appends for others go on, and bob's
+    succeeds once the lock is free."""
+    store = await _open(locking_url, lock_timeout=1)
+    engine = create_async_engine(async_url(locking_url))
+    try:
+        alice, bob, carol = [await store.create_user(n, "h") for n in ("alice", "bob", "carol")]
+        pair = f"u:{alice}:{bob}"
+        async with engine.connect() as frozen:
+            held = await _hold(frozen, [bob], [])
+            with pytest.raises(DBAPIError):
+                await store.append([_msg("m1", alice, (bob,), conv=pair)])
+            # alice's lock was taken before bob's was waited for: it is free again.
+            names = log_sql.mysql_lock_names(
+                make_url(locking_url).database or "", [alice, bob], [pair]
+            )
+            assert await _others_locks(frozen, names) == 0
+            assert await store.read(bob, 0, 10) == []
+            [other] = await store.append([_msg("m2", alice, (carol,), conv=f"u:{alice}:{carol}")])
+            assert other.positions == ((carol, 1),)
+            await frozen.rollback()
+            for name in held:
+                await frozen.execute(text("SELECT RELEASE_LOCK(:n)"), {"n": name})
+        [done] = await store.append([_msg("m1", alice, (bob,), conv=pair)])
+        assert done.positions == ((bob, 1),)
+    finally:
+        await engine.dispose()
+        await store.close()

@@ -17,18 +17,22 @@ import subprocess
 import sys
 import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from argon2 import PasswordHasher
-from sqlalchemy import create_engine
+from sqlalchemy import Connection
+from sqlalchemy.ext.asyncio import create_async_engine
+from sqlalchemy.pool import NullPool
 
 from clusterchat.cluster.node_command import node_argv
 from clusterchat.cluster.ports import free_port
 from clusterchat.cluster.processes import Child, spawn, stop, wait_for_log
 from clusterchat.store import migrate
 from clusterchat.store.schema import metadata
+from clusterchat.store.sql import async_url
 from tests.support.classic import PASSWORD, ClassicClient, login
 from tests.support.node import NodeFactory
 from tests.support.processes import assert_stopped
@@ -58,17 +62,32 @@ def _exec(argv: list[str], cwd: Path | None = None) -> subprocess.CompletedProce
     return subprocess.run(argv, capture_output=True, text=True, timeout=seconds(120), cwd=cwd)
 
 
-def test_the_migrations_build_exactly_the_tables_of_schema_py(tmp_path: Path) -> None:
-    url = _db(tmp_path)
-    done = asyncio.run(migrate.upgrade(url))
+@pytest.fixture(params=["sqlite", "postgresql", "mariadb"])
+def any_db(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """An empty database of each kind the store runs on."""
+    if request.param == "sqlite":
+        return _db(tmp_path)
+    fixture = "postgres_url" if request.param == "postgresql" else "mariadb_url"
+    return str(request.getfixturevalue(fixture))
+
+
+def test_the_migrations_build_exactly_the_tables_of_schema_py(any_db: str) -> None:
+    done = asyncio.run(migrate.upgrade(any_db))
     assert (done.before, done.after, done.adopted) == (None, migrate.head(), None)
-    engine = create_engine(url)
-    try:
-        with engine.connect() as conn:
-            context = MigrationContext.configure(conn, opts={"compare_type": True})
-            assert compare_metadata(context, metadata) == []
-    finally:
-        engine.dispose()
+
+    def differences(conn: Connection) -> list[Any]:
+        context = MigrationContext.configure(conn, opts={"compare_type": True})
+        return list(compare_metadata(context, metadata))
+
+    async def compare() -> list[Any]:
+        engine = create_async_engine(async_url(any_db), poolclass=NullPool)
+        try:
+            async with engine.connect() as conn:
+                return await conn.run_sync(differences)
+        finally:
+            await engine.dispose()
+
+    assert asyncio.run(compare()) == []
 
 
 def test_db_upgrade_and_current_say_what_they_did(tmp_path: Path) -> None:
@@ -115,8 +134,8 @@ def test_a_node_refuses_a_database_that_is_not_at_the_newest_revision(tmp_path: 
     assert "newer than this clusterchat" in refused.stderr
 
 
-def test_four_upgrades_at_once_run_each_migration_once(tmp_path: Path) -> None:
-    url = _db(tmp_path)
+def test_four_upgrades_at_once_run_each_migration_once(any_db: str) -> None:
+    url = any_db
     argv = [*CLUSTERCHAT, "db", "upgrade", "--db", url]
     children = [
         subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

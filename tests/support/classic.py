@@ -14,7 +14,15 @@ from typing import Any, Protocol
 
 from tests.support.timing import seconds
 
-__all__ = ["PASSWORD", "ClassicClient", "login", "register"]
+__all__ = [
+    "PASSWORD",
+    "ClassicClient",
+    "login",
+    "offline_texts",
+    "receive_texts",
+    "register",
+    "sync",
+]
 
 _CLASSIC_BUFFER = 1024
 
@@ -110,3 +118,23 @@ def login(
     answer = client.request({"msgid": 1, "id": user_id, "password": password})
     assert answer["errno"] == 0, answer
     return client, answer
+
+
+def sync(client: ClassicClient) -> None:
+    """Round-trip a ping: everything sent before it has been handled."""
+    assert client.request({"msgid": 120, "ref": 99})["msgid"] == 121
+
+
+def receive_texts(client: ClassicClient, count: int) -> list[str]:
+    """The texts of the next ``count`` one-to-one or group chat pushes (nothing else may come)."""
+    texts: list[str] = []
+    while len(texts) < count:
+        message = client.receive()
+        assert message["msgid"] in (6, 10), message
+        texts.append(message["msg"])
+    return texts
+
+
+def offline_texts(answer: dict[str, Any]) -> list[str]:
+    """The texts of the stored messages a login answer carries, in order."""
+    return [json.loads(text)["msg"] for text in answer.get("offlinemsg", [])]

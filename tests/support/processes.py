@@ -5,10 +5,13 @@ container whose init does not reap orphans, a killed grandchild can stay a
 zombie forever, yet it holds no sockets and runs no code.
 """
 
+import signal
 import time
 from collections.abc import Callable
 from pathlib import Path
 
+from clusterchat.cluster import processes
+from clusterchat.cluster.ports import free_port
 from clusterchat.cluster.processes import Child
 
 __all__ = [
@@ -17,8 +20,11 @@ __all__ = [
     "memory_kib",
     "pid_gone",
     "process_state",
+    "start_on_free_port",
     "wait_until",
 ]
+
+_PORT_ATTEMPTS = 3
 
 
 def process_state(pid: int) -> str | None:
@@ -88,3 +94,49 @@ def assert_stopped(child: Child) -> None:
     assert child.popen.returncode is not None, f"{child.name} (pid {child.pid}) not reaped"
     assert pid_gone(child.pid), f"{child.name} (pid {child.pid}) still running"
     assert group_gone(child.pid), f"{child.name}'s process group {child.pid} still running"
+
+
+def start_on_free_port(
+    name: str,
+    argv_for: Callable[[int], list[str]],
+    *,
+    log_path: Path,
+    ready: str,
+    timeout: float,
+    stop_signal: int = signal.SIGTERM,
+    cwd: Path | None = None,
+) -> tuple[int, Child]:
+    """Start a server on a free loopback port and wait for ``ready`` in its log.
+
+    Another process may take the port between ``free_port()`` and the
+    server's bind: a start that failed with "address already in use" is tried
+    again on another port (three times in all).
+
+    Args:
+        name: A label for messages.
+        argv_for: The server's command line for a port.
+        log_path: Its log (stdout and stderr, appended to).
+        ready: What it writes once it accepts connections.
+        timeout: Seconds to wait for ``ready``.
+        stop_signal: How to stop a start that failed.
+        cwd: Its working directory.
+
+    Returns:
+        The port and the running child (the caller stops it).
+
+    Raises:
+        ChildFailed: It exited or did not become ready.
+    """
+    for attempt in range(1, _PORT_ATTEMPTS + 1):
+        port = free_port("127.0.0.1")
+        child = processes.spawn(name, argv_for(port), log_path=log_path, cwd=cwd)
+        try:
+            processes.wait_for_log(child, ready, timeout)
+        except processes.ChildFailed:
+            processes.stop(child, timeout=timeout, sig=stop_signal)
+            taken = "address already in use" in processes.log_tail(child).lower()
+            if not taken or attempt == _PORT_ATTEMPTS:
+                raise
+            continue
+        return port, child
+    raise AssertionError("unreachable")  # pragma: no cover

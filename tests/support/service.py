@@ -28,6 +28,7 @@ import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import TypeVar
 
@@ -477,7 +478,14 @@ class ChatCluster:
         if not self.nodes:
             await asyncio.to_thread(migrated, self.db_url)
         store = InstrumentedStore(
-            await asyncio.to_thread(SqlStore, self.db_url, pool_size=SETTINGS.db_pool_size)
+            await asyncio.to_thread(
+                partial(
+                    SqlStore,
+                    self.db_url,
+                    pool_size=SETTINGS.db_pool_size,
+                    lock_timeout=SETTINGS.db_lock_timeout,
+                )
+            )
         )
         bus: Bus
         node_id = f"n{len(self.nodes) + 1}"

@@ -11,7 +11,8 @@ def normalize(name: str, field: str) -> str:
     """The name as it is stored and shown.
 
     Raises:
-        ChatError: errno 13 naming the field and the refused character.
+        ChatError: errno 13 naming the field and the refused character, or
+            saying that the name became longer than the store holds.
     """
     try:
         return names.normalize(name)

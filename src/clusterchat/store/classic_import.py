@@ -149,10 +149,12 @@ async def import_classic(
     source_url: str,
     target_url: str,
     hash_password: Callable[[str], Awaitable[str]],
+    lock_timeout: int,
 ) -> ImportReport:
     """Import the original's database at ``source_url`` into the one at ``target_url``.
 
     The target must be at the newest schema revision (``store/migrate.py``).
+    ``lock_timeout`` is the log's (``Settings.db_lock_timeout``).
 
     Raises:
         ImportConflict: Users or groups clash; nothing was written.
@@ -175,7 +177,7 @@ async def import_classic(
             [password for _, password in plan.users if password is not None], hash_password
         )
         async with target.begin() as conn:
-            await conn.run_sync(_write, plan, hashes, report)
+            await conn.run_sync(_write, plan, hashes, report, lock_timeout)
     finally:
         await target.dispose()
     return report
@@ -462,7 +464,9 @@ def _field(raw: str, name: str) -> str | None:
     return match.group(1) if match.group(1) is not None else match.group(2)
 
 
-def _write(conn: Connection, plan: _Plan, hashes: dict[str, str], report: ImportReport) -> None:
+def _write(
+    conn: Connection, plan: _Plan, hashes: dict[str, str], report: ImportReport, lock_timeout: int
+) -> None:
     """Write the plan in the caller's transaction."""
     if plan.users:
         conn.execute(
@@ -494,7 +498,7 @@ def _write(conn: Connection, plan: _Plan, hashes: dict[str, str], report: Import
         )
     _advance_sequences(conn)
     for start in range(0, len(plan.messages), _APPEND_BATCH):
-        done = append(conn, plan.messages[start : start + _APPEND_BATCH])
+        done = append(conn, plan.messages[start : start + _APPEND_BATCH], lock_timeout)
         report.new_messages += sum(1 for item in done if not item.duplicate)
     report.new_users = len(plan.users)
     report.new_groups = len(plan.groups)

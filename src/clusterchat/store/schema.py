@@ -25,6 +25,7 @@ from sqlalchemy import (
     func,
     text,
 )
+from sqlalchemy.dialects import mysql
 
 __all__ = [
     "chat_groups",
@@ -41,8 +42,16 @@ __all__ = [
 
 metadata = MetaData()
 
-# MySQL/MariaDB: utf8mb4 so that any Unicode name or message round-trips.
-_MYSQL: dict[str, Any] = {"mysql_charset": "utf8mb4", "mysql_engine": "InnoDB"}
+# MySQL/MariaDB: utf8mb4 so that any Unicode name or message round-trips, and
+# its binary collation so that names compare exactly, as on SQLite and
+# PostgreSQL (utf8mb4's default collation folds case: "alice" would take "Alice").
+# Every table says so itself: a database created with the server's default
+# character set (latin1 on MariaDB) must not decide.
+_MYSQL: dict[str, Any] = {
+    "mysql_charset": "utf8mb4",
+    "mysql_collate": "utf8mb4_bin",
+    "mysql_engine": "InnoDB",
+}
 
 users = Table(
     "users",
@@ -85,6 +94,7 @@ chat_groups = Table(
     Column("name_key", String(255), nullable=False),
     Column("description", String(256), nullable=False, default=""),
     # Joining needs an invitation from the creator (docs/protocol.md §2.7).
+    # false(): rendered per dialect (PostgreSQL refuses an integer default for a boolean).
     Column("invite_only", Boolean, nullable=False, default=False, server_default=false()),
     Column("created_at", DateTime, nullable=False, server_default=func.now()),
     UniqueConstraint("name_key", name="uq_chat_groups_name_key"),
@@ -119,6 +129,8 @@ group_members = Table(
 # is one B-tree (WITHOUT ROWID): a one-to-one message costs two B-tree inserts.
 # ``cursors`` remembers how far each device of a user has read its log.
 
+_BODY = LargeBinary().with_variant(mysql.MEDIUMBLOB(), "mysql", "mariadb")
+
 messages = Table(
     "messages",
     metadata,
@@ -128,7 +140,9 @@ messages = Table(
     Column("sender_id", Integer, ForeignKey("users.id"), nullable=False),
     Column("cid", String(64), nullable=True),
     Column("time", String(19), nullable=False),
-    Column("body", LargeBinary, nullable=False),
+    # MySQL's BLOB holds 65,535 bytes: a push of raised limits (or of 8,192
+    # escaped characters) can be larger. MEDIUMBLOB holds 16 MiB.
+    Column("body", _BODY, nullable=False),
     Column("created_at", DateTime, nullable=False, server_default=func.now()),
     # Only messages that carry a client id are indexed by it (MySQL, which has
     # no partial index, indexes every row; its NULLs never collide).

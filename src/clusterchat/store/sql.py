@@ -9,8 +9,9 @@ One implementation for every dialect; they differ only by URL:
   without a visit to the event loop, queued across processes on a file lock.
   The other writes are single autocommitted statements or write-only
   transactions, so SQLite never has to upgrade a read lock.
-* ``postgresql://...`` (driver asyncpg) and ``mysql://...`` (driver aiomysql)
-  for clusters spanning machines.
+* ``postgresql://...`` (driver asyncpg) and ``mysql://...`` or
+  ``mariadb://...`` (driver asyncmy) for clusters spanning machines
+  (docs/operations.md §Databases says why these drivers).
 
 All SQL is built by SQLAlchemy with bound parameters; nothing is formatted
 into query text.
@@ -60,8 +61,8 @@ _ASYNC_DRIVERS = {
     "sqlite": "sqlite+aiosqlite",
     "postgresql": "postgresql+asyncpg",
     "postgres": "postgresql+asyncpg",
-    "mysql": "mysql+aiomysql",
-    "mariadb": "mysql+aiomysql",
+    "mysql": "mysql+asyncmy",
+    "mariadb": "mysql+asyncmy",
 }
 
 
@@ -101,16 +102,20 @@ class SqlStore:
     Args:
         url: The database URL (``sqlite:///...``, ``postgresql://...``, ``mysql://...``).
         pool_size: Connections used at once.
+        lock_timeout: Seconds an append waits for another node's append to the
+            same users (PostgreSQL, MySQL/MariaDB: log_sql.py); then it fails.
         echo: Log every statement (debugging).
     """
 
-    def __init__(self, url: str, *, pool_size: int, echo: bool = False) -> None:
+    def __init__(self, url: str, *, pool_size: int, lock_timeout: int, echo: bool = False) -> None:
         self.url = async_url(url)
+        self._lock_timeout = lock_timeout
         self._engine: AsyncEngine = create_async_engine(
             self.url, echo=echo, pool_pre_ping=True, pool_size=pool_size, max_overflow=0
         )
         self._slots = asyncio.Semaphore(pool_size)
         self._writer: SqliteWriter | None = None
+        self._named_locks = self._engine.dialect.name in ("mysql", "mariadb")
         if self._engine.dialect.name == "sqlite":
             event.listen(self._engine.sync_engine, "connect", _sqlite_pragmas)
             path = make_url(url).database
@@ -302,15 +307,10 @@ class SqlStore:
     async def append(self, batch: Sequence[NewMessage]) -> list[Appended]:
         if not batch:
             return []
-        for attempt in range(1, _APPEND_ATTEMPTS + 1):
-            try:
-                return await self._write(partial(log_sql.append, batch=batch))
-            except IntegrityError:
-                # Two nodes created the same new conversation at once, or
-                # stored the same (sender, cid): the retry sees their rows.
-                if attempt == _APPEND_ATTEMPTS:
-                    raise
-        raise AssertionError("unreachable")  # pragma: no cover
+        # No retry on a unique violation: appends that share a user or a
+        # conversation are serialised (log_sql.py), so one would be a bug.
+        work = partial(log_sql.append, batch=batch, lock_timeout=self._lock_timeout)
+        return await self._write(work, log=True)
 
     async def read(self, user_id: int, after: int, limit: int) -> list[LogEntry]:
         query = (
@@ -348,12 +348,31 @@ class SqlStore:
         if items:
             await self._write(partial(log_sql.save_cursors, items=items))
 
-    async def _write(self, work: Callable[[Connection], T]) -> T:
-        """Run ``work`` in one write transaction (on SQLite, in the writer thread)."""
+    async def _write(self, work: Callable[[Connection], T], *, log: bool = False) -> T:
+        """Run ``work`` in one write transaction (on SQLite, in the writer thread).
+
+        ``log``: ``work`` is a ``log_sql.append``, which locks what it writes
+        for: it runs READ COMMITTED (it must see what committed while it
+        waited for a lock) and, on MySQL/MariaDB, the named locks are released
+        after the transaction, or the connection is dropped (which releases them).
+        """
         if self._writer is not None:
             return await self._writer.run(work)
-        async with self._begin() as conn:
-            return await conn.run_sync(work)
+        if not log:
+            async with self._begin() as conn:
+                return await conn.run_sync(work)
+        async with self._slots, self._engine.connect() as conn:
+            await conn.execution_options(isolation_level="READ COMMITTED")
+            try:
+                async with conn.begin():
+                    return await conn.run_sync(work)
+            finally:
+                if self._named_locks:
+                    try:
+                        await conn.run_sync(log_sql.release_named_locks)
+                    except BaseException:
+                        await conn.invalidate()
+                        raise
 
 
 def _both_ways(a: int, b: int) -> list[dict[str, int]]:
@@ -387,7 +406,6 @@ def _request_friendship(conn: Connection, from_id: int, to_id: int) -> Friendshi
     return Friendship.REQUESTED
 
 
-_APPEND_ATTEMPTS = 3
 _IN_BATCH = 500
 
 

@@ -62,6 +62,27 @@ async def test_chinese_name_round_trips(chat_cluster: ChatCluster) -> None:
     assert [msgspec.json.decode(f, type=FriendEntry).name for f in other.friends] == ["张三"]
 
 
+async def test_a_name_too_long_once_normalised_is_refused(chat_cluster: ChatCluster) -> None:
+    """Four U+FDFA pass the 64-character limit but are 72 after NFKC: errno 13, for
+    users and groups alike (PostgreSQL and MySQL would refuse to store them)."""
+    node = await chat_cluster.node()
+    client = node.connect()
+    await client.send(Register(name="\ufdfa" * 4, password=PASSWORD))
+    [ack] = client.session.received
+    assert isinstance(ack, RegAck)
+    assert (ack.errno, ack.errmsg) == (
+        ErrorCode.INVALID_FIELD,
+        "name: too long once normalised (72 characters, at most 64)",
+    )
+    alice = await node.register("alice")
+    creator = node.connect()
+    await creator.login(alice)
+    await creator.send(CreateGroup(groupname="\ufdfa" * 4, groupdesc=""))
+    answer = creator.session.received[-1]
+    assert isinstance(answer, CreateGroupAck)
+    assert answer.errno == ErrorCode.INVALID_FIELD
+
+
 async def test_login_answer_has_the_classic_shape(chat_cluster: ChatCluster) -> None:
     """friends and groups travel as lists of JSON strings; members carry role and state."""
     node = await chat_cluster.node()

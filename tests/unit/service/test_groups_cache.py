@@ -1,6 +1,7 @@
 """GroupCache: members loaded once, dropped on change, bounded in size."""
 
 import asyncio
+from functools import partial
 from pathlib import Path
 
 from clusterchat.service.groups_cache import GroupCache
@@ -13,7 +14,11 @@ async def test_the_cache_keeps_at_most_size_groups_least_recently_used_first(
     tmp_path: Path,
 ) -> None:
     url = await asyncio.to_thread(migrated, f"sqlite:///{tmp_path / 'chat.db'}")
-    store = await asyncio.to_thread(SqlStore, url, pool_size=SETTINGS.db_pool_size)
+    store = await asyncio.to_thread(
+        partial(
+            SqlStore, url, pool_size=SETTINGS.db_pool_size, lock_timeout=SETTINGS.db_lock_timeout
+        )
+    )
     try:
         creator = await store.create_user("creator", "h")
         groups = [await store.create_group(f"g{i}", "", creator) for i in range(5)]

@@ -18,7 +18,12 @@ down_revision = None
 branch_labels = None
 depends_on = None
 
-_MYSQL: dict[str, Any] = {"mysql_charset": "utf8mb4", "mysql_engine": "InnoDB"}
+#: MySQL/MariaDB: utf8mb4, compared byte for byte (names exactly, every emoji distinct).
+_MYSQL: dict[str, Any] = {
+    "mysql_charset": "utf8mb4",
+    "mysql_collate": "utf8mb4_bin",
+    "mysql_engine": "InnoDB",
+}
 
 
 def upgrade() -> None:

@@ -18,13 +18,19 @@ from typing import Any
 
 import sqlalchemy as sa
 from alembic import op
+from sqlalchemy.dialects import mysql
 
 revision = "0002"
 down_revision = "0001"
 branch_labels = None
 depends_on = None
 
-_MYSQL: dict[str, Any] = {"mysql_charset": "utf8mb4", "mysql_engine": "InnoDB"}
+#: MySQL/MariaDB: utf8mb4, compared byte for byte (names exactly, every emoji distinct).
+_MYSQL: dict[str, Any] = {
+    "mysql_charset": "utf8mb4",
+    "mysql_collate": "utf8mb4_bin",
+    "mysql_engine": "InnoDB",
+}
 _BATCH = 500
 
 _undelivered = sa.table(
@@ -45,7 +51,12 @@ def upgrade() -> None:
         sa.Column("sender_id", sa.Integer, sa.ForeignKey("users.id"), nullable=False),
         sa.Column("cid", sa.String(64), nullable=True),
         sa.Column("time", sa.String(19), nullable=False),
-        sa.Column("body", sa.LargeBinary, nullable=False),
+        # A MySQL BLOB holds 64 KiB; a push may be larger.
+        sa.Column(
+            "body",
+            sa.LargeBinary().with_variant(mysql.MEDIUMBLOB(), "mysql", "mariadb"),
+            nullable=False,
+        ),
         sa.Column("created_at", sa.DateTime, nullable=False, server_default=sa.func.now()),
         sqlite_with_rowid=False,
         **_MYSQL,

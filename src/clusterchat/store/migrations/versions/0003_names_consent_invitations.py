@@ -35,7 +35,12 @@ depends_on = None
 
 log = logging.getLogger("clusterchat.migrate")
 
-_MYSQL: dict[str, Any] = {"mysql_charset": "utf8mb4", "mysql_engine": "InnoDB"}
+#: MySQL/MariaDB: utf8mb4, compared byte for byte (names exactly, every emoji distinct).
+_MYSQL: dict[str, Any] = {
+    "mysql_charset": "utf8mb4",
+    "mysql_collate": "utf8mb4_bin",
+    "mysql_engine": "InnoDB",
+}
 _BATCH = 1000
 
 

@@ -1,0 +1,150 @@
+"""pytest plugin: a private PostgreSQL server on a free loopback port, stopped by pid.
+
+``postgres_server`` is one server for the whole session (``initdb`` takes
+about two seconds; a database takes a tenth of one): its cluster lives in a
+private temporary directory, it listens on ``127.0.0.1`` and on a socket in
+that directory, durability is off (``fsync``, ``synchronous_commit``: these
+are throwaway databases) and authentication is ``trust``. ``postgres_url``
+is a fresh, empty database on it for each test.
+
+PostgreSQL refuses to run as root. Run as root (a fresh Debian machine, CI),
+the server runs as the ``postgres`` user that Debian's package creates, through
+``setpriv``, which changes the user and then *execs* the server: the pid we
+hold is the postmaster's, and ``--pdeathsig`` lets it die with us as every
+other child does (``processes.spawn``; a change of user clears the setting
+``spawn`` made, so it is made again after it). The data directory is then
+owned by that user, outside pytest's ``tmp_path`` (which only root may enter).
+
+At teardown the postmaster gets SIGINT (PostgreSQL's "fast" shutdown, which
+ends open sessions; SIGTERM would wait for every client to leave), its
+process group is checked gone, and the directory is removed.
+"""
+
+import os
+import pwd
+import shutil
+import signal
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from clusterchat.cluster import processes
+from clusterchat.cluster.errors import MissingDependency
+from tests.support.db_server import HOST, DatabaseServer
+from tests.support.processes import assert_stopped, start_on_free_port
+from tests.support.timing import seconds
+
+__all__ = ["PostgresServer", "postgres_server", "postgres_url"]
+
+_PACKAGE = "postgresql"
+_READY = "database system is ready to accept connections"
+#: Throwaway databases: no waiting for the disk.
+_SETTINGS = ("fsync=off", "synchronous_commit=off", "full_page_writes=off", "max_connections=200")
+
+
+def _bin_dir() -> Path:
+    """Debian's PostgreSQL programs: /usr/lib/postgresql/<newest version>/bin."""
+    versions = sorted(
+        (p for p in Path("/usr/lib/postgresql").glob("*/bin") if (p / "postgres").exists()),
+        key=lambda p: int(p.parent.name) if p.parent.name.isdigit() else 0,
+    )
+    if not versions:
+        raise MissingDependency(f"PostgreSQL not found: apt-get install {_PACKAGE}")
+    return versions[-1]
+
+
+def _as_server_user(argv: list[str]) -> list[str]:
+    """``argv``, run as the ``postgres`` user when we are root (see the module docstring)."""
+    if os.geteuid() != 0:
+        return argv
+    setpriv = processes.find_executable("setpriv", "util-linux")
+    user = "--reuid=postgres", "--regid=postgres", "--clear-groups"
+    return [setpriv, *user, "--pdeathsig", "TERM", "--", *argv]
+
+
+class PostgresServer(DatabaseServer):
+    """A running private PostgreSQL server (``child``: the postmaster)."""
+
+    scheme = "postgresql"
+    user = "postgres"
+
+    def client(self, database: str) -> list[str]:
+        argv = [str(_bin_dir() / "psql"), "-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1"]
+        argv += ["-h", HOST, "-p", str(self.port), "-U", "postgres"]
+        return [*argv, "-d", database or "postgres", "-c"]
+
+    def stop(self) -> None:
+        """Fast shutdown (SIGINT), SIGKILL after a grace period; reap it."""
+        processes.stop(self.child, timeout=seconds(20), sig=signal.SIGINT)
+
+
+def _private_dir() -> Path:
+    """A directory the server's user owns (short: the socket path must stay < 108 bytes)."""
+    path = Path(tempfile.mkdtemp(prefix="clusterchat-pg-"))
+    if os.geteuid() == 0:
+        try:
+            entry = pwd.getpwnam("postgres")
+        except KeyError:
+            raise MissingDependency(
+                f"no postgres user to run PostgreSQL as: apt-get install {_PACKAGE}"
+            ) from None
+        os.chown(path, entry.pw_uid, entry.pw_gid)
+    return path
+
+
+def start_postgres(base: Path) -> PostgresServer:
+    """initdb into ``base/data`` and start the server on a free port.
+
+    Raises:
+        MissingDependency: PostgreSQL is not installed.
+        ChildFailed: initdb failed, or the server did not become ready.
+    """
+    bin_dir = _bin_dir()
+    data = base / "data"
+    initdb = [str(bin_dir / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust"]
+    initdb += ["-E", "UTF8", "--locale=C.UTF-8", "--no-sync"]
+    initdb = _as_server_user(initdb)
+    child = processes.spawn("initdb", initdb, log_path=base / "initdb.log", cwd=base)
+    if child.popen.wait(timeout=seconds(60)) != 0:
+        raise processes.ChildFailed(f"initdb failed:\n{processes.log_tail(child)}")
+
+    def argv(port: int) -> list[str]:
+        server = [str(bin_dir / "postgres"), "-D", str(data), "-k", str(base)]
+        server += ["-p", str(port), "-h", HOST]
+        for setting in _SETTINGS:
+            server += ["-c", setting]
+        return _as_server_user(server)
+
+    port, child = start_on_free_port(
+        "postgres",
+        argv,
+        log_path=base / "postgres.log",
+        ready=_READY,
+        timeout=seconds(30),
+        stop_signal=signal.SIGINT,
+        cwd=base,
+    )
+    return PostgresServer(port, base, child)
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """One private PostgreSQL server for the session; stopped by pid, its files removed."""
+    base = _private_dir()
+    try:
+        server = start_postgres(base)
+        try:
+            yield server
+        finally:
+            server.stop()
+            assert_stopped(server.child)
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture
+def postgres_url(postgres_server: PostgresServer) -> str:
+    """The URL of a new, empty database on the session's PostgreSQL server."""
+    return postgres_server.create_database()
