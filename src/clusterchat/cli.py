@@ -88,6 +88,19 @@ def _node_parser(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> 
         help=f"connections from one client address at once (default {_DEFAULTS.max_per_address})",
     )
     node.add_argument(
+        "--workers",
+        type=int,
+        help="node processes sharing the port with SO_REUSEPORT, each a full node"
+        " (default: one per core; 1: this process only)",
+    )
+    node.add_argument(
+        "--reuse-port",
+        dest="reuse_port",
+        action="store_const",
+        const=True,
+        help="share the port with other processes (what --workers starts each worker with)",
+    )
+    node.add_argument(
         "--proxy-protocol",
         dest="proxy_protocol",
         action="store_const",
@@ -139,6 +152,12 @@ def _up_parser(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> No
     )
     up.add_argument("--nodes", type=int, default=2, help="chat nodes (default 2)")
     up.add_argument("--port", type=int, default=8000, help="public TCP port (default 8000)")
+    up.add_argument(
+        "--workers",
+        type=int,
+        help="processes per node, sharing its port (default: the cores divided among"
+        " the nodes, at least 1)",
+    )
     up.add_argument("--db", help="database URL (default: SQLite in --dir)")
     up.add_argument(
         "--dir",
@@ -288,6 +307,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         except (ValueError, OSError) as exc:
             print(f"clusterchat node: {exc}", file=sys.stderr)
             return 2
+        from clusterchat.cluster.workers import run_workers, workers_for
+
+        workers = workers_for(settings.workers)
+        if workers > 1:
+            return run_workers(
+                arguments[1:],
+                host=settings.host,
+                port=settings.port,
+                workers=workers,
+                node_id=settings.node_id,
+            )
         logging.basicConfig(
             level=settings.log_level.upper(),
             format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -316,8 +346,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.nodes < 1:
             print("clusterchat up: --nodes must be at least 1", file=sys.stderr)
             return 2
+        from clusterchat.cluster.workers import workers_for
+
         spec = ClusterSpec(
             nodes=args.nodes,
+            workers=args.workers or max(1, workers_for(0) // args.nodes),
             port=args.port,
             dir=args.dir,
             db=args.db,

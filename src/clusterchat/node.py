@@ -91,7 +91,12 @@ class Node:
     async def start(self) -> tuple[str, int]:
         await self.presence.start()
         await self.service.start()
-        self.address = await self.tcp.start(self.settings.host, self.settings.port, tls=self._tls)
+        self.address = await self.tcp.start(
+            self.settings.host,
+            self.settings.port,
+            tls=self._tls,
+            reuse_port=self.settings.reuse_port,
+        )
         return self.address
 
     async def stop(self) -> None:

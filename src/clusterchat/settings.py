@@ -75,6 +75,10 @@ class Settings:
     tls_key: str | None = None
     # Service policy (``clusterchat.service.context.Policy``).
     single_session: bool = False
+    # Node processes sharing the port with SO_REUSEPORT (0: one per core);
+    # reuse_port is what each of them is started with (cluster/workers.py).
+    workers: int = 0
+    reuse_port: bool = False
     offline_batch: int = 1000
     sweep_interval: float = 30.0
     cursor_interval: float = 0.05

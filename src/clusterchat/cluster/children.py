@@ -64,6 +64,7 @@ def start_node(
     log_path: Path,
     timeout: float,
     host: str = "127.0.0.1",
+    workers: int = 1,
     extra: Sequence[str] = (),
     env: Mapping[str, str] | None = None,
 ) -> Child:
@@ -77,6 +78,7 @@ def start_node(
         log_path: Where its output goes (appended).
         timeout: Seconds it may take to print ``NODE_READY``.
         host: The address it listens on.
+        workers: Its ``--workers`` (1: one process).
         extra: More ``clusterchat node`` arguments.
         env: Its complete environment (None: ours).
 
@@ -86,7 +88,15 @@ def start_node(
     Raises:
         ChildFailed: It exited or did not become ready in time; it is stopped.
     """
-    argv = node_argv(port, db_url=db_url, redis_url=redis_url, node_id=name, host=host, extra=extra)
+    argv = node_argv(
+        port,
+        db_url=db_url,
+        redis_url=redis_url,
+        node_id=name,
+        host=host,
+        workers=workers,
+        extra=extra,
+    )
     child = spawn(name, argv, log_path=log_path, env=env)
     try:
         wait_for_log(child, NODE_READY, timeout)

@@ -60,6 +60,8 @@ class ClusterSpec:
         db: Database URL shared by all nodes (default: SQLite in ``dir``).
         host: Loopback address everything binds to.
         redis_persistence: Keep Redis snapshots (off: Redis is only a bus).
+        workers: Processes per node (``clusterchat node --workers``; each a
+            full node of the cluster on the node's port).
         node_args: Extra ``clusterchat node`` arguments for every node.
         ready_timeout: Seconds each child may take to become ready.
         tls: nginx speaks TLS on the public port, with a self-signed
@@ -72,6 +74,7 @@ class ClusterSpec:
     db: str | None = None
     host: str = "127.0.0.1"
     redis_persistence: bool = False
+    workers: int = 1
     node_args: Sequence[str] = ()
     ready_timeout: float = 30.0
     tls: bool = False
@@ -161,6 +164,7 @@ class Cluster:
             log_path=self.spec.dir / f"{slot.name}.log",
             timeout=self.spec.ready_timeout,
             host=self.spec.host,
+            workers=self.spec.workers,
             # nginx names each client in a PROXY header (limits per address).
             extra=["--proxy-protocol", *self.spec.node_args],
         )

@@ -23,6 +23,7 @@ def node_argv(
     redis_url: str | None = None,
     node_id: str | None = None,
     host: str = "127.0.0.1",
+    workers: int = 1,
     extra: Sequence[str] = (),
 ) -> list[str]:
     """Build the argv of one foreground ``clusterchat node`` process.
@@ -36,13 +37,15 @@ def node_argv(
         redis_url: The cluster's Redis URL; None runs a single node (no bus).
         node_id: Its name in presence and logs; None lets the node pick one.
         host: The address it listens on.
+        workers: Its ``--workers`` (1: one process, whose pid is the node's;
+            more: a supervisor and that many node processes on the port).
         extra: More ``clusterchat node`` arguments, appended last so they win.
 
     Returns:
         The command line.
     """
     argv = [sys.executable, "-m", "clusterchat", "node", "--host", host, "--port", str(port)]
-    argv += ["--db", db_url]
+    argv += ["--db", db_url, "--workers", str(workers)]
     if redis_url is not None:
         argv += ["--redis", redis_url]
     if node_id is not None:

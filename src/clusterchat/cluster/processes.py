@@ -32,6 +32,7 @@ __all__ = [
     "Child",
     "ChildFailed",
     "MissingDependency",
+    "die_with_parent",
     "find_executable",
     "kill",
     "log_tail",
@@ -107,7 +108,7 @@ def find_executable(name: str, debian_package: str) -> str:
     return os.path.abspath(found)
 
 
-def _die_with_parent() -> None:
+def die_with_parent() -> None:
     """In the child, before exec: get SIGTERM when the parent dies (Linux prctl).
 
     The children live in sessions of their own (so a Ctrl-C meant for the
@@ -155,7 +156,7 @@ def spawn(
             cwd=cwd,
             start_new_session=True,
             close_fds=True,
-            preexec_fn=_die_with_parent,
+            preexec_fn=die_with_parent,
         )
     return Child(name=name, argv=list(argv), popen=popen, log_path=log_path, log_start=start)
 

@@ -498,12 +498,26 @@ class TcpServer:
         )
 
     async def start(
-        self, host: str, port: int, *, tls: ssl.SSLContext | None = None
+        self, host: str, port: int, *, tls: ssl.SSLContext | None, reuse_port: bool
     ) -> tuple[str, int]:
-        """Listen (with TLS when ``tls`` is given); return the bound address (port 0: any)."""
+        """Listen; return the bound address (port 0: any).
+
+        Args:
+            host: The address to listen on.
+            port: The port (0: any).
+            tls: Listen with TLS.
+            reuse_port: Share the port with other processes (``SO_REUSEPORT``:
+                the kernel spreads connections over them; ``--workers``).
+        """
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(
-            lambda: TcpConnection(self), host, port, reuse_address=True, backlog=4096, ssl=tls
+            lambda: TcpConnection(self),
+            host,
+            port,
+            reuse_address=True,
+            reuse_port=reuse_port,
+            backlog=4096,
+            ssl=tls,
         )
         sockname = self._server.sockets[0].getsockname()
         return str(sockname[0]), int(sockname[1])
