@@ -11,6 +11,7 @@ pytest_plugins: list[str] = [
     "tests.support.node",
     "tests.support.proxy",
     "tests.support.redis",
+    "tests.support.redis_cluster",
     "tests.support.service",
     "tests.support.wire",
 ]

@@ -1,7 +1,8 @@
 """Contract tests for ``Bus``: LocalBus and RedisBus on a real redis-server.
 
-The first half runs against every implementation (``local``, ``redis``, and
-``redis-sharded`` for SPUBLISH/SSUBSCRIBE). The second half injects the faults
+The first half runs against every implementation (``local``, ``redis``,
+``redis-sharded`` for SPUBLISH/SSUBSCRIBE on one server, and ``redis-cluster``
+for RedisClusterBus on a real 3-primary Redis Cluster). The second half injects the faults
 of FIELD-NOTES.md into a real redis-server (SIGKILL and restart on the same
 port, SIGSTOP, an output-buffer-limit disconnect, a long silence) and checks
 that RedisBus recovers by itself and tells the node it is back.
@@ -21,7 +22,9 @@ from clusterchat.bus.base import Bus, BusError
 from clusterchat.bus.channels import ChannelNames
 from clusterchat.bus.local import LocalBus, LocalHub
 from clusterchat.bus.redis import PROBE_MAGIC, RedisBus
+from clusterchat.bus.redis_cluster import RedisClusterBus
 from tests.support.redis import RedisFactory, RedisServer
+from tests.support.redis_cluster import RedisCluster
 from tests.support.timing import seconds
 
 WAIT = seconds(5)  # the bound of every wait on a condition
@@ -126,12 +129,15 @@ async def node_factory() -> AsyncIterator[Callable[[Callable[[], Bus]], Awaitabl
         await node.bus.close()
 
 
-@pytest.fixture(params=["local", "redis", "redis-sharded"])
+@pytest.fixture(params=["local", "redis", "redis-sharded", "redis-cluster"])
 def bus_kind(request: pytest.FixtureRequest) -> tuple[str, str]:
     """The implementation under test, and the Redis URL if it needs one."""
     kind: str = request.param
     if kind == "local":
         return kind, ""
+    if kind == "redis-cluster":
+        cluster: RedisCluster = request.getfixturevalue("shared_redis_cluster")
+        return kind, cluster.url
     server: RedisServer = request.getfixturevalue("redis_server")
     return kind, server.url
 
@@ -149,6 +155,8 @@ async def make_node(
     async def make(node_id: str) -> Node:
         if kind == "local":
             return await node_factory(lambda: LocalBus(hub))
+        if kind == "redis-cluster":
+            return await node_factory(lambda: RedisClusterBus(url, node_id=node_id, prefix=prefix))
         return await node_factory(
             lambda: RedisBus(url, node_id=node_id, prefix=prefix, sharded=kind == "redis-sharded")
         )

@@ -85,87 +85,26 @@ import contextlib
 import itertools
 import logging
 import random
-import socket
-from collections import deque
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 
-from redis.asyncio import Redis
-from redis.asyncio.connection import AbstractConnection
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
 from redis.exceptions import ResponseError
 
 from clusterchat.bus.base import Bus, BusError, BusHandler
 from clusterchat.bus.channels import DEFAULT_PREFIX, ChannelNames
-from clusterchat.bus.redis_publisher import FAILURES, NO_DRIVER_INFO, RedisPublisher, aclose_quietly
+from clusterchat.bus.redis_publisher import FAILURES, RedisPublisher, aclose_quietly
+from clusterchat.bus.redis_subscriber import (
+    PROBE_MAGIC,
+    Ack,
+    ProbeFailedError,
+    SubscriberSession,
+    connect_subscriber,
+)
 
 __all__ = ["PROBE_MAGIC", "RedisBus"]
 
 log = logging.getLogger("clusterchat.bus")
 
-PROBE_MAGIC = b"\x00clusterchat-probe\x00"
-"""How every liveness-probe payload starts; such payloads never reach the handler."""
-
 _SUBSCRIBE_BATCH = 500
-
-
-def _keepalive_options() -> dict[int, int]:
-    """Kernel keepalive tuned to notice a dead peer in about 25 s (where supported)."""
-    wanted = {"TCP_KEEPIDLE": 10, "TCP_KEEPINTVL": 5, "TCP_KEEPCNT": 3}
-    return {getattr(socket, k): v for k, v in wanted.items() if hasattr(socket, k)}
-
-
-@dataclass(eq=False)
-class _Ack:
-    """A (S)SUBSCRIBE or (S)UNSUBSCRIBE sent, waiting for one confirmation per channel."""
-
-    remaining: int
-    future: asyncio.Future[None]
-
-
-@dataclass(eq=False)
-class _Session:
-    """One subscriber connection and its client (closed together).
-
-    Redis confirms each channel of a (un)subscribe command with one reply, in
-    command order, so the head of ``acks`` is always the command being confirmed.
-    """
-
-    client: Redis
-    conn: AbstractConnection
-    broken: asyncio.Event = field(default_factory=asyncio.Event)
-    reason: str = ""
-    verified: bool = False
-    acks: deque[_Ack] = field(default_factory=deque)
-
-    def fail(self, reason: str) -> None:
-        """Mark the connection unusable; the supervisor replaces it."""
-        if not self.broken.is_set():
-            self.reason = reason
-            self.broken.set()
-
-    def confirm(self, whole_command: bool = False) -> None:
-        """Count one confirmation (or a refusal of the whole head command)."""
-        if not self.acks:
-            return
-        head = self.acks[0]
-        head.remaining -= 1
-        if whole_command or head.remaining <= 0:
-            self.acks.popleft()
-            if not head.future.done():
-                head.future.set_result(None)
-
-    def release_waiters(self) -> None:
-        """Let every waiting (un)subscribe return; the next connection resubscribes."""
-        while self.acks:
-            future = self.acks.popleft().future
-            if not future.done():
-                future.set_result(None)
-
-
-class _ProbeFailedError(Exception):
-    """The liveness probe did not come back in time."""
 
 
 class RedisBus:
@@ -224,7 +163,7 @@ class RedisBus:
 
         self._handler: BusHandler | None = None
         self._supervisor: asyncio.Task[None] | None = None
-        self._session: _Session | None = None
+        self._session: SubscriberSession | None = None
         self._sub_lock = asyncio.Lock()
         self._verified = asyncio.Event()
         self._restore_pending = False
@@ -335,18 +274,18 @@ class RedisBus:
         # Wait outside the lock: writes stay ordered, confirmations come back in order.
         await self._confirmed(session, ack, command)
 
-    async def _send(self, session: _Session, command: str, channels: Sequence[str]) -> _Ack:
+    async def _send(self, session: SubscriberSession, command: str, channels: Sequence[str]) -> Ack:
         """Write a (un)subscribe command; the returned ack resolves once Redis confirmed it."""
         if not session.conn.is_connected:
             # send_command would silently reconnect: reconnects belong to the supervisor.
             raise ConnectionError("subscriber connection closed")
-        ack = _Ack(len(channels), asyncio.get_running_loop().create_future())
+        ack = Ack(len(channels), asyncio.get_running_loop().create_future())
         session.acks.append(ack)
         async with asyncio.timeout(self._publish_timeout):
             await session.conn.send_command(command, *channels, check_health=False)
         return ack
 
-    async def _confirmed(self, session: _Session, ack: _Ack, command: str) -> None:
+    async def _confirmed(self, session: SubscriberSession, ack: Ack, command: str) -> None:
         try:
             async with asyncio.timeout(self._publish_timeout):
                 await ack.future
@@ -397,29 +336,14 @@ class RedisBus:
         ceiling = min(self._backoff_cap, self._backoff_base * 2.0 ** min(failures - 1, 30))
         return ceiling * random.uniform(0.5, 1.0)
 
-    async def _connect(self) -> _Session:
-        client = Redis.from_url(
+    async def _connect(self) -> SubscriberSession:
+        return await connect_subscriber(
             self._url,
-            socket_timeout=None,  # no read timeout on a pub/sub connection (FIELD-NOTES)
-            socket_connect_timeout=self._connect_timeout,
-            socket_keepalive=True,
-            socket_keepalive_options=_keepalive_options(),
-            retry=Retry(NoBackoff(), 0),  # no retries behind our back
-            health_check_interval=0,
-            protocol=2,  # messages and confirmations as plain replies (RESP3 also works: push)
             client_name=f"clusterchat-sub:{self._node_id}",
-            **NO_DRIVER_INFO,
+            connect_timeout=self._connect_timeout,
         )
-        try:
-            async with asyncio.timeout(self._connect_timeout):
-                # redis-py leaves get_connection() unannotated.
-                conn: AbstractConnection = await client.connection_pool.get_connection()  # type: ignore[no-untyped-call]
-        except BaseException:
-            await aclose_quietly(client)
-            raise
-        return _Session(client, conn)
 
-    async def _serve(self, session: _Session) -> bool:
+    async def _serve(self, session: SubscriberSession) -> bool:
         """Run one connection until it breaks; return whether it was ever verified."""
         loop = asyncio.get_running_loop()
         reader = loop.create_task(self._listen(session), name=f"redisbus-listener-{self._node_id}")
@@ -438,7 +362,7 @@ class RedisBus:
         session.fail("connection ended")
         return session.verified
 
-    async def _keep_alive(self, session: _Session) -> None:
+    async def _keep_alive(self, session: SubscriberSession) -> None:
         count = await self._resubscribe(session)
         await self._probe()
         session.verified = True
@@ -460,7 +384,7 @@ class RedisBus:
             await asyncio.sleep(self._probe_interval)
             await self._probe()
 
-    async def _resubscribe(self, session: _Session) -> int:
+    async def _resubscribe(self, session: SubscriberSession) -> int:
         """Subscribe the registry's channels and our node channel; return how many."""
         async with self._sub_lock:
             self._session = session
@@ -471,7 +395,7 @@ class RedisBus:
             # Our node channel goes last: once a probe comes back through it, Redis has
             # processed every SUBSCRIBE before it.
             channels = [*sorted(wanted), self._node_channel]
-            ack: _Ack | None = None
+            ack: Ack | None = None
             for i in range(0, len(channels), _SUBSCRIBE_BATCH):
                 ack = await self._send(session, self._cmd_sub, channels[i : i + _SUBSCRIBE_BATCH])
         if ack is not None:
@@ -494,7 +418,7 @@ class RedisBus:
         """
         try:
             await self._round_trip()
-        except _ProbeFailedError as exc:
+        except ProbeFailedError as exc:
             raise BusError(str(exc)) from None
 
     async def _round_trip(self) -> None:
@@ -505,18 +429,18 @@ class RedisBus:
             async with asyncio.timeout(self._probe_timeout):
                 receivers = await self._publisher.publish(self._node_channel, token)
                 if receivers == 0:
-                    raise _ProbeFailedError("probe reached no subscriber")
+                    raise ProbeFailedError("probe reached no subscriber")
                 await waiter
         except TimeoutError:
-            raise _ProbeFailedError(f"probe not back within {self._probe_timeout}s") from None
+            raise ProbeFailedError(f"probe not back within {self._probe_timeout}s") from None
         except BusError as exc:
-            raise _ProbeFailedError(f"probe publish failed: {exc}") from None
+            raise ProbeFailedError(f"probe publish failed: {exc}") from None
         finally:
             del self._probe_waiters[token]
 
     # -- listener --------------------------------------------------------------------
 
-    async def _listen(self, session: _Session) -> None:
+    async def _listen(self, session: SubscriberSession) -> None:
         conn = session.conn
         while True:
             try:
@@ -527,7 +451,7 @@ class RedisBus:
                 continue
             self._dispatch(session, response)
 
-    def _dispatch(self, session: _Session, response: object) -> None:
+    def _dispatch(self, session: SubscriberSession, response: object) -> None:
         if not isinstance(response, list) or len(response) != 3:
             return
         kind = response[0]
