@@ -34,7 +34,11 @@ def _node_parser(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> 
     node.add_argument("--host", help="address to listen on (default 127.0.0.1)")
     node.add_argument("--port", type=int, help="TCP port (default 6000)")
     node.add_argument("--db", help="database URL (default sqlite:///clusterchat.db)")
-    node.add_argument("--redis", help="Redis URL: join a cluster (default: single node)")
+    node.add_argument(
+        "--redis",
+        help="Redis URL: join a cluster (default: single node); redis+cluster://host:port,..."
+        " for a Redis Cluster (sharded pub/sub)",
+    )
     node.add_argument("--node-id", dest="node_id", help="node name (default: random)")
     node.add_argument("--prefix", help="Redis channel/key prefix (default clusterchat)")
     node.add_argument(

@@ -1,7 +1,8 @@
 """The composition root: one chat node built from its settings.
 
 This is the only module that picks concrete implementations: SqlStore for the
-database, RedisBus + RedisPresence when a Redis URL is given (a cluster), else
+database, RedisBus + RedisPresence when a Redis URL is given (a cluster;
+RedisClusterBus instead of RedisBus for a ``redis+cluster://`` URL), else
 LocalBus + LocalPresence (a single node). Start order: database, presence,
 bus + service, listener; stop order is the reverse, after the sessions are
 closed and everything that must be stored is stored.
@@ -48,9 +49,12 @@ class Node:
         address = f"{settings.host}:{settings.port}"
         if settings.redis:
             from clusterchat.bus.redis import RedisBus
+            from clusterchat.bus.redis_cluster import RedisClusterBus
             from clusterchat.presence.redis import RedisPresence
+            from clusterchat.redis_url import is_cluster_url
 
-            self.bus = RedisBus(settings.redis, node_id=self.node_id, prefix=settings.prefix)
+            bus = RedisClusterBus if is_cluster_url(settings.redis) else RedisBus
+            self.bus = bus(settings.redis, node_id=self.node_id, prefix=settings.prefix)
             self.presence = RedisPresence(
                 settings.redis, node_id=self.node_id, address=address, prefix=settings.prefix
             )

@@ -1,6 +1,7 @@
 """Contract tests for ``Presence``: LocalPresence and RedisPresence on a real redis-server.
 
-The first half runs against both implementations; "nodes" of the local
+The first half runs against both implementations (RedisPresence on one
+redis-server and on a real 3-primary Redis Cluster); "nodes" of the local
 implementation share one ``LocalPresenceHub`` (that is how it models several
 nodes). The second half is Redis-only: a SIGKILLed node process goes offline
 within ``expiry``, a node whose key expired counts as dead, and presence
@@ -24,6 +25,7 @@ from clusterchat.presence.local import LocalPresence, LocalPresenceHub
 from clusterchat.presence.redis import RedisPresence
 from tests.support.processes import assert_stopped
 from tests.support.redis import RedisServer
+from tests.support.redis_cluster import RedisCluster
 from tests.support.timing import seconds
 
 PresenceFactory = Callable[..., Awaitable[Presence]]
@@ -57,7 +59,9 @@ def redis_presence(started: list[Presence]) -> PresenceFactory:
     """Start a RedisPresence: ``await redis_presence(server, "a", expiry=...)``."""
     prefix = f"t{uuid.uuid4().hex[:8]}"
 
-    async def make(server: RedisServer, node_id: str, **options: Any) -> RedisPresence:
+    async def make(
+        server: RedisServer | RedisCluster, node_id: str, **options: Any
+    ) -> RedisPresence:
         options.setdefault("prefix", prefix)
         presence = RedisPresence(
             server.url, node_id=node_id, address=f"{node_id}.test:7000", **options
@@ -69,18 +73,23 @@ def redis_presence(started: list[Presence]) -> PresenceFactory:
     return make
 
 
-@pytest.fixture(params=["local", "redis"])
-def presence_kind(request: pytest.FixtureRequest) -> tuple[str, RedisServer | None]:
-    """The implementation under test, and its redis-server if it needs one."""
+@pytest.fixture(params=["local", "redis", "redis-cluster"])
+def presence_kind(
+    request: pytest.FixtureRequest,
+) -> tuple[str, RedisServer | RedisCluster | None]:
+    """The implementation under test, and its redis-server (or cluster) if it needs one."""
     kind: str = request.param
     if kind == "local":
         return kind, None
+    if kind == "redis-cluster":
+        return kind, request.getfixturevalue("shared_redis_cluster")
     return kind, request.getfixturevalue("redis_server")
 
 
 @pytest.fixture
 def make_presence(
-    presence_kind: tuple[str, RedisServer | None], redis_presence: PresenceFactory
+    presence_kind: tuple[str, RedisServer | RedisCluster | None],
+    redis_presence: PresenceFactory,
 ) -> PresenceFactory:
     """Start one node's presence on the implementation under test."""
     _, server = presence_kind
@@ -124,7 +133,8 @@ async def test_two_nodes_see_each_others_users(make_presence: PresenceFactory) -
 
 
 async def test_close_removes_only_own_users(
-    make_presence: PresenceFactory, presence_kind: tuple[str, RedisServer | None]
+    make_presence: PresenceFactory,
+    presence_kind: tuple[str, RedisServer | RedisCluster | None],
 ) -> None:
     """Closing one node takes its users offline and leaves the other node's users online."""
     a, b = await make_presence("a"), await make_presence("b")

@@ -33,6 +33,16 @@ ids: the ZSET of candidate nodes, then one pipeline with, per node, EXISTS of
 its node key and SMISMEMBER (or SMEMBERS) of its user set. A node whose key
 expired counts as dead even if its user set lingers.
 
+**Redis Cluster.** With a ``redis+cluster://`` URL, the primary serving the
+keys' one slot is looked up with redis-py's ``RedisCluster`` (slot map from
+the URL's seeds) and then talked to with the same plain client as a single
+Redis, MULTI included. (redis-py's own cluster pipeline runs every command
+queued in a MULTI through a new thread and event loop that it joins, which
+would block the node's loop.) Any failed round trip (the primary died,
+``-MOVED`` after a failover or a resharding) drops that client, and the next
+one looks the primary up again: a failover is an outage like a restart, and
+the next heartbeat re-writes this node's keys in full.
+
 **Bound.** A node that dies without ``close()`` (SIGKILL, power loss) stops
 heartbeating; its node key expires, so its users read offline within
 ``expiry`` seconds. ``close()`` deletes this node's keys only. The ZSET drops
@@ -49,11 +59,14 @@ from collections.abc import Iterable
 from typing import Any
 
 from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio.client import Pipeline
+from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 from clusterchat.presence.base import NodeInfo, Presence
+from clusterchat.redis_url import is_cluster_url, parse_cluster_url
 
 __all__ = ["RedisPresence"]
 
@@ -115,6 +128,7 @@ class RedisPresence:
         self._full = True  # next write replaces the whole user set
         self._healthy = True
         self._client: Redis | None = None
+        self._cluster = parse_cluster_url(url) if is_cluster_url(url) else None
         self._closed = False
         self._writer: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
@@ -137,16 +151,19 @@ class RedisPresence:
         """
         if self._writer is not None or self._closed:
             raise RuntimeError("RedisPresence already started or closed")
-        self._connect()
         await self._write()
         self._writer = asyncio.get_running_loop().create_task(
             self._run(), name=f"presence-writer-{self._node_id}"
         )
 
-    def _connect(self) -> Redis:
+    async def _connect(self) -> Redis:
+        """The client, made on first use (on a cluster: after looking up the primary)."""
         if self._client is None:
+            url = self._url
+            if self._cluster is not None:
+                url = self._cluster.node_url(await self._find_primary())
             pool = BlockingConnectionPool.from_url(
-                self._url,
+                url,
                 max_connections=_MAX_CONNECTIONS,
                 timeout=self._timeout,
                 socket_timeout=self._timeout,
@@ -160,6 +177,38 @@ class RedisPresence:
             )
             self._client = Redis.from_pool(pool)
         return self._client
+
+    async def _find_primary(self) -> tuple[str, int]:
+        """The cluster primary serving the presence keys' slot (fresh slot map each time)."""
+        assert self._cluster is not None
+        finder = RedisCluster(
+            startup_nodes=[ClusterNode(host, port) for host, port in self._cluster.seeds],
+            username=self._cluster.username,
+            password=self._cluster.password,
+            socket_timeout=self._timeout,
+            socket_connect_timeout=self._timeout,
+            **_NO_DRIVER_INFO,
+        )
+        try:
+            async with asyncio.timeout(self._timeout):
+                await finder.initialize()
+            node = finder.get_node_from_key(self._registry)
+            if node is None:
+                raise RedisError("no primary serves the presence keys' slot")
+            return node.host, int(node.port)
+        finally:
+            with contextlib.suppress(*_FAILURES):
+                async with asyncio.timeout(self._timeout):
+                    await finder.aclose()
+
+    async def _drop_cluster_client(self) -> None:
+        """After a failure on a cluster: forget the primary; the next call looks it up."""
+        if self._cluster is None or self._client is None:
+            return
+        client, self._client = self._client, None
+        with contextlib.suppress(*_FAILURES):
+            async with asyncio.timeout(self._timeout):
+                await client.aclose()
 
     async def close(self) -> None:
         """Stop heartbeating and delete this node's keys (only this node's); release the client."""
@@ -206,9 +255,9 @@ class RedisPresence:
         ids = sorted(set(user_ids))
         if not ids or not self._healthy or self._closed:
             return set()
-        client = self._connect()
         try:
             async with asyncio.timeout(self._timeout):
+                client = await self._connect()
                 nodes = await self._candidate_nodes(client)
                 pipe = client.pipeline(transaction=False)
                 for node_id in nodes:
@@ -218,6 +267,7 @@ class RedisPresence:
                 replies = await pipe.execute()
         except _FAILURES as exc:
             self._read_failed(exc)
+            await self._drop_cluster_client()
             return set()
         found: set[int] = set()
         per_node = 1 + (len(ids) + _CHUNK - 1) // _CHUNK
@@ -233,9 +283,9 @@ class RedisPresence:
         """Every live node with its address and online users; empty if Redis is down."""
         if not self._healthy or self._closed:
             return []
-        client = self._connect()
         try:
             async with asyncio.timeout(self._timeout):
+                client = await self._connect()
                 nodes = await self._candidate_nodes(client)
                 pipe = client.pipeline(transaction=False)
                 for node_id in nodes:
@@ -244,6 +294,7 @@ class RedisPresence:
                 replies = await pipe.execute()
         except _FAILURES as exc:
             self._read_failed(exc)
+            await self._drop_cluster_client()
             return []
         live: list[NodeInfo] = []
         for node_id, fields, members in zip(nodes, replies[::2], replies[1::2], strict=True):
@@ -304,11 +355,33 @@ class RedisPresence:
 
     async def _write(self) -> None:
         """One heartbeat: node hash, pending (or all) users, TTLs, registry; never raises."""
-        client = self._client
-        if client is None:
+        if self._closed:
             return
         full, changes = self._full, self._changes
         self._changes = {}
+        try:
+            async with asyncio.timeout(self._timeout):
+                client = await self._connect()
+                replies = await self._heartbeat(client, full, changes).execute()
+        except _FAILURES as exc:
+            self._full = True  # the local set is the truth: re-write all of it next time
+            if self._healthy:
+                log.warning("presence: heartbeat failed (%r); users read offline meanwhile", exc)
+            self._healthy = False
+            await self._drop_cluster_client()
+            return
+        if not self._healthy:
+            log.info("presence: heartbeat works again; this node's users re-written")
+        self._healthy = True
+        self._full = False
+        if not replies[0] and not full:
+            # Our node key was gone (Redis restarted, or we were late): so may our user set be.
+            log.warning("presence: this node's keys had expired; re-writing its users")
+            self._full = True
+            self._wake.set()
+
+    def _heartbeat(self, client: Redis, full: bool, changes: dict[int, bool]) -> Pipeline:
+        """The heartbeat's MULTI: node hash, users (all, or the changes), TTLs, registry."""
         users = sorted(self._users)
         node_key, users_key = self._node_key(self._node_id), self._users_key(self._node_id)
         now = time.time()
@@ -332,24 +405,7 @@ class RedisPresence:
         pipe.pexpire(users_key, self._expiry_ms)
         pipe.zadd(self._registry, {self._node_id: now})
         pipe.zremrangebyscore(self._registry, "-inf", now - self._prune_after)
-        try:
-            async with asyncio.timeout(self._timeout):
-                replies = await pipe.execute()
-        except _FAILURES as exc:
-            self._full = True  # the local set is the truth: re-write all of it next time
-            if self._healthy:
-                log.warning("presence: heartbeat failed (%r); users read offline meanwhile", exc)
-            self._healthy = False
-            return
-        if not self._healthy:
-            log.info("presence: heartbeat works again; this node's users re-written")
-        self._healthy = True
-        self._full = False
-        if not replies[0] and not full:
-            # Our node key was gone (Redis restarted, or we were late): so may our user set be.
-            log.warning("presence: this node's keys had expired; re-writing its users")
-            self._full = True
-            self._wake.set()
+        return pipe
 
 
 _: type[Presence] = RedisPresence
