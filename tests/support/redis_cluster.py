@@ -120,7 +120,8 @@ class RedisCluster:
         self.killed.append(node)
 
     def wait_ok(self, timeout: float) -> None:
-        """Wait until every live node says ``cluster_state:ok`` and sees the same primaries.
+        """Wait until every live node says ``cluster_state:ok``, all see the same primaries,
+        and every replica's link to its primary is up.
 
         Raises:
             AssertionError: Not within ``timeout`` seconds.
@@ -134,8 +135,13 @@ class RedisCluster:
             except subprocess.CalledProcessError as exc:
                 last = str(exc)
             else:
-                last = f"states {states}, {len(views)} distinct views"
-                if all(s == "ok" for s in states) and len(views) == 1:
+                links = [
+                    r.get("master_link_status", "up")
+                    for r in (n.info("replication") for n in self.live())
+                    if r.get("role") == "slave"
+                ]
+                last = f"states {states}, {len(views)} distinct views, replica links {links}"
+                if all(s == "ok" for s in states) and len(views) == 1 and set(links) <= {"up"}:
                     return
             time.sleep(0.1)
         raise AssertionError(f"cluster not ok within {timeout}s: {last}")
@@ -212,6 +218,10 @@ def _start_node(base: Path) -> ClusterNode:
         str(_NODE_TIMEOUT_MS),
         "--appendonly",
         "no",
+        # Replicas sync at once (the default waits 5 s for more replicas): a replica
+        # that never synced refuses to take over ("disconnected for longer than allowed").
+        "--repl-diskless-sync-delay",
+        "0",
     )
     argv = redis_argv(port, directory, host=_HOST, extra=extra)
     child = processes.spawn(f"redis-{port}", argv, log_path=directory / "redis.log")

@@ -28,7 +28,7 @@ later, as on a single Redis.
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 from clusterchat.bus.base import BusError
 from clusterchat.bus.redis_publisher import PublishRefusedError, RedisPublisher
@@ -102,10 +102,12 @@ class ClusterPublisher:
         self._send(channel, payload, outer, None, 0)
         return outer
 
-    def mark_stale(self) -> None:
-        """Drop every connection now (a subscriber lost its shard: they may be dead too)."""
-        for publisher in self._publishers.values():
-            publisher.mark_stale()
+    def mark_stale(self, addresses: Iterable[Address]) -> None:
+        """Drop the connections to these primaries now (their subscriber connection was lost)."""
+        for address in addresses:
+            publisher = self._publishers.get(address)
+            if publisher is not None:
+                publisher.mark_stale()
 
     async def close(self) -> None:
         """Fail whatever is outstanding and close every connection."""

@@ -343,7 +343,6 @@ class RedisClusterBus:
                     *(aclose_quietly(s.client) for s in generation.sessions.values())
                 )
             self._restore_pending = True
-            self._publisher.mark_stale()
             failures += 1
             delay = self._backoff(failures)
             log.warning(
@@ -397,14 +396,17 @@ class RedisClusterBus:
     async def _serve(self, generation: _Generation) -> bool:
         """Run one generation until it breaks; return whether it was ever verified."""
         loop = asyncio.get_running_loop()
-        tasks: list[asyncio.Task[object]] = [
-            loop.create_task(
-                self._listen(generation, session), name=f"redisclusterbus-listener-{a[1]}"
+        listeners = {
+            address: loop.create_task(
+                self._listen(generation, session), name=f"redisclusterbus-listener-{address[1]}"
             )
-            for a, session in generation.sessions.items()
+            for address, session in generation.sessions.items()
+        }
+        tasks: list[asyncio.Task[object]] = [
+            *listeners.values(),
+            loop.create_task(self._keep_alive(generation), name="redisclusterbus-probe"),
+            loop.create_task(generation.broken.wait(), name="redisclusterbus-broken"),
         ]
-        tasks.append(loop.create_task(self._keep_alive(generation), name="redisclusterbus-probe"))
-        tasks.append(loop.create_task(generation.broken.wait(), name="redisclusterbus-broken"))
         try:
             await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
         finally:
@@ -415,6 +417,11 @@ class RedisClusterBus:
             if task.done() and not task.cancelled() and task.exception() is not None:
                 generation.fail(repr(task.exception()))
         generation.fail("connection ended")
+        # A primary whose subscriber connection was lost most likely took the publisher's
+        # with it: drop that one now rather than wait for a timeout. Only that one: the
+        # others may carry publishes in flight (a -MOVED being followed).
+        lost = [a for a, t in listeners.items() if not t.cancelled() and t.exception() is not None]
+        self._publisher.mark_stale(lost)
         return any(s.verified for s in generation.sessions.values())
 
     async def _keep_alive(self, generation: _Generation) -> None:
