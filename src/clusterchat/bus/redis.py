@@ -74,8 +74,9 @@ shorter than ``probe_interval + probe_timeout`` can fail another node's
 publishes without this node noticing; that node announces them again when
 its publishes work, and the service's periodic sweep is the last resort.
 ``sharded=True`` uses SPUBLISH/SSUBSCRIBE over a single connection: right for
-standalone Redis >= 7 and single-shard clusters; routing each channel to the
-shard that owns its slot is not implemented.
+standalone Redis >= 7 and single-shard clusters. A Redis Cluster of several
+shards is ``RedisClusterBus`` (``clusterchat.bus.redis_cluster``), chosen by a
+``redis+cluster://`` URL.
 """
 
 from __future__ import annotations
