@@ -40,12 +40,15 @@ class Started:
 BusFactory = Callable[..., Awaitable[Started]]
 
 
-async def eventually(condition: Callable[[], bool], what: str, within: float = WAIT) -> None:
-    """Poll ``condition`` every 50 ms; fail naming ``what`` after ``within`` seconds."""
+async def eventually(
+    condition: Callable[[], bool], what: str, within: float = WAIT, *, blocking: bool = False
+) -> None:
+    """Poll ``condition`` every 50 ms (in a thread if ``blocking``: it runs redis-cli);
+    fail naming ``what`` after ``within`` seconds."""
     try:
         async with asyncio.timeout(within):
             while True:
-                if condition():
+                if await asyncio.to_thread(condition) if blocking else condition():
                     return
                 await asyncio.sleep(0.05)
     except TimeoutError:
@@ -204,6 +207,38 @@ async def test_primary_sigkilled_replica_takes_over_and_the_bus_follows(
     assert sorted(a.handler.messages) == sorted((c, c.encode()) for c in wanted)
     await a.bus.barrier()
     assert a.handler.restored == 1
+
+
+async def test_primary_frozen_past_the_node_timeout_is_replaced_and_followed(
+    redis_cluster: RedisCluster, cluster_bus: BusFactory
+) -> None:
+    """SIGSTOP a primary for longer than cluster-node-timeout: the probe notices, the replica
+    takes over, the bus follows it; after SIGCONT (the old primary now a replica) it still works."""
+    cluster = redis_cluster
+    a = await cluster_bus(cluster, "a", **FAST)
+    b = await cluster_bus(cluster, "b", **FAST)
+    await a.join("user:7")
+    victim = await asyncio.to_thread(cluster.owner, slot_of(a.bus._names.full("user:7")))
+    replica = await asyncio.to_thread(cluster.replica_of, victim)
+    cluster.pause(victim)
+    try:
+        await eventually(lambda: not a.bus.connected, "the probe to notice the freeze")
+        await eventually(
+            lambda: cluster.promoted(replica), "the replica to take over", blocking=True
+        )
+        # Publishes meanwhile may fail (BusError: the caller announces them again later).
+        await eventually(
+            lambda: a.handler.restored >= 1 and b.handler.restored >= 1, "both buses restored"
+        )
+        assert await b.bus.publish("user:7", b"while frozen") == 1
+    finally:
+        cluster.resume(victim)
+    await eventually(
+        lambda: victim.info("replication").get("role") == "slave", "demotion", blocking=True
+    )
+    assert await b.bus.publish("user:7", b"after thaw") == 1
+    await a.handler.until(lambda: a.handler.on("user:7") == [b"while frozen", b"after thaw"])
+    assert ("127.0.0.1", victim.port) not in a.bus.primaries
 
 
 async def test_slot_moved_to_another_primary_is_followed(

@@ -119,6 +119,18 @@ class RedisCluster:
         processes.kill(node.child)
         self.killed.append(node)
 
+    def pause(self, node: ClusterNode) -> None:
+        """Freeze ``node`` with SIGSTOP (sockets stay open, nothing is answered)."""
+        processes.pause(node.child)
+
+    def resume(self, node: ClusterNode) -> None:
+        """Continue a node frozen by ``pause``."""
+        processes.resume(node.child)
+
+    def promoted(self, replica: ClusterNode) -> bool:
+        """Whether ``replica`` is a primary now (it took over)."""
+        return replica.info("replication").get("role") == "master"
+
     def wait_ok(self, timeout: float) -> None:
         """Wait until every live node says ``cluster_state:ok``, all see the same primaries,
         and every replica's link to its primary is up.

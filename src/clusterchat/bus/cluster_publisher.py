@@ -86,7 +86,9 @@ class ClusterPublisher:
         """Route by ``slot_map`` from now on; close publishers of nodes that are no primary."""
         self._owners = list(slot_map.owners)
         for address in set(self._publishers) - set(slot_map.primaries):
-            self._close_later(self._publishers.pop(address))
+            self._close_later(
+                self._publishers.pop(address), f"{address[0]}:{address[1]} is no primary"
+            )
 
     def publish(self, channel: str, payload: bytes) -> asyncio.Future[int]:
         """SPUBLISH ``payload`` on the shard serving ``channel``.
@@ -152,12 +154,12 @@ class ClusterPublisher:
         outer: asyncio.Future[int],
         redirects: int,
     ) -> None:
-        if outer.done():
+        exc = None if inner.cancelled() else inner.exception()  # retrieved, whatever comes
+        if outer.done():  # the caller gave up (e.g. a probe's timeout cancelled it)
             return
         if inner.cancelled():
             outer.set_exception(BusError("publish cancelled"))
             return
-        exc = inner.exception()
         if exc is None:
             outer.set_result(inner.result())
             return
@@ -187,7 +189,7 @@ class ClusterPublisher:
             self._publishers[address] = publisher
         return publisher
 
-    def _close_later(self, publisher: RedisPublisher) -> None:
-        task = asyncio.get_running_loop().create_task(publisher.close())
+    def _close_later(self, publisher: RedisPublisher, reason: str) -> None:
+        task = asyncio.get_running_loop().create_task(publisher.close(reason))
         self._closing.add(task)
         task.add_done_callback(self._closing.discard)

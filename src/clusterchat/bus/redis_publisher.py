@@ -219,8 +219,8 @@ class RedisPublisher:
         if self._pipe is not None:
             self._pipe.abort(ConnectionError("marked stale"))
 
-    async def close(self) -> None:
-        """Fail whatever is outstanding and close the connection."""
+    async def close(self, reason: str = "bus closed") -> None:
+        """Fail whatever is outstanding (``BusError(reason)``) and close the connection."""
         self._closed = True
         connecting, self._connecting = self._connecting, None
         if connecting is not None:
@@ -228,8 +228,8 @@ class RedisPublisher:
             with contextlib.suppress(asyncio.CancelledError):
                 await connecting
         if self._pipe is not None:
-            self._pipe.abort(ConnectionError("bus closed"))
-        self._fail([f for _, f in self._backlog], "bus closed")
+            self._pipe.abort(ConnectionError(reason))
+        self._fail([f for _, f in self._backlog], reason)
         self._backlog = []
 
     def _write(self) -> None:
@@ -264,6 +264,10 @@ class RedisPublisher:
                 pipe.waiting.extend(replies)
                 pipe.transport.write(b"".join(self._handshake))
                 await asyncio.gather(*replies)
+        except asyncio.CancelledError:  # close() while connecting: leave no socket open
+            if pipe is not None and not pipe.lost:
+                pipe.abort(ConnectionError("closed while connecting"))
+            raise
         except (OSError, BusError, ConnectionError) as exc:  # TimeoutError is an OSError
             if pipe is not None and not pipe.lost:
                 pipe.abort(ConnectionError("handshake failed"))

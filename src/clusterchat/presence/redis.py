@@ -129,6 +129,7 @@ class RedisPresence:
         self._healthy = True
         self._client: Redis | None = None
         self._cluster = parse_cluster_url(url) if is_cluster_url(url) else None
+        self._lookup = asyncio.Lock()
         self._closed = False
         self._writer: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
@@ -158,25 +159,34 @@ class RedisPresence:
 
     async def _connect(self) -> Redis:
         """The client, made on first use (on a cluster: after looking up the primary)."""
-        if self._client is None:
-            url = self._url
-            if self._cluster is not None:
-                url = self._cluster.node_url(await self._find_primary())
-            pool = BlockingConnectionPool.from_url(
-                url,
-                max_connections=_MAX_CONNECTIONS,
-                timeout=self._timeout,
-                socket_timeout=self._timeout,
-                socket_connect_timeout=self._timeout,
-                socket_keepalive=True,
-                # One immediate retry on a fresh connection: every command here is
-                # idempotent, and it hides the stale pooled connection a restart leaves.
-                retry=Retry(NoBackoff(), 1),
-                client_name=f"clusterchat-presence:{self._node_id}",
-                **_NO_DRIVER_INFO,
-            )
-            self._client = Redis.from_pool(pool)
-        return self._client
+        client = self._client
+        if client is not None:
+            return client
+        if self._cluster is None:
+            client = self._client = self._plain(self._url)
+            return client
+        async with self._lookup:  # one lookup at a time: a second would leak a client
+            client = self._client
+            if client is None:
+                address = await self._find_primary()
+                client = self._client = self._plain(self._cluster.node_url(address))
+        return client
+
+    def _plain(self, url: str) -> Redis:
+        pool = BlockingConnectionPool.from_url(
+            url,
+            max_connections=_MAX_CONNECTIONS,
+            timeout=self._timeout,
+            socket_timeout=self._timeout,
+            socket_connect_timeout=self._timeout,
+            socket_keepalive=True,
+            # One immediate retry on a fresh connection: every command here is
+            # idempotent, and it hides the stale pooled connection a restart leaves.
+            retry=Retry(NoBackoff(), 1),
+            client_name=f"clusterchat-presence:{self._node_id}",
+            **_NO_DRIVER_INFO,
+        )
+        return Redis.from_pool(pool)
 
     async def _find_primary(self) -> tuple[str, int]:
         """The cluster primary serving the presence keys' slot (fresh slot map each time)."""
