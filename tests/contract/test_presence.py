@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 from redis.asyncio import Redis
+from redis.crc import key_slot
 
 from clusterchat.cluster import processes
 from clusterchat.presence.base import NodeInfo, Presence
@@ -305,3 +306,32 @@ async def test_frozen_redis_never_stalls_or_raises(
         return await a.online([1, 15]) == {1, 15}
 
     await poll(recovered)
+
+
+async def test_presence_follows_a_cluster_failover(
+    redis_cluster: RedisCluster, redis_presence: PresenceFactory
+) -> None:
+    """The primary of the presence keys' slot SIGKILLed: nothing raises, and once its
+    replica took over, changes made meanwhile and after are read again."""
+    a = await redis_presence(redis_cluster, "a", **FAST)
+    b = await redis_presence(redis_cluster, "b", **FAST)
+    await a.user_online(1)
+    assert await b.online([1]) == {1}
+    assert isinstance(a, RedisPresence)
+    victim = await asyncio.to_thread(redis_cluster.owner, key_slot(a._registry.encode()))
+    replica = await asyncio.to_thread(redis_cluster.replica_of, victim)
+    await asyncio.to_thread(redis_cluster.kill, victim)
+    await a.user_online(2)  # while the shard has no primary: must not raise
+    await a.user_offline(1)
+
+    async def recovered() -> bool:
+        await a.user_online(3)
+        return await b.online([1, 2, 3]) == {2, 3}
+
+    async with asyncio.timeout(seconds(20)):  # failover: node timeout + election
+        while True:
+            if await recovered():
+                break
+            await asyncio.sleep(0.1)
+    assert await asyncio.to_thread(redis_cluster.promoted, replica)
+    assert {n.node_id for n in await b.nodes()} == {"a", "b"}

@@ -34,14 +34,16 @@ its node key and SMISMEMBER (or SMEMBERS) of its user set. A node whose key
 expired counts as dead even if its user set lingers.
 
 **Redis Cluster.** With a ``redis+cluster://`` URL, the primary serving the
-keys' one slot is looked up with redis-py's ``RedisCluster`` (slot map from
-the URL's seeds) and then talked to with the same plain client as a single
-Redis, MULTI included. (redis-py's own cluster pipeline runs every command
-queued in a MULTI through a new thread and event loop that it joins, which
-would block the node's loop.) Any failed round trip (the primary died,
-``-MOVED`` after a failover or a resharding) drops that client, and the next
-one looks the primary up again: a failover is an outage like a restart, and
-the next heartbeat re-writes this node's keys in full.
+keys' one slot is found by asking a node (the last one found, then the
+URL's seeds) for one of the keys: the node serving the slot answers, any
+other answers ``-MOVED`` with its address. The node then talks to that
+primary with the same plain client as to a single Redis, MULTI included.
+(redis-py's own async cluster pipeline runs every command queued in a MULTI
+through a new thread and event loop that it joins, which would block the
+node's loop.) Any failed round trip (the primary died, ``-MOVED`` after a
+failover or a resharding) drops that client, and the next one looks the
+primary up again: a failover is an outage like a restart, and the next
+heartbeat re-writes this node's keys in full.
 
 **Bound.** A node that dies without ``close()`` (SIGKILL, power loss) stops
 heartbeating; its node key expires, so its users read offline within
@@ -60,10 +62,9 @@ from typing import Any
 
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.client import Pipeline
-from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import RedisError
+from redis.exceptions import MovedError, RedisError
 
 from clusterchat.presence.base import NodeInfo, Presence
 from clusterchat.redis_url import is_cluster_url, parse_cluster_url
@@ -130,6 +131,7 @@ class RedisPresence:
         self._client: Redis | None = None
         self._cluster = parse_cluster_url(url) if is_cluster_url(url) else None
         self._lookup = asyncio.Lock()
+        self._primary: tuple[tuple[str, int], ...] = ()  # the last one found, asked first
         self._closed = False
         self._writer: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
@@ -189,27 +191,41 @@ class RedisPresence:
         return Redis.from_pool(pool)
 
     async def _find_primary(self) -> tuple[str, int]:
-        """The cluster primary serving the presence keys' slot (fresh slot map each time)."""
+        """The cluster primary serving the presence keys' slot.
+
+        Asks the last primary found, then each seed, ``EXISTS`` of the
+        registry key: the node that answers serves the slot; one that does
+        not answers ``-MOVED`` with the address of the one that does.
+
+        Raises:
+            RedisError, OSError: No node answered either way.
+        """
         assert self._cluster is not None
-        finder = RedisCluster(
-            startup_nodes=[ClusterNode(host, port) for host, port in self._cluster.seeds],
-            username=self._cluster.username,
-            password=self._cluster.password,
-            socket_timeout=self._timeout,
-            socket_connect_timeout=self._timeout,
-            **_NO_DRIVER_INFO,
-        )
-        try:
-            async with asyncio.timeout(self._timeout):
-                await finder.initialize()
-            node = finder.get_node_from_key(self._registry)
-            if node is None:
-                raise RedisError("no primary serves the presence keys' slot")
-            return node.host, int(node.port)
-        finally:
-            with contextlib.suppress(*_FAILURES):
+        last: BaseException = RedisError("no cluster node to ask")
+        for address in dict.fromkeys([*self._primary, *self._cluster.seeds]):
+            client = Redis.from_url(
+                self._cluster.node_url(address),
+                socket_timeout=self._timeout,
+                socket_connect_timeout=self._timeout,
+                retry=Retry(NoBackoff(), 0),
+                **_NO_DRIVER_INFO,
+            )
+            try:
                 async with asyncio.timeout(self._timeout):
-                    await finder.aclose()
+                    await client.exists(self._registry)
+                found = address
+            except MovedError as moved:
+                found = (moved.host, moved.port)
+            except _FAILURES as exc:  # down, or CLUSTERDOWN during a failover
+                last = exc
+                continue
+            finally:
+                with contextlib.suppress(*_FAILURES):
+                    async with asyncio.timeout(self._timeout):
+                        await client.aclose()
+            self._primary = (found,)
+            return found
+        raise last
 
     async def _drop_cluster_client(self) -> None:
         """After a failure on a cluster: forget the primary; the next call looks it up."""
