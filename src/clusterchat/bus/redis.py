@@ -22,7 +22,8 @@ Two Redis clients, never a 100-connection pool (docs: FIELD-NOTES "redis-py"):
 **Reconnects are ours, not redis-py's.** We never use redis-py's ``PubSub``
 (whose connect callback silently re-subscribes the channels *it* remembers),
 so every new subscriber connection passes through one place, the
-**supervisor** task, and the node always learns that the bus came back:
+**supervisor** task (``clusterchat.bus.redis_supervisor``, shared with
+``RedisClusterBus``), and the node always learns that the bus came back:
 
 1. connect (whole handshake bounded by ``connect_timeout``); on failure sleep
    with exponential back-off (``backoff_base`` doubling to ``backoff_cap``,
@@ -82,24 +83,21 @@ shards is ``RedisClusterBus`` (``clusterchat.bus.redis_cluster``), chosen by a
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import itertools
 import logging
-import random
 from collections.abc import Sequence
 
 from redis.exceptions import ResponseError
 
-from clusterchat.bus.base import Bus, BusError, BusHandler
+from clusterchat.bus.base import Bus
 from clusterchat.bus.channels import DEFAULT_PREFIX, ChannelNames
 from clusterchat.bus.redis_publisher import FAILURES, RedisPublisher, aclose_quietly
 from clusterchat.bus.redis_subscriber import (
     PROBE_MAGIC,
     Ack,
-    ProbeFailedError,
     SubscriberSession,
     connect_subscriber,
 )
+from clusterchat.bus.redis_supervisor import SupervisedBus
 
 __all__ = ["PROBE_MAGIC", "RedisBus"]
 
@@ -108,7 +106,7 @@ log = logging.getLogger("clusterchat.bus")
 _SUBSCRIBE_BATCH = 500
 
 
-class RedisBus:
+class RedisBus(SupervisedBus[SubscriberSession]):
     """The Redis implementation of ``Bus``; see the module docstring.
 
     Args:
@@ -142,17 +140,18 @@ class RedisBus:
         start_timeout: float | None = None,
         sharded: bool = False,
     ) -> None:
+        super().__init__(
+            node_id=node_id,
+            names=ChannelNames(prefix, hash_tag=sharded),
+            probe_interval=probe_interval,
+            probe_timeout=probe_timeout,
+            publish_timeout=publish_timeout,
+            connect_timeout=connect_timeout,
+            backoff_base=backoff_base,
+            backoff_cap=backoff_cap,
+            start_timeout=start_timeout,
+        )
         self._url = url
-        self._node_id = node_id
-        self._names = ChannelNames(prefix, hash_tag=sharded)
-        self._node_channel = self._names.full(ChannelNames.node(node_id))
-        self._probe_interval = probe_interval
-        self._probe_timeout = probe_timeout or max(probe_interval, publish_timeout)
-        self._publish_timeout = publish_timeout
-        self._connect_timeout = connect_timeout
-        self._backoff_base = backoff_base
-        self._backoff_cap = backoff_cap
-        self._start_timeout = start_timeout or connect_timeout + self._probe_timeout
         if sharded:
             self._cmd_sub, self._cmd_unsub = "SSUBSCRIBE", "SUNSUBSCRIBE"
             self._msg_kind = b"smessage"
@@ -161,17 +160,7 @@ class RedisBus:
             self._cmd_sub, self._cmd_unsub = "SUBSCRIBE", "UNSUBSCRIBE"
             self._msg_kind = b"message"
             self._ack_kinds = (b"subscribe", b"unsubscribe")
-
-        self._handler: BusHandler | None = None
-        self._supervisor: asyncio.Task[None] | None = None
         self._session: SubscriberSession | None = None
-        self._sub_lock = asyncio.Lock()
-        self._verified = asyncio.Event()
-        self._restore_pending = False
-        self._connects = 0
-        self._restores = 0
-        self._probes = 0
-
         self._publisher = RedisPublisher(
             url,
             client_name=f"clusterchat-pub:{node_id}",
@@ -179,65 +168,7 @@ class RedisBus:
             command="SPUBLISH" if sharded else "PUBLISH",
         )
 
-        self._probe_seq = itertools.count(1)
-        self._probe_nonce = f"{random.getrandbits(64):016x}"
-        self._probe_waiters: dict[bytes, asyncio.Future[None]] = {}
-
-    # -- observability ---------------------------------------------------------------
-
-    @property
-    def connects(self) -> int:
-        """How many subscriber connections were established (1 + reconnects)."""
-        return self._connects
-
-    @property
-    def restores(self) -> int:
-        """How many times ``on_bus_restored`` was called."""
-        return self._restores
-
-    @property
-    def probes(self) -> int:
-        """How many liveness probes came back."""
-        return self._probes
-
-    @property
-    def connected(self) -> bool:
-        """Whether a verified subscriber connection is live right now."""
-        return self._verified.is_set()
-
     # -- Bus -------------------------------------------------------------------------
-
-    async def start(self, handler: BusHandler) -> None:
-        """Start the supervisor and wait (up to ``start_timeout``) for a verified connection.
-
-        Never raises because Redis is down: the bus keeps reconnecting in the
-        background and calls ``on_bus_restored`` once it gets through.
-
-        Args:
-            handler: Receives messages and the restored signal.
-        """
-        if self._supervisor is not None:
-            raise RuntimeError("RedisBus already started")
-        self._handler = handler
-        self._supervisor = asyncio.get_running_loop().create_task(
-            self._supervise(), name=f"redisbus-supervisor-{self._node_id}"
-        )
-        try:
-            await asyncio.wait_for(self._verified.wait(), self._start_timeout)
-        except TimeoutError:
-            if not self._verified.is_set():
-                log.warning("bus: Redis unreachable at start; continuing, will retry")
-                self._restore_pending = True
-
-    async def close(self) -> None:
-        """Stop the listener, the prober and the flusher; ``aclose()`` both clients."""
-        supervisor, self._supervisor = self._supervisor, None
-        if supervisor is not None:
-            supervisor.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await supervisor
-        await self._publisher.close()
-        self._handler = None
 
     async def subscribe(self, channel: str) -> None:
         """Subscribe on the live connection, if any (else the next connect does it)."""
@@ -286,56 +217,7 @@ class RedisBus:
             await session.conn.send_command(command, *channels, check_health=False)
         return ack
 
-    async def _confirmed(self, session: SubscriberSession, ack: Ack, command: str) -> None:
-        try:
-            async with asyncio.timeout(self._publish_timeout):
-                await ack.future
-        except TimeoutError:
-            log.warning(
-                "bus: %s not confirmed within %ss; reconnecting", command, self._publish_timeout
-            )
-            session.fail(f"{command} not confirmed")
-
-    # -- supervisor: connect, subscribe, verify, probe, reconnect --------------------
-
-    async def _supervise(self) -> None:
-        # Catches every Exception: a supervisor that died would be a silent, endless outage
-        # (python-socketio issue 1581); a bug is logged with its traceback and retried.
-        failures = 0
-        while True:
-            try:
-                session = await self._connect()
-            except Exception as exc:
-                failures += 1
-                delay = self._backoff(failures)
-                if isinstance(exc, FAILURES):
-                    log.info("bus: connect failed (%r); retry in %.2fs", exc, delay)
-                else:
-                    log.exception("bus: unexpected error while connecting; retry in %.2fs", delay)
-                await asyncio.sleep(delay)
-                continue
-            self._connects += 1
-            try:
-                if await self._serve(session):
-                    failures = 0
-            except Exception:
-                log.exception("bus: unexpected error on the subscriber connection")
-                session.fail("unexpected error")
-            finally:
-                self._verified.clear()
-                self._session = None
-                session.release_waiters()
-                await aclose_quietly(session.client)
-            self._restore_pending = True
-            self._publisher.mark_stale()  # its connection most likely died with Redis too
-            failures += 1
-            delay = self._backoff(failures)
-            log.warning("bus: connection lost (%s); reconnect in %.2fs", session.reason, delay)
-            await asyncio.sleep(delay)
-
-    def _backoff(self, failures: int) -> float:
-        ceiling = min(self._backoff_cap, self._backoff_base * 2.0 ** min(failures - 1, 30))
-        return ceiling * random.uniform(0.5, 1.0)
+    # -- the supervisor's hooks (clusterchat.bus.redis_supervisor) -------------------
 
     async def _connect(self) -> SubscriberSession:
         return await connect_subscriber(
@@ -363,27 +245,20 @@ class RedisBus:
         session.fail("connection ended")
         return session.verified
 
+    async def _release(self, session: SubscriberSession) -> str:
+        session.fail("unexpected error")  # kept only if nothing said why before
+        self._session = None
+        session.release_waiters()
+        await aclose_quietly(session.client)
+        self._publisher.mark_stale()  # its connection most likely died with Redis too
+        return session.reason
+
     async def _keep_alive(self, session: SubscriberSession) -> None:
         count = await self._resubscribe(session)
         await self._probe()
         session.verified = True
-        self._verified.set()
-        log.info(
-            "bus: %s, %d channels subscribed, probe ok",
-            "reconnected" if self._connects > 1 else "connected",
-            count,
-        )
-        if self._restore_pending:
-            self._restore_pending = False
-            self._restores += 1
-            if self._handler is not None:
-                try:
-                    self._handler.on_bus_restored()
-                except Exception:
-                    log.exception("bus: on_bus_restored raised")
-        while True:
-            await asyncio.sleep(self._probe_interval)
-            await self._probe()
+        self._now_verified(f", {count} channels subscribed")
+        await self._keep_probing()
 
     async def _resubscribe(self, session: SubscriberSession) -> int:
         """Subscribe the registry's channels and our node channel; return how many."""
@@ -403,41 +278,14 @@ class RedisBus:
             await self._confirmed(session, ack, self._cmd_sub)
         return len(channels)
 
-    async def _probe(self) -> None:
-        await self._round_trip()
-        self._probes += 1
-
-    async def barrier(self) -> None:
-        """Return once everything published to this node before the call was handled.
-
-        A probe round trip: Redis delivers to one subscriber connection in
-        order, so when our own token comes back, every payload published
-        before it to a channel we are subscribed to has reached the handler.
-
-        Raises:
-            BusError: the bus is down or the token did not come back in time.
-        """
-        try:
-            await self._round_trip()
-        except ProbeFailedError as exc:
-            raise BusError(str(exc)) from None
-
     async def _round_trip(self) -> None:
-        token = PROBE_MAGIC + f"{self._probe_nonce}:{next(self._probe_seq)}".encode()
-        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._probe_waiters[token] = waiter
-        try:
-            async with asyncio.timeout(self._probe_timeout):
-                receivers = await self._publisher.publish(self._node_channel, token)
-                if receivers == 0:
-                    raise ProbeFailedError("probe reached no subscriber")
-                await waiter
-        except TimeoutError:
-            raise ProbeFailedError(f"probe not back within {self._probe_timeout}s") from None
-        except BusError as exc:
-            raise ProbeFailedError(f"probe publish failed: {exc}") from None
-        finally:
-            del self._probe_waiters[token]
+        await self._probe_through(self._node_channel)
+
+    def _publish_probe(self, channel: str, token: bytes) -> asyncio.Future[int]:
+        return self._publisher.publish(channel, token)
+
+    async def _close_publisher(self) -> None:
+        await self._publisher.close()
 
     # -- listener --------------------------------------------------------------------
 
@@ -466,17 +314,9 @@ class RedisBus:
             return
         channel = raw_channel.decode("utf-8", "replace")
         if channel == self._node_channel and payload.startswith(PROBE_MAGIC):
-            waiter = self._probe_waiters.get(payload)
-            if waiter is not None and not waiter.done():
-                waiter.set_result(None)
+            self._probe_returned(payload)
             return
-        bare = self._names.bare(channel)
-        if bare is None or self._handler is None:
-            return
-        try:
-            self._handler.on_bus_message(bare, payload)
-        except Exception:
-            log.exception("bus: on_bus_message raised for %s", bare)
+        self._hand_off(channel, payload)
 
 
 _: type[Bus] = RedisBus

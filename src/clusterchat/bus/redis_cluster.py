@@ -55,16 +55,13 @@ start a generation: while some slots have no primary, no shard is served.
 """
 
 import asyncio
-import contextlib
-import itertools
 import logging
-import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from redis.exceptions import ResponseError
 
-from clusterchat.bus.base import Bus, BusError, BusHandler
+from clusterchat.bus.base import Bus
 from clusterchat.bus.channels import DEFAULT_PREFIX, ChannelNames
 from clusterchat.bus.cluster_publisher import ClusterPublisher
 from clusterchat.bus.redis_publisher import FAILURES, aclose_quietly
@@ -75,6 +72,7 @@ from clusterchat.bus.redis_subscriber import (
     SubscriberSession,
     connect_subscriber,
 )
+from clusterchat.bus.redis_supervisor import SupervisedBus
 from clusterchat.bus.slots import Address, SlotMap, fetch_slot_map, slot_of
 from clusterchat.redis_url import parse_cluster_url
 
@@ -103,7 +101,7 @@ class _Generation:
         next(iter(self.sessions.values())).fail(reason)
 
 
-class RedisClusterBus:
+class RedisClusterBus(SupervisedBus[_Generation]):
     """The Redis Cluster implementation of ``Bus``; see the module docstring.
 
     Args:
@@ -121,6 +119,8 @@ class RedisClusterBus:
             (default ``connect_timeout + probe_timeout``).
     """
 
+    _backend = "Redis Cluster"
+
     def __init__(
         self,
         url: str,
@@ -135,60 +135,26 @@ class RedisClusterBus:
         backoff_cap: float = 5.0,
         start_timeout: float | None = None,
     ) -> None:
+        super().__init__(
+            node_id=node_id,
+            names=ChannelNames(prefix, hash_tag=True),
+            probe_interval=probe_interval,
+            probe_timeout=probe_timeout,
+            publish_timeout=publish_timeout,
+            connect_timeout=connect_timeout,
+            backoff_base=backoff_base,
+            backoff_cap=backoff_cap,
+            start_timeout=start_timeout,
+        )
         self._cluster = parse_cluster_url(url)
-        self._node_id = node_id
-        self._names = ChannelNames(prefix, hash_tag=True)
-        self._node_channel = self._names.full(ChannelNames.node(node_id))
-        self._probe_interval = probe_interval
-        self._probe_timeout = probe_timeout or max(probe_interval, publish_timeout)
-        self._publish_timeout = publish_timeout
-        self._connect_timeout = connect_timeout
-        self._backoff_base = backoff_base
-        self._backoff_cap = backoff_cap
-        self._start_timeout = start_timeout or connect_timeout + self._probe_timeout
-
-        self._handler: BusHandler | None = None
-        self._supervisor: asyncio.Task[None] | None = None
         self._generation: _Generation | None = None
         self._known: tuple[Address, ...] = ()
-        self._sub_lock = asyncio.Lock()
-        self._verified = asyncio.Event()
-        self._restore_pending = False
-        self._connects = 0
-        self._restores = 0
-        self._probes = 0
-
         self._publisher = ClusterPublisher(
             self._cluster,
             client_name=f"clusterchat-pub:{node_id}",
             timeout=publish_timeout,
             on_moved=self._moved,
         )
-        self._probe_seq = itertools.count(1)
-        self._probe_nonce = f"{random.getrandbits(64):016x}"
-        self._probe_waiters: dict[bytes, asyncio.Future[None]] = {}
-
-    # -- observability ---------------------------------------------------------------
-
-    @property
-    def connects(self) -> int:
-        """How many generations were connected (1 + reconnects)."""
-        return self._connects
-
-    @property
-    def restores(self) -> int:
-        """How many times ``on_bus_restored`` was called."""
-        return self._restores
-
-    @property
-    def probes(self) -> int:
-        """How many probe round trips (through every primary) came back."""
-        return self._probes
-
-    @property
-    def connected(self) -> bool:
-        """Whether a verified generation is live right now."""
-        return self._verified.is_set()
 
     @property
     def primaries(self) -> list[Address]:
@@ -197,35 +163,6 @@ class RedisClusterBus:
         return sorted(generation.sessions) if generation is not None else []
 
     # -- Bus -------------------------------------------------------------------------
-
-    async def start(self, handler: BusHandler) -> None:
-        """Start the supervisor and wait (up to ``start_timeout``) for a verified generation.
-
-        Never raises because the cluster is down: the bus keeps trying in the
-        background and calls ``on_bus_restored`` once it gets through.
-        """
-        if self._supervisor is not None:
-            raise RuntimeError("RedisClusterBus already started")
-        self._handler = handler
-        self._supervisor = asyncio.get_running_loop().create_task(
-            self._supervise(), name=f"redisclusterbus-supervisor-{self._node_id}"
-        )
-        try:
-            await asyncio.wait_for(self._verified.wait(), self._start_timeout)
-        except TimeoutError:
-            if not self._verified.is_set():
-                log.warning("bus: Redis Cluster unreachable at start; continuing, will retry")
-                self._restore_pending = True
-
-    async def close(self) -> None:
-        """Stop the supervisor (listeners, prober) and close every connection."""
-        supervisor, self._supervisor = self._supervisor, None
-        if supervisor is not None:
-            supervisor.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await supervisor
-        await self._publisher.close()
-        self._handler = None
 
     async def subscribe(self, channel: str) -> None:
         """SSUBSCRIBE on the connection of the channel's primary (else the next generation does)."""
@@ -244,20 +181,6 @@ class RedisClusterBus:
             A future: the receiver count on that shard, or ``BusError``.
         """
         return self._publisher.publish(self._names.full(channel), payload)
-
-    async def barrier(self) -> None:
-        """Return once everything published to this node before the call was handled.
-
-        A probe round trip through every primary: each connection delivers in
-        order, so when every token is back, every earlier payload is too.
-
-        Raises:
-            BusError: the bus is down or a token did not come back in time.
-        """
-        try:
-            await self._round_trip()
-        except ProbeFailedError as exc:
-            raise BusError(str(exc)) from None
 
     # -- subscriptions ---------------------------------------------------------------
 
@@ -295,16 +218,6 @@ class RedisClusterBus:
             await session.conn.send_packed_command(packed, check_health=False)
         return acks[-1]
 
-    async def _confirmed(self, session: SubscriberSession, ack: Ack, command: str) -> None:
-        try:
-            async with asyncio.timeout(self._publish_timeout):
-                await ack.future
-        except TimeoutError:
-            log.warning(
-                "bus: %s not confirmed within %ss; reconnecting", command, self._publish_timeout
-            )
-            session.fail(f"{command} not confirmed")
-
     def _moved(self, slot: int, owner: Address) -> None:
         """A publish learnt that ``slot`` moved: a generation subscribed elsewhere is stale."""
         generation = self._generation
@@ -313,46 +226,13 @@ class RedisClusterBus:
 
     # -- supervisor: map, connect, subscribe, verify, probe, start over ----------------
 
-    async def _supervise(self) -> None:
-        failures = 0
-        while True:
-            try:
-                generation = await self._connect()
-            except Exception as exc:
-                failures += 1
-                delay = self._backoff(failures)
-                if isinstance(exc, FAILURES):
-                    log.info("bus: cluster connect failed (%r); retry in %.2fs", exc, delay)
-                else:
-                    log.exception("bus: unexpected error while connecting; retry in %.2fs", delay)
-                await asyncio.sleep(delay)
-                continue
-            self._connects += 1
-            try:
-                if await self._serve(generation):
-                    failures = 0
-            except Exception:
-                log.exception("bus: unexpected error on the subscriber connections")
-                generation.fail("unexpected error")
-            finally:
-                self._verified.clear()
-                self._generation = None
-                for session in generation.sessions.values():
-                    session.release_waiters()
-                await asyncio.gather(
-                    *(aclose_quietly(s.client) for s in generation.sessions.values())
-                )
-            self._restore_pending = True
-            failures += 1
-            delay = self._backoff(failures)
-            log.warning(
-                "bus: cluster connection lost (%s); reconnect in %.2fs", generation.reason, delay
-            )
-            await asyncio.sleep(delay)
-
-    def _backoff(self, failures: int) -> float:
-        ceiling = min(self._backoff_cap, self._backoff_base * 2.0 ** min(failures - 1, 30))
-        return ceiling * random.uniform(0.5, 1.0)
+    async def _release(self, generation: _Generation) -> str:
+        generation.fail("unexpected error")  # kept only if nothing said why before
+        self._generation = None
+        for session in generation.sessions.values():
+            session.release_waiters()
+        await asyncio.gather(*(aclose_quietly(s.client) for s in generation.sessions.values()))
+        return generation.reason
 
     async def _connect(self) -> _Generation:
         slot_map = await fetch_slot_map(
@@ -429,24 +309,8 @@ class RedisClusterBus:
         await self._probe()
         for session in generation.sessions.values():
             session.verified = True
-        self._verified.set()
-        log.info(
-            "bus: %s to %d primaries, %d channels subscribed, probe ok",
-            "reconnected" if self._connects > 1 else "connected",
-            len(generation.sessions),
-            count,
-        )
-        if self._restore_pending:
-            self._restore_pending = False
-            self._restores += 1
-            if self._handler is not None:
-                try:
-                    self._handler.on_bus_restored()
-                except Exception:
-                    log.exception("bus: on_bus_restored raised")
-        while True:
-            await asyncio.sleep(self._probe_interval)
-            await self._probe()
+        self._now_verified(f" to {len(generation.sessions)} primaries, {count} channels subscribed")
+        await self._keep_probing()
 
     async def _resubscribe(self, generation: _Generation) -> int:
         """SSUBSCRIBE the registry's channels, one command per slot, probe channel last."""
@@ -468,32 +332,17 @@ class RedisClusterBus:
         await asyncio.gather(*(self._confirmed(s, ack, "SSUBSCRIBE") for s, ack in pending))
         return len(wanted)
 
-    async def _probe(self) -> None:
-        await self._round_trip()
-        self._probes += 1
-
     async def _round_trip(self) -> None:
         generation = self._generation
         if generation is None:
             raise ProbeFailedError("no connection")
-        await asyncio.gather(*(self._probe_one(ch) for ch in generation.probes.values()))
+        await asyncio.gather(*(self._probe_through(ch) for ch in generation.probes.values()))
 
-    async def _probe_one(self, channel: str) -> None:
-        token = PROBE_MAGIC + f"{self._probe_nonce}:{next(self._probe_seq)}".encode()
-        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._probe_waiters[token] = waiter
-        try:
-            async with asyncio.timeout(self._probe_timeout):
-                receivers = await self._publisher.publish(channel, token)
-                if receivers == 0:
-                    raise ProbeFailedError(f"probe on {channel} reached no subscriber")
-                await waiter
-        except TimeoutError:
-            raise ProbeFailedError(f"probe not back within {self._probe_timeout}s") from None
-        except BusError as exc:
-            raise ProbeFailedError(f"probe publish failed: {exc}") from None
-        finally:
-            del self._probe_waiters[token]
+    def _publish_probe(self, channel: str, token: bytes) -> asyncio.Future[int]:
+        return self._publisher.publish(channel, token)
+
+    async def _close_publisher(self) -> None:
+        await self._publisher.close()
 
     # -- listeners -------------------------------------------------------------------
 
@@ -530,18 +379,10 @@ class RedisClusterBus:
         if kind != b"smessage" or not isinstance(payload, bytes):
             return
         if payload.startswith(PROBE_MAGIC):
-            waiter = self._probe_waiters.get(payload)
-            if waiter is not None and not waiter.done():
-                waiter.set_result(None)
+            self._probe_returned(payload)
             if channel in generation.probes.values() or channel == self._node_channel:
                 return
-        bare = self._names.bare(channel)
-        if bare is None or self._handler is None:
-            return
-        try:
-            self._handler.on_bus_message(bare, payload)
-        except Exception:
-            log.exception("bus: on_bus_message raised for %s", bare)
+        self._hand_off(channel, payload)
 
 
 _: type[Bus] = RedisClusterBus
