@@ -21,6 +21,7 @@ from clusterchat.bus.local import LocalBus
 from clusterchat.presence.base import Presence
 from clusterchat.presence.local import LocalPresence
 from clusterchat.protocol import Limits
+from clusterchat.redis_url import is_cluster_url, parse_cluster_url
 from clusterchat.service.chat import ChatService
 from clusterchat.service.context import Policy
 from clusterchat.service.passwords import PasswordHasher
@@ -51,7 +52,6 @@ class Node:
             from clusterchat.bus.redis import RedisBus
             from clusterchat.bus.redis_cluster import RedisClusterBus
             from clusterchat.presence.redis import RedisPresence
-            from clusterchat.redis_url import is_cluster_url
 
             bus = RedisClusterBus if is_cluster_url(settings.redis) else RedisBus
             self.bus = bus(settings.redis, node_id=self.node_id, prefix=settings.prefix)
@@ -174,7 +174,9 @@ async def run_node(settings: Settings) -> int:
     """
     try:
         _tls_context(settings)  # the flags first, before the database is opened
-    except (ValueError, OSError) as exc:  # TLS files (ssl.SSLError is an OSError)
+        if settings.redis and is_cluster_url(settings.redis):
+            parse_cluster_url(settings.redis)
+    except (ValueError, OSError) as exc:  # TLS files (ssl.SSLError is an OSError), URLs
         print(f"clusterchat node: {exc}", file=sys.stderr, flush=True)
         return 2
     try:

@@ -9,8 +9,10 @@ their channels (``{user:<id>}``) on all three shards (slots 10778, 6777, 2648,
 
 import asyncio
 import json
+import subprocess
 import sys
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 import pytest
 
@@ -181,3 +183,18 @@ async def test_node_status_reads_presence_through_the_cluster(
                 break
             await asyncio.sleep(0.2)
     assert "2 live node(s), 2 online user(s)" in lines
+
+
+def test_a_cluster_url_without_a_seed_is_refused_before_anything_starts(tmp_path: Path) -> None:
+    """`--redis redis+cluster://h` (no port): exit 2 naming the problem, nothing opened."""
+    db = f"sqlite:///{tmp_path / 'x.db'}"
+    result = subprocess.run(
+        [sys.executable, "-m", "clusterchat", "node", "--db", db, "--redis", "redis+cluster://h"],
+        capture_output=True,
+        text=True,
+        timeout=seconds(30),
+        check=False,
+    )
+    assert result.returncode == 2
+    assert "cluster seed 'h' is not host:port" in result.stderr
+    assert not (tmp_path / "x.db").exists()
