@@ -63,10 +63,6 @@ class SlotMap:
         """The primary serving ``slot``, or None."""
         return self.owners[slot]
 
-    def slots_of(self, primary: Address) -> set[int]:
-        """Every slot ``primary`` serves."""
-        return {slot for slot, owner in enumerate(self.owners) if owner == primary}
-
     def by_owner(self, names: Iterable[str]) -> dict[Address | None, dict[int, list[str]]]:
         """Group channel names by serving primary, then by slot (each list keeps input order)."""
         grouped: dict[Address | None, dict[int, list[str]]] = {}
