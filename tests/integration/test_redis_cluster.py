@@ -116,7 +116,8 @@ async def test_primary_sigkilled_while_users_chat_loses_no_acknowledged_message(
     node_factory: NodeFactory, redis_cluster: RedisCluster, net: Net
 ) -> None:
     """A primary SIGKILLed mid-stream: its replica takes over, both nodes follow, and every
-    acknowledged message reaches its recipient once, in order (no sweep to help)."""
+    acknowledged one-to-one and group message reaches each recipient once, in order
+    (no sweep to help)."""
     cluster = redis_cluster
     n1, n2 = await asyncio.to_thread(_nodes, node_factory, cluster, 2)
     ids = await net.register(n1, *(f"u{i}" for i in range(6)))
@@ -125,11 +126,28 @@ async def test_primary_sigkilled_while_users_chat_loses_no_acknowledged_message(
     # u_i on node i % 2 writes to u_(i+1): always a user on the other node.
     receivers = [await net.login(nodes[i % 2], uid, device=f"dev-{i}") for i, uid in enumerate(ids)]
     senders = [await net.login(nodes[i % 2], uid) for i, uid in enumerate(ids)]
+    # And a group of all six, posted to by a seventh user, one message per ack.
+    (poster_id,) = await net.register(n1, "poster")
+    poster = await net.login(n1, poster_id)
+    group = (await poster.request({"msgid": 8, "groupname": "all", "groupdesc": "failover"}))[
+        "groupid"
+    ]
+    for receiver in receivers:
+        assert (await receiver.request({"msgid": 9, "groupid": group}))["errno"] == 0
+    group_plan = keys("g", 150)
+
+    async def post_to_group() -> None:
+        for key in group_plan:
+            ack = await poster.chat(group, f"{key}|", group=True)
+            assert ack.get("errno") == 0, ack
+            await asyncio.sleep(0.02)
+
     plans = [keys(f"u{i}", 800) for i in range(6)]  # at least 6 s of traffic
     streams = [
         net.spawn(sender.stream(ids[(i + 1) % 6], plans[i], batch=4, pause=0.03))
         for i, sender in enumerate(senders)
     ]
+    streams.append(net.spawn(post_to_group()))
     victim = await asyncio.to_thread(cluster.owner, slot_of(f"user:{ids[1]}"))
     replica = await asyncio.to_thread(cluster.replica_of, victim)
     await receivers[1].until(lambda: len(receivers[1].keys) >= 60, "60 messages before the kill")
@@ -147,11 +165,16 @@ async def test_primary_sigkilled_while_users_chat_loses_no_acknowledged_message(
         sender = senders[(i - 1) % 6]
         accepted = sender.accepted()
         assert accepted == plans[(i - 1) % 6], sender.refused()[:3]
-        wanted = set(accepted)
+        wanted = set(accepted) | set(group_plan)
         await receiver.receive_keys(lambda: wanted, within=seconds(30))  # noqa: B023
-        got = receiver.keys
+        got = [key for key in receiver.keys if not key.startswith("g:")]
         assert got == accepted, (
             f"receiver {i}: {tally(got, accepted)}; {first_difference(got, accepted)}"
+        )
+        in_group = [key for key in receiver.keys if key.startswith("g:")]
+        assert in_group == group_plan, (
+            f"receiver {i}, group: {tally(in_group, group_plan)};"
+            f" {first_difference(in_group, group_plan)}"
         )
         assert session_problems(receiver) == []
     for node in nodes:  # the nodes followed the failover (and did not just sweep)
