@@ -33,6 +33,7 @@ pytest_plugins: list[str] = [
     "tests.support.postgres",
     "tests.support.proxy",
     "tests.support.redis",
+    "tests.support.redis_cluster",
     "tests.support.service",
     "tests.support.wire",
 ]

@@ -40,7 +40,11 @@ def _node_parser(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> 
     node.add_argument("--host", help=f"address to listen on (default {_DEFAULTS.host})")
     node.add_argument("--port", type=int, help=f"TCP port (default {_DEFAULTS.port})")
     node.add_argument("--db", help=f"database URL (default {_DEFAULTS.db})")
-    node.add_argument("--redis", help="Redis URL: join a cluster (default: single node)")
+    node.add_argument(
+        "--redis",
+        help="Redis URL: join a cluster (default: single node); redis+cluster://host:port,..."
+        " for a Redis Cluster (sharded pub/sub)",
+    )
     node.add_argument("--node-id", dest="node_id", help="node name (default: random)")
     node.add_argument("--prefix", help=f"Redis channel/key prefix (default {_DEFAULTS.prefix})")
     node.add_argument(

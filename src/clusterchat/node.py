@@ -1,7 +1,8 @@
 """The composition root: one chat node built from its settings.
 
 This is the only module that picks concrete implementations: SqlStore for the
-database, RedisBus + RedisPresence when a Redis URL is given (a cluster), else
+database, RedisBus + RedisPresence when a Redis URL is given (a cluster;
+RedisClusterBus instead of RedisBus for a ``redis+cluster://`` URL), else
 LocalBus + LocalPresence (a single node). Start order: database, presence,
 bus + service, listener; stop order is the reverse, after the sessions are
 closed and everything that must be stored is stored.
@@ -20,6 +21,7 @@ from clusterchat.bus.local import LocalBus
 from clusterchat.presence.base import Presence
 from clusterchat.presence.local import LocalPresence
 from clusterchat.protocol import Limits
+from clusterchat.redis_url import is_cluster_url, parse_cluster_url
 from clusterchat.service.chat import ChatService
 from clusterchat.service.context import Policy
 from clusterchat.service.passwords import PasswordHasher
@@ -50,9 +52,11 @@ class Node:
         address = f"{settings.host}:{settings.port}"
         if settings.redis:
             from clusterchat.bus.redis import RedisBus
+            from clusterchat.bus.redis_cluster import RedisClusterBus
             from clusterchat.presence.redis import RedisPresence
 
-            self.bus = RedisBus(
+            bus = RedisClusterBus if is_cluster_url(settings.redis) else RedisBus
+            self.bus = bus(
                 settings.redis,
                 node_id=self.node_id,
                 prefix=settings.prefix,
@@ -178,7 +182,9 @@ async def run_node(settings: Settings) -> int:
     """
     try:
         _tls_context(settings)  # the flags first, before the database is opened
-    except (ValueError, OSError) as exc:  # TLS files (ssl.SSLError is an OSError)
+        if settings.redis and is_cluster_url(settings.redis):
+            parse_cluster_url(settings.redis)
+    except (ValueError, OSError) as exc:  # TLS files (ssl.SSLError is an OSError), URLs
         print(f"clusterchat node: {exc}", file=sys.stderr, flush=True)
         return 2
     try:

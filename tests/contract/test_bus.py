@@ -1,7 +1,8 @@
 """Contract tests for ``Bus``: LocalBus and RedisBus on a real redis-server.
 
-The first half runs against every implementation (``local``, ``redis``, and
-``redis-sharded`` for SPUBLISH/SSUBSCRIBE). The second half injects the faults
+The first half runs against every implementation (``local``, ``redis``,
+``redis-sharded`` for SPUBLISH/SSUBSCRIBE on one server, and ``redis-cluster``
+for RedisClusterBus on a real 3-primary Redis Cluster). The second half injects the faults
 of FIELD-NOTES.md into a real redis-server (SIGKILL and restart on the same
 port, SIGSTOP, an output-buffer-limit disconnect, a long silence) and checks
 that RedisBus recovers by itself and tells the node it is back.
@@ -21,8 +22,10 @@ from clusterchat.bus.base import Bus, BusError
 from clusterchat.bus.channels import ChannelNames
 from clusterchat.bus.local import LocalBus, LocalHub
 from clusterchat.bus.redis import PROBE_MAGIC, RedisBus
+from clusterchat.bus.redis_cluster import RedisClusterBus
 from tests.support.defaults import bus_timing
 from tests.support.redis import RedisFactory, RedisServer
+from tests.support.redis_cluster import RedisCluster
 from tests.support.timing import seconds
 
 WAIT = seconds(5)  # the bound of every wait on a condition
@@ -132,6 +135,7 @@ async def node_factory() -> AsyncIterator[Callable[[Callable[[], Bus]], Awaitabl
         "local",
         pytest.param("redis", marks=pytest.mark.integration),
         pytest.param("redis-sharded", marks=pytest.mark.integration),
+        pytest.param("redis-cluster", marks=pytest.mark.integration),
     ]
 )
 def bus_kind(request: pytest.FixtureRequest) -> tuple[str, str]:
@@ -139,6 +143,9 @@ def bus_kind(request: pytest.FixtureRequest) -> tuple[str, str]:
     kind: str = request.param
     if kind == "local":
         return kind, ""
+    if kind == "redis-cluster":
+        cluster: RedisCluster = request.getfixturevalue("shared_redis_cluster")
+        return kind, cluster.url
     server: RedisServer = request.getfixturevalue("redis_server")
     return kind, server.url
 
@@ -156,6 +163,10 @@ async def make_node(
     async def make(node_id: str) -> Node:
         if kind == "local":
             return await node_factory(lambda: LocalBus(hub))
+        if kind == "redis-cluster":
+            return await node_factory(
+                lambda: RedisClusterBus(url, node_id=node_id, prefix=prefix, **bus_timing())
+            )
         return await node_factory(
             lambda: RedisBus(
                 url,

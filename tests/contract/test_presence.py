@@ -1,6 +1,7 @@
 """Contract tests for ``Presence``: LocalPresence and RedisPresence on a real redis-server.
 
-The first half runs against both implementations; "nodes" of the local
+The first half runs against both implementations (RedisPresence on one
+redis-server and on a real 3-primary Redis Cluster); "nodes" of the local
 implementation share one ``LocalPresenceHub`` (that is how it models several
 nodes). The second half is Redis-only: a SIGKILLed node process goes offline
 within ``expiry``, a node whose key expired counts as dead, and presence
@@ -17,6 +18,7 @@ from typing import Any
 
 import pytest
 from redis.asyncio import Redis
+from redis.crc import key_slot
 
 from clusterchat.cluster import processes
 from clusterchat.presence.base import NodeInfo, Presence
@@ -25,6 +27,7 @@ from clusterchat.presence.redis import RedisPresence
 from tests.support.defaults import presence_timing
 from tests.support.processes import assert_stopped
 from tests.support.redis import RedisServer
+from tests.support.redis_cluster import RedisCluster
 from tests.support.timing import seconds
 
 PresenceFactory = Callable[..., Awaitable[Presence]]
@@ -58,7 +61,9 @@ def redis_presence(started: list[Presence]) -> PresenceFactory:
     """Start a RedisPresence: ``await redis_presence(server, "a", expiry=...)``."""
     prefix = f"t{uuid.uuid4().hex[:8]}"
 
-    async def make(server: RedisServer, node_id: str, **options: Any) -> RedisPresence:
+    async def make(
+        server: RedisServer | RedisCluster, node_id: str, **options: Any
+    ) -> RedisPresence:
         options.setdefault("prefix", prefix)
         presence = RedisPresence(
             server.url,
@@ -73,18 +78,29 @@ def redis_presence(started: list[Presence]) -> PresenceFactory:
     return make
 
 
-@pytest.fixture(params=["local", pytest.param("redis", marks=pytest.mark.integration)])
-def presence_kind(request: pytest.FixtureRequest) -> tuple[str, RedisServer | None]:
-    """The implementation under test, and its redis-server if it needs one."""
+@pytest.fixture(
+    params=[
+        "local",
+        pytest.param("redis", marks=pytest.mark.integration),
+        pytest.param("redis-cluster", marks=pytest.mark.integration),
+    ]
+)
+def presence_kind(
+    request: pytest.FixtureRequest,
+) -> tuple[str, RedisServer | RedisCluster | None]:
+    """The implementation under test, and its redis-server (or cluster) if it needs one."""
     kind: str = request.param
     if kind == "local":
         return kind, None
+    if kind == "redis-cluster":
+        return kind, request.getfixturevalue("shared_redis_cluster")
     return kind, request.getfixturevalue("redis_server")
 
 
 @pytest.fixture
 def make_presence(
-    presence_kind: tuple[str, RedisServer | None], redis_presence: PresenceFactory
+    presence_kind: tuple[str, RedisServer | RedisCluster | None],
+    redis_presence: PresenceFactory,
 ) -> PresenceFactory:
     """Start one node's presence on the implementation under test."""
     _, server = presence_kind
@@ -128,7 +144,8 @@ async def test_two_nodes_see_each_others_users(make_presence: PresenceFactory) -
 
 
 async def test_close_removes_only_own_users(
-    make_presence: PresenceFactory, presence_kind: tuple[str, RedisServer | None]
+    make_presence: PresenceFactory,
+    presence_kind: tuple[str, RedisServer | RedisCluster | None],
 ) -> None:
     """Closing one node takes its users offline and leaves the other node's users online."""
     a, b = await make_presence("a"), await make_presence("b")
@@ -310,3 +327,33 @@ async def test_frozen_redis_never_stalls_or_raises(
         return await a.online([1, 15]) == {1, 15}
 
     await poll(recovered)
+
+
+@pytest.mark.integration
+async def test_presence_follows_a_cluster_failover(
+    redis_cluster: RedisCluster, redis_presence: PresenceFactory
+) -> None:
+    """The primary of the presence keys' slot SIGKILLed: nothing raises, and once its
+    replica took over, changes made meanwhile and after are read again."""
+    a = await redis_presence(redis_cluster, "a", **FAST)
+    b = await redis_presence(redis_cluster, "b", **FAST)
+    await a.user_online(1)
+    assert await b.online([1]) == {1}
+    assert isinstance(a, RedisPresence)
+    victim = await asyncio.to_thread(redis_cluster.owner, key_slot(a._registry.encode()))
+    replica = await asyncio.to_thread(redis_cluster.replica_of, victim)
+    await asyncio.to_thread(redis_cluster.kill, victim)
+    await a.user_online(2)  # while the shard has no primary: must not raise
+    await a.user_offline(1)
+
+    async def recovered() -> bool:
+        await a.user_online(3)
+        return await b.online([1, 2, 3]) == {2, 3}
+
+    async with asyncio.timeout(seconds(20)):  # failover: node timeout + election
+        while True:
+            if await recovered():
+                break
+            await asyncio.sleep(0.1)
+    assert await asyncio.to_thread(redis_cluster.promoted, replica)
+    assert {n.node_id for n in await b.nodes()} == {"a", "b"}

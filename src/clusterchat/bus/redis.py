@@ -22,7 +22,8 @@ Two Redis clients, never a 100-connection pool (docs: FIELD-NOTES "redis-py"):
 **Reconnects are ours, not redis-py's.** We never use redis-py's ``PubSub``
 (whose connect callback silently re-subscribes the channels *it* remembers),
 so every new subscriber connection passes through one place, the
-**supervisor** task, and the node always learns that the bus came back:
+**supervisor** task (``clusterchat.bus.redis_supervisor``, shared with
+``RedisClusterBus``), and the node always learns that the bus came back:
 
 1. connect (whole handshake bounded by ``connect_timeout``); on failure sleep
    with exponential back-off (``backoff_base`` doubling to ``backoff_cap``,
@@ -74,101 +75,38 @@ shorter than ``probe_interval + probe_timeout`` can fail another node's
 publishes without this node noticing; that node announces them again when
 its publishes work, and the service's periodic sweep is the last resort.
 ``sharded=True`` uses SPUBLISH/SSUBSCRIBE over a single connection: right for
-standalone Redis >= 7 and single-shard clusters; routing each channel to the
-shard that owns its slot is not implemented.
+standalone Redis >= 7 and single-shard clusters. A Redis Cluster of several
+shards is ``RedisClusterBus`` (``clusterchat.bus.redis_cluster``), chosen by a
+``redis+cluster://`` URL.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import itertools
 import logging
-import random
-import socket
-from collections import deque
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 
-from redis.asyncio import Redis
-from redis.asyncio.connection import AbstractConnection
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
 from redis.exceptions import ResponseError
 
-from clusterchat.bus.base import Bus, BusError, BusHandler
+from clusterchat.bus.base import Bus
 from clusterchat.bus.channels import ChannelNames
-from clusterchat.bus.redis_publisher import FAILURES, NO_DRIVER_INFO, RedisPublisher, aclose_quietly
+from clusterchat.bus.redis_publisher import FAILURES, RedisPublisher, aclose_quietly
+from clusterchat.bus.redis_subscriber import (
+    PROBE_MAGIC,
+    Ack,
+    SubscriberSession,
+    connect_subscriber,
+)
+from clusterchat.bus.redis_supervisor import SupervisedBus
 
 __all__ = ["PROBE_MAGIC", "RedisBus"]
 
 log = logging.getLogger("clusterchat.bus")
 
-PROBE_MAGIC = b"\x00clusterchat-probe\x00"
-"""How every liveness-probe payload starts; such payloads never reach the handler."""
-
 _SUBSCRIBE_BATCH = 500
 
 
-def _keepalive_options() -> dict[int, int]:
-    """Kernel keepalive tuned to notice a dead peer in about 25 s (where supported)."""
-    wanted = {"TCP_KEEPIDLE": 10, "TCP_KEEPINTVL": 5, "TCP_KEEPCNT": 3}
-    return {getattr(socket, k): v for k, v in wanted.items() if hasattr(socket, k)}
-
-
-@dataclass(eq=False)
-class _Ack:
-    """A (S)SUBSCRIBE or (S)UNSUBSCRIBE sent, waiting for one confirmation per channel."""
-
-    remaining: int
-    future: asyncio.Future[None]
-
-
-@dataclass(eq=False)
-class _Session:
-    """One subscriber connection and its client (closed together).
-
-    Redis confirms each channel of a (un)subscribe command with one reply, in
-    command order, so the head of ``acks`` is always the command being confirmed.
-    """
-
-    client: Redis
-    conn: AbstractConnection
-    broken: asyncio.Event = field(default_factory=asyncio.Event)
-    reason: str = ""
-    verified: bool = False
-    acks: deque[_Ack] = field(default_factory=deque)
-
-    def fail(self, reason: str) -> None:
-        """Mark the connection unusable; the supervisor replaces it."""
-        if not self.broken.is_set():
-            self.reason = reason
-            self.broken.set()
-
-    def confirm(self, whole_command: bool = False) -> None:
-        """Count one confirmation (or a refusal of the whole head command)."""
-        if not self.acks:
-            return
-        head = self.acks[0]
-        head.remaining -= 1
-        if whole_command or head.remaining <= 0:
-            self.acks.popleft()
-            if not head.future.done():
-                head.future.set_result(None)
-
-    def release_waiters(self) -> None:
-        """Let every waiting (un)subscribe return; the next connection resubscribes."""
-        while self.acks:
-            future = self.acks.popleft().future
-            if not future.done():
-                future.set_result(None)
-
-
-class _ProbeFailedError(Exception):
-    """The liveness probe did not come back in time."""
-
-
-class RedisBus:
+class RedisBus(SupervisedBus[SubscriberSession]):
     """The Redis implementation of ``Bus``; see the module docstring.
 
     Args:
@@ -202,17 +140,18 @@ class RedisBus:
         start_timeout: float | None = None,
         sharded: bool = False,
     ) -> None:
+        super().__init__(
+            node_id=node_id,
+            names=ChannelNames(prefix, hash_tag=sharded),
+            probe_interval=probe_interval,
+            probe_timeout=probe_timeout,
+            publish_timeout=publish_timeout,
+            connect_timeout=connect_timeout,
+            backoff_base=backoff_base,
+            backoff_cap=backoff_cap,
+            start_timeout=start_timeout,
+        )
         self._url = url
-        self._node_id = node_id
-        self._names = ChannelNames(prefix, hash_tag=sharded)
-        self._node_channel = self._names.full(ChannelNames.node(node_id))
-        self._probe_interval = probe_interval
-        self._probe_timeout = probe_timeout or max(probe_interval, publish_timeout)
-        self._publish_timeout = publish_timeout
-        self._connect_timeout = connect_timeout
-        self._backoff_base = backoff_base
-        self._backoff_cap = backoff_cap
-        self._start_timeout = start_timeout or connect_timeout + self._probe_timeout
         if sharded:
             self._cmd_sub, self._cmd_unsub = "SSUBSCRIBE", "SUNSUBSCRIBE"
             self._msg_kind = b"smessage"
@@ -221,17 +160,7 @@ class RedisBus:
             self._cmd_sub, self._cmd_unsub = "SUBSCRIBE", "UNSUBSCRIBE"
             self._msg_kind = b"message"
             self._ack_kinds = (b"subscribe", b"unsubscribe")
-
-        self._handler: BusHandler | None = None
-        self._supervisor: asyncio.Task[None] | None = None
-        self._session: _Session | None = None
-        self._sub_lock = asyncio.Lock()
-        self._verified = asyncio.Event()
-        self._restore_pending = False
-        self._connects = 0
-        self._restores = 0
-        self._probes = 0
-
+        self._session: SubscriberSession | None = None
         self._publisher = RedisPublisher(
             url,
             client_name=f"clusterchat-pub:{node_id}",
@@ -239,65 +168,7 @@ class RedisBus:
             command="SPUBLISH" if sharded else "PUBLISH",
         )
 
-        self._probe_seq = itertools.count(1)
-        self._probe_nonce = f"{random.getrandbits(64):016x}"
-        self._probe_waiters: dict[bytes, asyncio.Future[None]] = {}
-
-    # -- observability ---------------------------------------------------------------
-
-    @property
-    def connects(self) -> int:
-        """How many subscriber connections were established (1 + reconnects)."""
-        return self._connects
-
-    @property
-    def restores(self) -> int:
-        """How many times ``on_bus_restored`` was called."""
-        return self._restores
-
-    @property
-    def probes(self) -> int:
-        """How many liveness probes came back."""
-        return self._probes
-
-    @property
-    def connected(self) -> bool:
-        """Whether a verified subscriber connection is live right now."""
-        return self._verified.is_set()
-
     # -- Bus -------------------------------------------------------------------------
-
-    async def start(self, handler: BusHandler) -> None:
-        """Start the supervisor and wait (up to ``start_timeout``) for a verified connection.
-
-        Never raises because Redis is down: the bus keeps reconnecting in the
-        background and calls ``on_bus_restored`` once it gets through.
-
-        Args:
-            handler: Receives messages and the restored signal.
-        """
-        if self._supervisor is not None:
-            raise RuntimeError("RedisBus already started")
-        self._handler = handler
-        self._supervisor = asyncio.get_running_loop().create_task(
-            self._supervise(), name=f"redisbus-supervisor-{self._node_id}"
-        )
-        try:
-            await asyncio.wait_for(self._verified.wait(), self._start_timeout)
-        except TimeoutError:
-            if not self._verified.is_set():
-                log.warning("bus: Redis unreachable at start; continuing, will retry")
-                self._restore_pending = True
-
-    async def close(self) -> None:
-        """Stop the listener, the prober and the flusher; ``aclose()`` both clients."""
-        supervisor, self._supervisor = self._supervisor, None
-        if supervisor is not None:
-            supervisor.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await supervisor
-        await self._publisher.close()
-        self._handler = None
 
     async def subscribe(self, channel: str) -> None:
         """Subscribe on the live connection, if any (else the next connect does it)."""
@@ -335,91 +206,27 @@ class RedisBus:
         # Wait outside the lock: writes stay ordered, confirmations come back in order.
         await self._confirmed(session, ack, command)
 
-    async def _send(self, session: _Session, command: str, channels: Sequence[str]) -> _Ack:
+    async def _send(self, session: SubscriberSession, command: str, channels: Sequence[str]) -> Ack:
         """Write a (un)subscribe command; the returned ack resolves once Redis confirmed it."""
         if not session.conn.is_connected:
             # send_command would silently reconnect: reconnects belong to the supervisor.
             raise ConnectionError("subscriber connection closed")
-        ack = _Ack(len(channels), asyncio.get_running_loop().create_future())
+        ack = Ack(len(channels), asyncio.get_running_loop().create_future())
         session.acks.append(ack)
         async with asyncio.timeout(self._publish_timeout):
             await session.conn.send_command(command, *channels, check_health=False)
         return ack
 
-    async def _confirmed(self, session: _Session, ack: _Ack, command: str) -> None:
-        try:
-            async with asyncio.timeout(self._publish_timeout):
-                await ack.future
-        except TimeoutError:
-            log.warning(
-                "bus: %s not confirmed within %ss; reconnecting", command, self._publish_timeout
-            )
-            session.fail(f"{command} not confirmed")
+    # -- the supervisor's hooks (clusterchat.bus.redis_supervisor) -------------------
 
-    # -- supervisor: connect, subscribe, verify, probe, reconnect --------------------
-
-    async def _supervise(self) -> None:
-        # Catches every Exception: a supervisor that died would be a silent, endless outage
-        # (python-socketio issue 1581); a bug is logged with its traceback and retried.
-        failures = 0
-        while True:
-            try:
-                session = await self._connect()
-            except Exception as exc:
-                failures += 1
-                delay = self._backoff(failures)
-                if isinstance(exc, FAILURES):
-                    log.info("bus: connect failed (%r); retry in %.2fs", exc, delay)
-                else:
-                    log.exception("bus: unexpected error while connecting; retry in %.2fs", delay)
-                await asyncio.sleep(delay)
-                continue
-            self._connects += 1
-            try:
-                if await self._serve(session):
-                    failures = 0
-            except Exception:
-                log.exception("bus: unexpected error on the subscriber connection")
-                session.fail("unexpected error")
-            finally:
-                self._verified.clear()
-                self._session = None
-                session.release_waiters()
-                await aclose_quietly(session.client)
-            self._restore_pending = True
-            self._publisher.mark_stale()  # its connection most likely died with Redis too
-            failures += 1
-            delay = self._backoff(failures)
-            log.warning("bus: connection lost (%s); reconnect in %.2fs", session.reason, delay)
-            await asyncio.sleep(delay)
-
-    def _backoff(self, failures: int) -> float:
-        ceiling = min(self._backoff_cap, self._backoff_base * 2.0 ** min(failures - 1, 30))
-        return ceiling * random.uniform(0.5, 1.0)
-
-    async def _connect(self) -> _Session:
-        client = Redis.from_url(
+    async def _connect(self) -> SubscriberSession:
+        return await connect_subscriber(
             self._url,
-            socket_timeout=None,  # no read timeout on a pub/sub connection (FIELD-NOTES)
-            socket_connect_timeout=self._connect_timeout,
-            socket_keepalive=True,
-            socket_keepalive_options=_keepalive_options(),
-            retry=Retry(NoBackoff(), 0),  # no retries behind our back
-            health_check_interval=0,
-            protocol=2,  # messages and confirmations as plain replies (RESP3 also works: push)
             client_name=f"clusterchat-sub:{self._node_id}",
-            **NO_DRIVER_INFO,
+            connect_timeout=self._connect_timeout,
         )
-        try:
-            async with asyncio.timeout(self._connect_timeout):
-                # redis-py leaves get_connection() unannotated.
-                conn: AbstractConnection = await client.connection_pool.get_connection()  # type: ignore[no-untyped-call]
-        except BaseException:
-            await aclose_quietly(client)
-            raise
-        return _Session(client, conn)
 
-    async def _serve(self, session: _Session) -> bool:
+    async def _serve(self, session: SubscriberSession) -> bool:
         """Run one connection until it breaks; return whether it was ever verified."""
         loop = asyncio.get_running_loop()
         reader = loop.create_task(self._listen(session), name=f"redisbus-listener-{self._node_id}")
@@ -438,29 +245,22 @@ class RedisBus:
         session.fail("connection ended")
         return session.verified
 
-    async def _keep_alive(self, session: _Session) -> None:
+    async def _release(self, session: SubscriberSession) -> str:
+        session.fail("unexpected error")  # kept only if nothing said why before
+        self._session = None
+        session.release_waiters()
+        await aclose_quietly(session.client)
+        self._publisher.mark_stale()  # its connection most likely died with Redis too
+        return session.reason
+
+    async def _keep_alive(self, session: SubscriberSession) -> None:
         count = await self._resubscribe(session)
         await self._probe()
         session.verified = True
-        self._verified.set()
-        log.info(
-            "bus: %s, %d channels subscribed, probe ok",
-            "reconnected" if self._connects > 1 else "connected",
-            count,
-        )
-        if self._restore_pending:
-            self._restore_pending = False
-            self._restores += 1
-            if self._handler is not None:
-                try:
-                    self._handler.on_bus_restored()
-                except Exception:
-                    log.exception("bus: on_bus_restored raised")
-        while True:
-            await asyncio.sleep(self._probe_interval)
-            await self._probe()
+        self._now_verified(f", {count} channels subscribed")
+        await self._keep_probing()
 
-    async def _resubscribe(self, session: _Session) -> int:
+    async def _resubscribe(self, session: SubscriberSession) -> int:
         """Subscribe the registry's channels and our node channel; return how many."""
         async with self._sub_lock:
             self._session = session
@@ -471,52 +271,25 @@ class RedisBus:
             # Our node channel goes last: once a probe comes back through it, Redis has
             # processed every SUBSCRIBE before it.
             channels = [*sorted(wanted), self._node_channel]
-            ack: _Ack | None = None
+            ack: Ack | None = None
             for i in range(0, len(channels), _SUBSCRIBE_BATCH):
                 ack = await self._send(session, self._cmd_sub, channels[i : i + _SUBSCRIBE_BATCH])
         if ack is not None:
             await self._confirmed(session, ack, self._cmd_sub)
         return len(channels)
 
-    async def _probe(self) -> None:
-        await self._round_trip()
-        self._probes += 1
-
-    async def barrier(self) -> None:
-        """Return once everything published to this node before the call was handled.
-
-        A probe round trip: Redis delivers to one subscriber connection in
-        order, so when our own token comes back, every payload published
-        before it to a channel we are subscribed to has reached the handler.
-
-        Raises:
-            BusError: the bus is down or the token did not come back in time.
-        """
-        try:
-            await self._round_trip()
-        except _ProbeFailedError as exc:
-            raise BusError(str(exc)) from None
-
     async def _round_trip(self) -> None:
-        token = PROBE_MAGIC + f"{self._probe_nonce}:{next(self._probe_seq)}".encode()
-        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._probe_waiters[token] = waiter
-        try:
-            async with asyncio.timeout(self._probe_timeout):
-                receivers = await self._publisher.publish(self._node_channel, token)
-                if receivers == 0:
-                    raise _ProbeFailedError("probe reached no subscriber")
-                await waiter
-        except TimeoutError:
-            raise _ProbeFailedError(f"probe not back within {self._probe_timeout}s") from None
-        except BusError as exc:
-            raise _ProbeFailedError(f"probe publish failed: {exc}") from None
-        finally:
-            del self._probe_waiters[token]
+        await self._probe_through(self._node_channel)
+
+    def _publish_probe(self, channel: str, token: bytes) -> asyncio.Future[int]:
+        return self._publisher.publish(channel, token)
+
+    async def _close_publisher(self) -> None:
+        await self._publisher.close()
 
     # -- listener --------------------------------------------------------------------
 
-    async def _listen(self, session: _Session) -> None:
+    async def _listen(self, session: SubscriberSession) -> None:
         conn = session.conn
         while True:
             try:
@@ -527,7 +300,7 @@ class RedisBus:
                 continue
             self._dispatch(session, response)
 
-    def _dispatch(self, session: _Session, response: object) -> None:
+    def _dispatch(self, session: SubscriberSession, response: object) -> None:
         if not isinstance(response, list) or len(response) != 3:
             return
         kind = response[0]
@@ -541,17 +314,9 @@ class RedisBus:
             return
         channel = raw_channel.decode("utf-8", "replace")
         if channel == self._node_channel and payload.startswith(PROBE_MAGIC):
-            waiter = self._probe_waiters.get(payload)
-            if waiter is not None and not waiter.done():
-                waiter.set_result(None)
+            self._probe_returned(payload)
             return
-        bare = self._names.bare(channel)
-        if bare is None or self._handler is None:
-            return
-        try:
-            self._handler.on_bus_message(bare, payload)
-        except Exception:
-            log.exception("bus: on_bus_message raised for %s", bare)
+        self._hand_off(channel, payload)
 
 
 _: type[Bus] = RedisBus

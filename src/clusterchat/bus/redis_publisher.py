@@ -41,7 +41,7 @@ from redis.exceptions import RedisError
 
 from clusterchat.bus.base import BusError
 
-__all__ = ["FAILURES", "NO_DRIVER_INFO", "RedisPublisher", "aclose_quietly"]
+__all__ = ["FAILURES", "NO_DRIVER_INFO", "PublishRefusedError", "RedisPublisher", "aclose_quietly"]
 
 log = logging.getLogger("clusterchat.bus")
 
@@ -57,6 +57,19 @@ NO_DRIVER_INFO: dict[str, Any] = (
 """Keyword arguments for every Redis client we build."""
 
 _CLOSE_TIMEOUT = 1.0
+_ASKING = b"*1\r\n$6\r\nASKING\r\n"
+
+
+class PublishRefusedError(BusError):
+    """Redis answered the publish with an error reply (e.g. ``MOVED 3999 host:port``).
+
+    Attributes:
+        reply: The error reply's text.
+    """
+
+    def __init__(self, reply: str) -> None:
+        super().__init__(f"publish refused: {reply}")
+        self.reply = reply
 
 
 async def aclose_quietly(client: Redis) -> None:
@@ -91,7 +104,7 @@ class _Pipeline(asyncio.Protocol):
             if future.done():
                 continue
             if isinstance(reply, hiredis.ReplyError):
-                future.set_exception(BusError(f"publish refused: {reply}"))
+                future.set_exception(PublishRefusedError(str(reply)))
             else:
                 future.set_result(reply)
 
@@ -152,12 +165,13 @@ class RedisPublisher:
         self._closed = False
         self._failing = False
 
-    def publish(self, channel: str, payload: bytes) -> asyncio.Future[int]:
+    def publish(self, channel: str, payload: bytes, *, asking: bool = False) -> asyncio.Future[int]:
         """Send one publication with this turn's write; the future gets its receiver count.
 
         Args:
             channel: The full (prefixed) channel name.
             payload: Opaque bytes.
+            asking: Precede it with ASKING (following a cluster's ``-ASK`` redirection).
 
         Returns:
             A future resolved with the receiver count Redis replied, or failed
@@ -179,25 +193,34 @@ class RedisPublisher:
             len(payload),
             payload,
         )
+        if asking:  # two commands, one reply each: ASKING's "+OK" (or failure) is ignored
+            ignored: asyncio.Future[Any] = loop.create_future()
+            ignored.add_done_callback(lambda f: f.cancelled() or f.exception())
+            self._enqueue(loop, _ASKING, ignored)
+        self._enqueue(loop, command, future)
+        return future
+
+    def _enqueue(
+        self, loop: asyncio.AbstractEventLoop, command: bytes, future: asyncio.Future[Any]
+    ) -> None:
         pipe = self._pipe
         if pipe is None:
             self._backlog.append((command, future))
             if self._connecting is None:
                 self._connecting = loop.create_task(self._connect(), name="redis-publisher")
-            return future
+            return
         if not self._out:
             loop.call_soon(self._write)
         self._out.append(command)
         pipe.waiting.append(future)
-        return future
 
     def mark_stale(self) -> None:
         """The connection probably died (the subscriber lost Redis): drop it now."""
         if self._pipe is not None:
             self._pipe.abort(ConnectionError("marked stale"))
 
-    async def close(self) -> None:
-        """Fail whatever is outstanding and close the connection."""
+    async def close(self, reason: str = "bus closed") -> None:
+        """Fail whatever is outstanding (``BusError(reason)``) and close the connection."""
         self._closed = True
         connecting, self._connecting = self._connecting, None
         if connecting is not None:
@@ -205,8 +228,8 @@ class RedisPublisher:
             with contextlib.suppress(asyncio.CancelledError):
                 await connecting
         if self._pipe is not None:
-            self._pipe.abort(ConnectionError("bus closed"))
-        self._fail([f for _, f in self._backlog], "bus closed")
+            self._pipe.abort(ConnectionError(reason))
+        self._fail([f for _, f in self._backlog], reason)
         self._backlog = []
 
     def _write(self) -> None:
@@ -241,6 +264,10 @@ class RedisPublisher:
                 pipe.waiting.extend(replies)
                 pipe.transport.write(b"".join(self._handshake))
                 await asyncio.gather(*replies)
+        except asyncio.CancelledError:  # close() while connecting: leave no socket open
+            if pipe is not None and not pipe.lost:
+                pipe.abort(ConnectionError("closed while connecting"))
+            raise
         except (OSError, BusError, ConnectionError) as exc:  # TimeoutError is an OSError
             if pipe is not None and not pipe.lost:
                 pipe.abort(ConnectionError("handshake failed"))

@@ -33,6 +33,18 @@ ids: the ZSET of candidate nodes, then one pipeline with, per node, EXISTS of
 its node key and SMISMEMBER (or SMEMBERS) of its user set. A node whose key
 expired counts as dead even if its user set lingers.
 
+**Redis Cluster.** With a ``redis+cluster://`` URL, the primary serving the
+keys' one slot is found by asking a node (the last one found, then the
+URL's seeds) for one of the keys: the node serving the slot answers, any
+other answers ``-MOVED`` with its address. The node then talks to that
+primary with the same plain client as to a single Redis, MULTI included.
+(redis-py's own async cluster pipeline runs every command queued in a MULTI
+through a new thread and event loop that it joins, which would block the
+node's loop.) Any failed round trip (the primary died, ``-MOVED`` after a
+failover or a resharding) drops that client, and the next one looks the
+primary up again: a failover is an outage like a restart, and the next
+heartbeat re-writes this node's keys in full.
+
 **Bound.** A node that dies without ``close()`` (SIGKILL, power loss) stops
 heartbeating; its node key expires, so its users read offline within
 ``expiry`` seconds. ``close()`` deletes this node's keys only. The ZSET drops
@@ -49,11 +61,13 @@ from collections.abc import Iterable
 from typing import Any
 
 from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio.client import Pipeline
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import RedisError
+from redis.exceptions import MovedError, RedisError
 
 from clusterchat.presence.base import NodeInfo, Presence
+from clusterchat.redis_url import is_cluster_url, parse_cluster_url
 
 __all__ = ["RedisPresence"]
 
@@ -115,6 +129,9 @@ class RedisPresence:
         self._full = True  # next write replaces the whole user set
         self._healthy = True
         self._client: Redis | None = None
+        self._cluster = parse_cluster_url(url) if is_cluster_url(url) else None
+        self._lookup = asyncio.Lock()
+        self._primary: tuple[tuple[str, int], ...] = ()  # the last one found, asked first
         self._closed = False
         self._writer: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
@@ -137,29 +154,87 @@ class RedisPresence:
         """
         if self._writer is not None or self._closed:
             raise RuntimeError("RedisPresence already started or closed")
-        self._connect()
         await self._write()
         self._writer = asyncio.get_running_loop().create_task(
             self._run(), name=f"presence-writer-{self._node_id}"
         )
 
-    def _connect(self) -> Redis:
-        if self._client is None:
-            pool = BlockingConnectionPool.from_url(
-                self._url,
-                max_connections=_MAX_CONNECTIONS,
-                timeout=self._timeout,
+    async def _connect(self) -> Redis:
+        """The client, made on first use (on a cluster: after looking up the primary)."""
+        client = self._client
+        if client is not None:
+            return client
+        if self._cluster is None:
+            client = self._client = self._plain(self._url)
+            return client
+        async with self._lookup:  # one lookup at a time: a second would leak a client
+            client = self._client
+            if client is None:
+                address = await self._find_primary()
+                client = self._client = self._plain(self._cluster.node_url(address))
+        return client
+
+    def _plain(self, url: str) -> Redis:
+        pool = BlockingConnectionPool.from_url(
+            url,
+            max_connections=_MAX_CONNECTIONS,
+            timeout=self._timeout,
+            socket_timeout=self._timeout,
+            socket_connect_timeout=self._timeout,
+            socket_keepalive=True,
+            # One immediate retry on a fresh connection: every command here is
+            # idempotent, and it hides the stale pooled connection a restart leaves.
+            retry=Retry(NoBackoff(), 1),
+            client_name=f"clusterchat-presence:{self._node_id}",
+            **_NO_DRIVER_INFO,
+        )
+        return Redis.from_pool(pool)
+
+    async def _find_primary(self) -> tuple[str, int]:
+        """The cluster primary serving the presence keys' slot.
+
+        Asks the last primary found, then each seed, ``EXISTS`` of the
+        registry key: the node that answers serves the slot; one that does
+        not answers ``-MOVED`` with the address of the one that does.
+
+        Raises:
+            RedisError, OSError: No node answered either way.
+        """
+        assert self._cluster is not None
+        last: BaseException = RedisError("no cluster node to ask")
+        for address in dict.fromkeys([*self._primary, *self._cluster.seeds]):
+            client = Redis.from_url(
+                self._cluster.node_url(address),
                 socket_timeout=self._timeout,
                 socket_connect_timeout=self._timeout,
-                socket_keepalive=True,
-                # One immediate retry on a fresh connection: every command here is
-                # idempotent, and it hides the stale pooled connection a restart leaves.
-                retry=Retry(NoBackoff(), 1),
-                client_name=f"clusterchat-presence:{self._node_id}",
+                retry=Retry(NoBackoff(), 0),
                 **_NO_DRIVER_INFO,
             )
-            self._client = Redis.from_pool(pool)
-        return self._client
+            try:
+                async with asyncio.timeout(self._timeout):
+                    await client.exists(self._registry)
+                found = address
+            except MovedError as moved:
+                found = (moved.host, moved.port)
+            except _FAILURES as exc:  # down, or CLUSTERDOWN during a failover
+                last = exc
+                continue
+            finally:
+                with contextlib.suppress(*_FAILURES):
+                    async with asyncio.timeout(self._timeout):
+                        await client.aclose()
+            self._primary = (found,)
+            return found
+        raise last
+
+    async def _drop_cluster_client(self) -> None:
+        """After a failure on a cluster: forget the primary; the next call looks it up."""
+        if self._cluster is None or self._client is None:
+            return
+        client, self._client = self._client, None
+        with contextlib.suppress(*_FAILURES):
+            async with asyncio.timeout(self._timeout):
+                await client.aclose()
 
     async def close(self) -> None:
         """Stop heartbeating and delete this node's keys (only this node's); release the client."""
@@ -206,9 +281,9 @@ class RedisPresence:
         ids = sorted(set(user_ids))
         if not ids or not self._healthy or self._closed:
             return set()
-        client = self._connect()
         try:
             async with asyncio.timeout(self._timeout):
+                client = await self._connect()
                 nodes = await self._candidate_nodes(client)
                 pipe = client.pipeline(transaction=False)
                 for node_id in nodes:
@@ -218,6 +293,7 @@ class RedisPresence:
                 replies = await pipe.execute()
         except _FAILURES as exc:
             self._read_failed(exc)
+            await self._drop_cluster_client()
             return set()
         found: set[int] = set()
         per_node = 1 + (len(ids) + _CHUNK - 1) // _CHUNK
@@ -233,9 +309,9 @@ class RedisPresence:
         """Every live node with its address and online users; empty if Redis is down."""
         if not self._healthy or self._closed:
             return []
-        client = self._connect()
         try:
             async with asyncio.timeout(self._timeout):
+                client = await self._connect()
                 nodes = await self._candidate_nodes(client)
                 pipe = client.pipeline(transaction=False)
                 for node_id in nodes:
@@ -244,6 +320,7 @@ class RedisPresence:
                 replies = await pipe.execute()
         except _FAILURES as exc:
             self._read_failed(exc)
+            await self._drop_cluster_client()
             return []
         live: list[NodeInfo] = []
         for node_id, fields, members in zip(nodes, replies[::2], replies[1::2], strict=True):
@@ -304,11 +381,33 @@ class RedisPresence:
 
     async def _write(self) -> None:
         """One heartbeat: node hash, pending (or all) users, TTLs, registry; never raises."""
-        client = self._client
-        if client is None:
+        if self._closed:
             return
         full, changes = self._full, self._changes
         self._changes = {}
+        try:
+            async with asyncio.timeout(self._timeout):
+                client = await self._connect()
+                replies = await self._heartbeat(client, full, changes).execute()
+        except _FAILURES as exc:
+            self._full = True  # the local set is the truth: re-write all of it next time
+            if self._healthy:
+                log.warning("presence: heartbeat failed (%r); users read offline meanwhile", exc)
+            self._healthy = False
+            await self._drop_cluster_client()
+            return
+        if not self._healthy:
+            log.info("presence: heartbeat works again; this node's users re-written")
+        self._healthy = True
+        self._full = False
+        if not replies[0] and not full:
+            # Our node key was gone (Redis restarted, or we were late): so may our user set be.
+            log.warning("presence: this node's keys had expired; re-writing its users")
+            self._full = True
+            self._wake.set()
+
+    def _heartbeat(self, client: Redis, full: bool, changes: dict[int, bool]) -> Pipeline:
+        """The heartbeat's MULTI: node hash, users (all, or the changes), TTLs, registry."""
         users = sorted(self._users)
         node_key, users_key = self._node_key(self._node_id), self._users_key(self._node_id)
         now = time.time()
@@ -332,24 +431,7 @@ class RedisPresence:
         pipe.pexpire(users_key, self._expiry_ms)
         pipe.zadd(self._registry, {self._node_id: now})
         pipe.zremrangebyscore(self._registry, "-inf", now - self._prune_after)
-        try:
-            async with asyncio.timeout(self._timeout):
-                replies = await pipe.execute()
-        except _FAILURES as exc:
-            self._full = True  # the local set is the truth: re-write all of it next time
-            if self._healthy:
-                log.warning("presence: heartbeat failed (%r); users read offline meanwhile", exc)
-            self._healthy = False
-            return
-        if not self._healthy:
-            log.info("presence: heartbeat works again; this node's users re-written")
-        self._healthy = True
-        self._full = False
-        if not replies[0] and not full:
-            # Our node key was gone (Redis restarted, or we were late): so may our user set be.
-            log.warning("presence: this node's keys had expired; re-writing its users")
-            self._full = True
-            self._wake.set()
+        return pipe
 
 
 _: type[Presence] = RedisPresence
