@@ -307,3 +307,35 @@ def test_names_stored_before_the_rules_are_checked_by_the_migration(
         assert answer["errno"] == 0, answer  # bob\u202e reserves nothing
     finally:
         client.close()
+
+
+@pytest.mark.parametrize(
+    ("release", "revision", "waiting"),
+    [
+        ("6e2d545", "0001", ["stored in the first release"]),
+        ("0a5d0ec", "0003", ["while you were away"]),
+    ],
+)
+def test_a_database_made_by_an_earlier_release_is_upgraded_in_place(
+    release: str,
+    revision: str,
+    waiting: list[str],
+    node_factory: NodeFactory,
+    tmp_path: Path,
+) -> None:
+    """The schema a release made with ``create_all`` (tests/data/release-*.sql, dumped from
+    it), with its rows: recognised, upgraded, and its users log in to what they had."""
+    path = tmp_path / "chat.db"
+    with sqlite3.connect(path) as conn:
+        conn.executescript(
+            (Path(__file__).parent.parent / "data" / f"release-{release}.sql").read_text()
+        )
+    url = f"sqlite:///{path}"
+    done = _run("db", "upgrade", "--db", url)
+    assert done.returncode == 0, done.stderr
+    assert f"recognised as revision {revision}" in done.stdout
+    node = node_factory(db_url=url)
+    bob, answer = login(node, 2)
+    assert [json.loads(m)["msg"] for m in answer.get("offlinemsg", [])] == waiting
+    assert [json.loads(f)["id"] for f in answer["friends"]] == [1]
+    bob.close()
