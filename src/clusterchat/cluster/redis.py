@@ -6,10 +6,10 @@ file does with ``--save "" --appendonly no``). Binding anything but loopback
 takes a deliberate second argument: a password (``--requirepass``), so that
 Redis' protected mode stays on, and the address must belong to a private
 network (RFC 1918, or IPv6 unique local): the several-hosts test binds one
-inside a network namespace it made (tests/integration/test_hosts.py). ``redis_argv`` is the one place
-this command line is built: ``clusterchat up``, the benchmark and the tests'
-Redis fixture all use it, so they run Redis with the same settings
-(``PUBSUB_OUTPUT_BUFFER`` included). With ``--loglevel warning`` the
+inside a network namespace it made (tests/integration/test_hosts.py).
+``redis_argv`` is the one place this command line is built: ``clusterchat
+up``, the benchmark and the tests' Redis fixture all use it, so they run
+Redis with the same settings (``PUBSUB_OUTPUT_BUFFER`` included). With ``--loglevel warning`` the
 "Ready to accept connections" line is not logged: wait for the port instead
 (``processes.wait_for_port``).
 """
