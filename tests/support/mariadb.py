@@ -6,7 +6,9 @@ lays out a private data directory in the session's temporary directory,
 no option file (``--no-defaults``: nothing of a system installation leaks in),
 binary logging and durable flushing are off (throwaway databases), and root
 has an empty password from 127.0.0.1. ``mariadb_url`` is a fresh, empty
-database on it for each test.
+database on it for each test. ``start_mariadb(host=, clients=, prefix=)``
+starts one elsewhere: the several-hosts test's listens inside a network
+namespace (tests/integration/test_hosts.py).
 
 The server runs as whoever runs the tests (as root, ``--user=root`` keeps
 mariadbd from switching to the ``mysql`` user). At teardown it gets

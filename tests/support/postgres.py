@@ -5,7 +5,9 @@ about two seconds; a database takes a tenth of one): its cluster lives in a
 private temporary directory, it listens on ``127.0.0.1`` and on a socket in
 that directory, durability is off (``fsync``, ``synchronous_commit``: these
 are throwaway databases) and authentication is ``trust``. ``postgres_url``
-is a fresh, empty database on it for each test.
+is a fresh, empty database on it for each test. ``start_postgres(host=,
+clients=, prefix=)`` starts one elsewhere: the several-hosts test's listens
+inside a network namespace (tests/integration/test_hosts.py).
 
 PostgreSQL refuses to run as root. Run as root (a fresh Debian machine, CI),
 the server runs as the ``postgres`` user that Debian's package creates, through
