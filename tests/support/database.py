@@ -7,7 +7,9 @@ migrations once; an SQLite file that exists is upgraded in place. Both in
 this process (``migrate.upgrade_on`` on a synchronous connection): unit
 tests start no process. Any other database is upgraded the way an operator
 does, with ``clusterchat db upgrade --db URL`` in a child process
-(integration tests only).
+(integration tests only); ``prefix`` runs that command elsewhere, for a
+database only reachable from there (``ip netns exec NAME``,
+tests/support/netns.py).
 
 Blocking: from async code call it through ``asyncio.to_thread``.
 """
@@ -18,6 +20,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+from collections.abc import Sequence
 from pathlib import Path
 
 from sqlalchemy import create_engine
@@ -33,8 +36,13 @@ _template: Path | None = None
 _template_lock = threading.Lock()
 
 
-def migrated(url: str) -> str:
-    """Bring the database at ``url`` to the newest revision; return ``url``."""
+def migrated(url: str, prefix: Sequence[str] = ()) -> str:
+    """Bring the database at ``url`` to the newest revision; return ``url``.
+
+    Args:
+        url: The database.
+        prefix: A command prefix for ``clusterchat db upgrade`` (not for SQLite).
+    """
     parsed = make_url(url)
     path = parsed.database
     on_file = parsed.get_backend_name() == "sqlite" and path not in (None, "", ":memory:")
@@ -44,7 +52,7 @@ def migrated(url: str) -> str:
         else:
             shutil.copyfile(_sqlite_template(), path)
         return url
-    _upgrade(url)
+    _upgrade(url, prefix)
     return url
 
 
@@ -57,8 +65,8 @@ def _upgrade_file(path: Path) -> None:
         engine.dispose()
 
 
-def _upgrade(url: str) -> None:
-    argv = [sys.executable, "-m", "clusterchat", "db", "upgrade", "--db", url]
+def _upgrade(url: str, prefix: Sequence[str]) -> None:
+    argv = [*prefix, sys.executable, "-m", "clusterchat", "db", "upgrade", "--db", url]
     done = subprocess.run(argv, capture_output=True, text=True, timeout=seconds(120))
     assert done.returncode == 0, done.stderr
 

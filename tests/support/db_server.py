@@ -2,7 +2,7 @@
 
 import itertools
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
@@ -17,12 +17,16 @@ HOST = "127.0.0.1"
 
 @dataclass
 class DatabaseServer:
-    """A running private database server, on ``HOST``.
+    """A running private database server, on ``HOST`` unless told otherwise.
 
     Attributes:
         port: Its TCP port.
         dir: Its private directory (data, socket, logs).
         child: The server process.
+        host: The address it listens on (``HOST``, or an address inside a
+            network namespace: tests/support/netns.py).
+        prefix: The command prefix that runs a program where the server is
+            reachable (``("ip", "netns", "exec", NAME)``; empty: here).
     """
 
     #: The URL scheme and the superuser (no password) of URLs to this server.
@@ -32,11 +36,13 @@ class DatabaseServer:
     port: int
     dir: Path
     child: processes.Child
+    host: str = HOST
+    prefix: Sequence[str] = ()
     _numbers: Iterator[int] = field(default_factory=lambda: itertools.count(1))
 
     def url(self, database: str) -> str:
         """The URL of one database on this server."""
-        return f"{self.scheme}://{self.user}@{HOST}:{self.port}/{database}"
+        return f"{self.scheme}://{self.user}@{self.host}:{self.port}/{database}"
 
     def create_database(self) -> str:
         """Create a new empty database, as an operator would; return its URL (blocking).
@@ -48,14 +54,18 @@ class DatabaseServer:
         self.sql(f"CREATE DATABASE {name}")
         return self.url(name)
 
+    def stop(self) -> None:
+        """Stop the server by pid (SIGKILL after a grace period) and reap it."""
+        raise NotImplementedError
+
     def client(self, database: str) -> list[str]:
-        """The command line of this server's client, ready for one statement after it."""
+        """This server's client command line (to ``host``), ready for one statement after it."""
         raise NotImplementedError
 
     def sql(self, statement: str, database: str = "") -> str:
         """Run one statement with the server's client; return what it printed (blocking)."""
         done = subprocess.run(
-            [*self.client(database), statement],
+            [*self.prefix, *self.client(database), statement],
             capture_output=True,
             text=True,
             timeout=seconds(30),

@@ -6,7 +6,9 @@ lays out a private data directory in the session's temporary directory,
 no option file (``--no-defaults``: nothing of a system installation leaks in),
 binary logging and durable flushing are off (throwaway databases), and root
 has an empty password from 127.0.0.1. ``mariadb_url`` is a fresh, empty
-database on it for each test.
+database on it for each test. ``start_mariadb(host=, clients=, prefix=)``
+starts one elsewhere: the several-hosts test's listens inside a network
+namespace (tests/integration/test_hosts.py).
 
 The server runs as whoever runs the tests (as root, ``--user=root`` keeps
 mariadbd from switching to the ``mysql`` user). At teardown it gets
@@ -15,7 +17,9 @@ group is checked gone.
 """
 
 import os
-from collections.abc import Iterator
+import subprocess
+from collections.abc import Iterator, Sequence
+from ipaddress import IPv4Network
 from pathlib import Path
 
 import pytest
@@ -48,7 +52,7 @@ class MariaDBServer(DatabaseServer):
 
     def client(self, database: str) -> list[str]:
         client = processes.find_executable("mariadb", "mariadb-client")
-        argv = [client, "--no-defaults", "-h", HOST, "-P", str(self.port), "-u", "root"]
+        argv = [client, "--no-defaults", "-h", self.host, "-P", str(self.port), "-u", "root"]
         argv += ["--batch", "--skip-column-names"]
         if database:
             argv += ["-D", database]
@@ -59,8 +63,23 @@ class MariaDBServer(DatabaseServer):
         processes.stop(self.child, timeout=seconds(30))
 
 
-def start_mariadb(base: Path) -> MariaDBServer:
+def start_mariadb(
+    base: Path,
+    *,
+    host: str = HOST,
+    clients: IPv4Network | None = None,
+    prefix: Sequence[str] = (),
+) -> MariaDBServer:
     """Install a data directory in ``base/data`` and start the server on a free port.
+
+    Args:
+        base: Its private directory.
+        host: The address it listens on (``--bind-address``), ``HOST`` by default.
+        clients: A network whose hosts may connect as root without a password
+            too (as 127.0.0.1 may): for an address inside a network namespace
+            (tests/support/netns.py). Granted over the server's Unix socket.
+        prefix: The command prefix that runs the server where ``host`` is
+            (``ip netns exec NAME``).
 
     Raises:
         MissingDependency: MariaDB is not installed.
@@ -80,8 +99,8 @@ def start_mariadb(base: Path) -> MariaDBServer:
 
     def argv(port: int) -> list[str]:
         server = [mariadbd, "--no-defaults", f"--datadir={data}", f"--socket={base / 'sock'}"]
-        server += [f"--port={port}", f"--bind-address={HOST}", *as_us]
-        return [*server, f"--pid-file={base / 'mariadbd.pid'}", *_OPTIONS]
+        server += [f"--port={port}", f"--bind-address={host}", *as_us]
+        return [*prefix, *server, f"--pid-file={base / 'mariadbd.pid'}", *_OPTIONS]
 
     port, child = start_on_free_port(
         "mariadbd",
@@ -91,7 +110,25 @@ def start_mariadb(base: Path) -> MariaDBServer:
         timeout=seconds(60),
         cwd=base,
     )
-    return MariaDBServer(port, base, child)
+    server = MariaDBServer(port, base, child, host=host, prefix=prefix)
+    if clients is not None:
+        try:
+            _grant_root(server, clients)
+        except BaseException:
+            server.stop()
+            raise
+    return server
+
+
+def _grant_root(server: MariaDBServer, clients: IPv4Network) -> None:
+    """Let root connect from ``clients`` without a password (over the Unix socket)."""
+    account = f"'root'@'{clients.network_address}/{clients.netmask}'"
+    grant = f"CREATE USER {account}; GRANT ALL PRIVILEGES ON *.* TO {account} WITH GRANT OPTION"
+    client = processes.find_executable("mariadb", "mariadb-client")
+    argv = [client, "--no-defaults", f"--socket={server.dir / 'sock'}", "-u", "root", "-e", grant]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=seconds(30))
+    if done.returncode != 0:
+        raise processes.ChildFailed(f"granting {account} failed: {done.stderr.strip()}")
 
 
 @pytest.fixture(scope="session")

@@ -5,7 +5,9 @@ about two seconds; a database takes a tenth of one): its cluster lives in a
 private temporary directory, it listens on ``127.0.0.1`` and on a socket in
 that directory, durability is off (``fsync``, ``synchronous_commit``: these
 are throwaway databases) and authentication is ``trust``. ``postgres_url``
-is a fresh, empty database on it for each test.
+is a fresh, empty database on it for each test. ``start_postgres(host=,
+clients=, prefix=)`` starts one elsewhere: the several-hosts test's listens
+inside a network namespace (tests/integration/test_hosts.py).
 
 PostgreSQL refuses to run as root. Run as root (a fresh Debian machine, CI),
 the server runs as the ``postgres`` user that Debian's package creates, through
@@ -25,7 +27,8 @@ import pwd
 import shutil
 import signal
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from ipaddress import IPv4Network
 from pathlib import Path
 
 import pytest
@@ -36,7 +39,7 @@ from tests.support.db_server import HOST, DatabaseServer
 from tests.support.processes import assert_stopped, start_on_free_port
 from tests.support.timing import seconds
 
-__all__ = ["PostgresServer", "postgres_server", "postgres_url"]
+__all__ = ["PostgresServer", "postgres_server", "postgres_url", "private_dir", "start_postgres"]
 
 _PACKAGE = "postgresql"
 _READY = "database system is ready to accept connections"
@@ -72,7 +75,7 @@ class PostgresServer(DatabaseServer):
 
     def client(self, database: str) -> list[str]:
         argv = [str(_bin_dir() / "psql"), "-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1"]
-        argv += ["-h", HOST, "-p", str(self.port), "-U", "postgres"]
+        argv += ["-h", self.host, "-p", str(self.port), "-U", "postgres"]
         return [*argv, "-d", database or "postgres", "-c"]
 
     def stop(self) -> None:
@@ -80,7 +83,7 @@ class PostgresServer(DatabaseServer):
         processes.stop(self.child, timeout=seconds(20), sig=signal.SIGINT)
 
 
-def _private_dir() -> Path:
+def private_dir() -> Path:
     """A directory the server's user owns (short: the socket path must stay < 108 bytes)."""
     path = Path(tempfile.mkdtemp(prefix="clusterchat-pg-"))
     if os.geteuid() == 0:
@@ -94,8 +97,23 @@ def _private_dir() -> Path:
     return path
 
 
-def start_postgres(base: Path) -> PostgresServer:
+def start_postgres(
+    base: Path,
+    *,
+    host: str = HOST,
+    clients: IPv4Network | None = None,
+    prefix: Sequence[str] = (),
+) -> PostgresServer:
     """initdb into ``base/data`` and start the server on a free port.
+
+    Args:
+        base: Its private directory (see ``private_dir``).
+        host: The address it listens on (``listen_addresses``), ``HOST`` by default.
+        clients: A network whose hosts may connect over TCP too (a ``trust``
+            line in ``pg_hba.conf``, as initdb wrote it for loopback): for an
+            address inside a network namespace (tests/support/netns.py).
+        prefix: The command prefix that runs the server where ``host`` is
+            (``ip netns exec NAME``).
 
     Raises:
         MissingDependency: PostgreSQL is not installed.
@@ -109,13 +127,16 @@ def start_postgres(base: Path) -> PostgresServer:
     child = processes.spawn("initdb", initdb, log_path=base / "initdb.log", cwd=base)
     if child.popen.wait(timeout=seconds(60)) != 0:
         raise processes.ChildFailed(f"initdb failed:\n{processes.log_tail(child)}")
+    if clients is not None:
+        with (data / "pg_hba.conf").open("a") as hba:
+            hba.write(f"host all all {clients} trust\n")
 
     def argv(port: int) -> list[str]:
         server = [str(bin_dir / "postgres"), "-D", str(data), "-k", str(base)]
-        server += ["-p", str(port), "-h", HOST]
+        server += ["-p", str(port), "-h", host]
         for setting in _SETTINGS:
             server += ["-c", setting]
-        return _as_server_user(server)
+        return [*prefix, *_as_server_user(server)]
 
     port, child = start_on_free_port(
         "postgres",
@@ -126,13 +147,13 @@ def start_postgres(base: Path) -> PostgresServer:
         stop_signal=signal.SIGINT,
         cwd=base,
     )
-    return PostgresServer(port, base, child)
+    return PostgresServer(port, base, child, host=host, prefix=prefix)
 
 
 @pytest.fixture(scope="session")
 def postgres_server() -> Iterator[PostgresServer]:
     """One private PostgreSQL server for the session; stopped by pid, its files removed."""
-    base = _private_dir()
+    base = private_dir()
     try:
         server = start_postgres(base)
         try:
