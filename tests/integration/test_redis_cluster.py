@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from clusterchat.bus.slots import slot_of
+from clusterchat.cluster.node_command import node_argv
 from tests.support.classic import PASSWORD, ClassicClient, login, register
 from tests.support.node import NodeFactory, NodeHandle
 from tests.support.redis_cluster import RedisCluster
@@ -212,7 +213,7 @@ def test_a_cluster_url_without_a_seed_is_refused_before_anything_starts(tmp_path
     """`--redis redis+cluster://h` (no port): exit 2 naming the problem, nothing opened."""
     db = f"sqlite:///{tmp_path / 'x.db'}"
     result = subprocess.run(
-        [sys.executable, "-m", "clusterchat", "node", "--db", db, "--redis", "redis+cluster://h"],
+        node_argv(0, db_url=db, redis_url="redis+cluster://h"),
         capture_output=True,
         text=True,
         timeout=seconds(30),

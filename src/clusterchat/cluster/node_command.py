@@ -9,11 +9,16 @@ and the tests run is what ``up`` gives users; each adds only its own flags
 import sys
 from collections.abc import Sequence
 
-__all__ = ["NODE_READY", "node_argv"]
+__all__ = ["node_argv", "node_program"]
 
 #: What a node prints on standard error once it accepts connections
 #: (followed by ``HOST:PORT``).
 NODE_READY = "listening on"
+
+
+def node_program() -> list[str]:
+    """``clusterchat node`` under this Python, before its arguments."""
+    return [sys.executable, "-m", "clusterchat", "node"]
 
 
 def node_argv(
@@ -44,7 +49,7 @@ def node_argv(
     Returns:
         The command line.
     """
-    argv = [sys.executable, "-m", "clusterchat", "node", "--host", host, "--port", str(port)]
+    argv = [*node_program(), "--host", host, "--port", str(port)]
     argv += ["--db", db_url, "--workers", str(workers)]
     if redis_url is not None:
         argv += ["--redis", redis_url]

@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from types import FrameType
 from typing import IO
 
+from clusterchat.cluster.node_command import node_program
 from clusterchat.cluster.processes import die_with_parent
 
 __all__ = ["RESTART_LIMIT", "run_workers", "workers_for"]
@@ -104,7 +105,7 @@ def run_workers(
 def _worker_argv(node_args: Sequence[str], port: int, node_id: str) -> list[str]:
     # The worker's own values last: argparse keeps the last of a repeated flag.
     own = ["--workers", "1", "--reuse-port", "--port", str(port), "--node-id", node_id]
-    return [sys.executable, "-m", "clusterchat", "node", *node_args, *own]
+    return [*node_program(), *node_args, *own]
 
 
 @contextlib.contextmanager
