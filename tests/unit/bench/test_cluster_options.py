@@ -5,15 +5,8 @@ import pytest
 from clusterchat_bench.database import database_kind, redact
 from clusterchat_bench.header import header_lines
 from clusterchat_bench.options import PRIVATE_POSTGRESQL, BenchOptions
+from tests.unit.bench.test_header import MACHINE
 
-MACHINE = {
-    "cores": 2,
-    "cpu_model": "Some CPU",
-    "memory_bytes": 4 * 2**30,
-    "kernel": "6.1",
-    "python": "3.11.7",
-    "python_implementation": "CPython",
-}
 CONFIGURATION = {
     "password_hashing": {
         "cheap_hashing": False,
