@@ -1,11 +1,17 @@
 """The cluster under test: started by the bench, or a running one it targets.
 
 An own cluster lives in a temporary directory: a private redis-server on a
-free loopback port, N ``clusterchat node`` processes sharing one SQLite
-database and that Redis, and, with ``--via-nginx``, nginx balancing TCP over
-them. Redis and the nodes are started as ``clusterchat up`` starts them, by
-the same two functions (``cluster.children.start_redis``/``start_node``,
-which build their command lines with ``cluster.redis.redis_argv`` and
+free loopback port, N ``clusterchat node`` processes sharing one database
+(a SQLite file of its own; with ``--db``, a given URL or a private
+PostgreSQL server, ``clusterchat_bench.database``) and that Redis, and, with
+``--via-nginx``, nginx balancing TCP over them. With ``--node-workers W``
+each node is ``clusterchat node --workers W``: a supervisor whose W worker
+processes share the node's port; the node counts as ready once the
+supervisor says all W listen, and its CPU figures include its workers (the
+meter counts a process's children with it). Redis and the nodes are started
+as ``clusterchat up`` starts them, by the same two functions
+(``cluster.children.start_redis``/``start_node``, which build their command
+lines with ``cluster.redis.redis_argv`` and
 ``cluster.node_command.node_argv``), so the bench measures what users run:
 Redis with up's settings, nodes with the password hashing a node ships with.
 Two things differ, and both are reported (``node_configuration``):
@@ -36,9 +42,11 @@ from clusterchat.cluster.errors import ChildFailed
 from clusterchat.cluster.launcher import upgrade_database
 from clusterchat.cluster.nginx import nginx_argv, render_nginx_conf
 from clusterchat.cluster.ports import free_port
-from clusterchat.cluster.processes import Child, spawn, stop, wait_for_port
+from clusterchat.cluster.processes import Child, spawn, stop, wait_for_log, wait_for_port
 from clusterchat.settings import ENV_PREFIX, Settings
 from clusterchat_bench.commands import Endpoint
+from clusterchat_bench.database import POSTGRES_SETTINGS, PrivatePostgres, database_kind, redact
+from clusterchat_bench.options import PRIVATE_POSTGRESQL
 
 __all__ = [
     "CHEAP_HASHING",
@@ -127,6 +135,10 @@ class BenchCluster:
         redis: The redis-server child.
         nginx: The nginx child.
         cheap_hashing: The nodes run with ``CHEAP_HASHING`` (``--cheap-hashing``).
+        node_workers: Each node's ``--workers`` (``--node-workers``).
+        database_url: The database given with ``--db URL`` (None: own SQLite
+            file, or the private server's).
+        postgres: The private PostgreSQL server of ``--db postgresql``.
     """
 
     workdir: Path | None
@@ -137,6 +149,9 @@ class BenchCluster:
     redis: Child | None = None
     nginx: Child | None = None
     cheap_hashing: bool = False
+    node_workers: int = 1
+    database_url: str | None = None
+    postgres: PrivatePostgres | None = None
 
     @property
     def own(self) -> bool:
@@ -150,9 +165,16 @@ class BenchCluster:
 
     @classmethod
     def start(
-        cls, workdir: Path, nodes: int, via_nginx: bool, cheap_hashing: bool = False
+        cls,
+        workdir: Path,
+        nodes: int,
+        via_nginx: bool,
+        cheap_hashing: bool = False,
+        node_workers: int = 1,
+        db: str | None = None,
     ) -> "BenchCluster":
-        """Start redis-server, ``nodes`` nodes and (optionally) nginx in ``workdir``.
+        """Start the database server (``--db postgresql``), redis-server, ``nodes`` nodes
+        and (optionally) nginx in ``workdir``.
 
         On failure everything started so far is stopped before the error propagates.
 
@@ -161,16 +183,23 @@ class BenchCluster:
             nodes: How many nodes.
             via_nginx: Start nginx in front of the nodes.
             cheap_hashing: Give the nodes ``CHEAP_HASHING`` (``--cheap-hashing``).
+            node_workers: Each node's ``--workers``.
+            db: ``--db``: None (a SQLite file in ``workdir``), ``PRIVATE_POSTGRESQL``
+                or a database URL.
 
         Returns:
             The running cluster.
 
         Raises:
             ChildFailed: A child exited or did not become ready.
-            MissingDependency: redis-server or nginx is not installed.
+            MissingDependency: redis-server, nginx or PostgreSQL is not installed.
         """
-        cluster = cls(workdir=workdir, cheap_hashing=cheap_hashing)
+        cluster = cls(workdir=workdir, cheap_hashing=cheap_hashing, node_workers=node_workers)
         try:
+            if db == PRIVATE_POSTGRESQL:
+                cluster.postgres = PrivatePostgres.start(workdir)
+            elif db is not None:
+                cluster.database_url = db
             upgrade_database(cluster.db_url)  # as `up` does, before any node starts
             cluster._start_redis()
             for number in range(1, nodes + 1):
@@ -186,8 +215,12 @@ class BenchCluster:
 
     @property
     def db_url(self) -> str:
-        """The SQLite database shared by the nodes of an own cluster."""
+        """The database shared by the nodes of an own cluster."""
         assert self.workdir is not None
+        if self.postgres is not None:
+            return self.postgres.url
+        if self.database_url is not None:
+            return self.database_url
         return f"sqlite:///{self.workdir / 'chat.db'}"
 
     def _start_redis(self) -> None:
@@ -209,7 +242,8 @@ class BenchCluster:
         """Start one more node of this cluster (same database and Redis).
 
         The caller owns the child: stop it, or append it to ``nodes`` so that
-        ``stop()`` does.
+        ``stop()`` does. With ``node_workers`` above 1 it is the supervisor,
+        returned once it says that all its workers listen.
 
         Returns:
             The ready node and its port.
@@ -220,8 +254,10 @@ class BenchCluster:
         assert self.workdir is not None
         workdir = self.workdir
         env = {**os.environ, **node_environment(self.cheap_hashing)}
-        return _on_free_port(
-            lambda port: start_node(
+        workers = self.node_workers
+
+        def start(port: int) -> Child:
+            child = start_node(
                 name,
                 port,
                 db_url=self.db_url,
@@ -229,9 +265,20 @@ class BenchCluster:
                 log_path=workdir / f"{name}.log",
                 timeout=_READY_TIMEOUT,
                 host=HOST,
+                workers=workers,
                 env=env,
             )
-        )
+            if workers > 1:
+                # start_node returns at the first "listening on", a worker's;
+                # the supervisor says so once every worker listens.
+                try:
+                    wait_for_log(child, f"{workers} workers listening on", _READY_TIMEOUT)
+                except ChildFailed:
+                    stop(child, timeout=_STOP_TIMEOUT)
+                    raise
+            return child
+
+        return _on_free_port(start)
 
     def _start_nginx(self) -> None:
         assert self.workdir is not None
@@ -266,17 +313,38 @@ class BenchCluster:
 
     def processes(self) -> dict[str, list[int]]:
         """The pids of the children still running, by name (for the CPU meter)."""
-        children = [*self.nodes, self.redis, self.nginx]
+        server = self.postgres.child if self.postgres is not None else None
+        children = [*self.nodes, self.redis, self.nginx, server]
         return {c.name: [c.pid] for c in children if c is not None and c.alive()}
 
+    def database(self) -> dict[str, Any]:
+        """What database the nodes share, for the header and ``bench.json`` (no password)."""
+        url = self.db_url
+        if self.postgres is not None:
+            return {
+                "kind": "postgresql",
+                "url": url,
+                "private_server": True,
+                "server": self.postgres.version,
+                "server_settings": list(POSTGRES_SETTINGS) or "PostgreSQL's defaults",
+            }
+        return {
+            "kind": database_kind(url),
+            "url": redact(url),
+            "private_server": False,
+            "given": self.database_url is not None,
+        }
+
     def stop(self) -> None:
-        """Stop every child by pid: nginx, the nodes, then Redis (idempotent)."""
+        """Stop every child by pid: nginx, the nodes, Redis, the database server (idempotent)."""
         if self.nginx is not None:
             stop(self.nginx, timeout=_STOP_TIMEOUT)
         for child in self.nodes:
             stop(child, timeout=_STOP_TIMEOUT)
         if self.redis is not None:
             stop(self.redis, timeout=_STOP_TIMEOUT)
+        if self.postgres is not None:
+            self.postgres.stop()
 
     def keep_logs(self, dest: Path) -> list[Path]:
         """Copy the children's logs into ``dest`` (for reports of lost messages)."""

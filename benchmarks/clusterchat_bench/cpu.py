@@ -20,7 +20,7 @@ import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-__all__ = ["CpuMeter", "cpu_seconds", "machine_busy_seconds"]
+__all__ = ["CpuMeter", "cpu_seconds", "family", "machine_busy_seconds"]
 
 _TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -48,7 +48,7 @@ def machine_busy_seconds() -> float | None:
     return (sum(ticks[:8]) - idle) / _TICKS
 
 
-def _family(pid: int) -> list[int]:
+def family(pid: int) -> list[int]:
     """``pid`` and its direct children (Linux ``/proc/PID/task/PID/children``)."""
     try:
         children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
@@ -62,7 +62,7 @@ class CpuMeter:
 
     def __init__(self, processes: Mapping[str, Sequence[int]]) -> None:
         self._processes = {
-            name: [member for pid in pids for member in _family(pid)]
+            name: [member for pid in pids for member in family(pid)]
             for name, pids in processes.items()
             if pids
         }

@@ -5,8 +5,9 @@ of either end of the output says where the figures come from:
 
 - the machine (cores, CPU model, memory, kernel, Python);
 - the cluster: the bench's own (Redis and nodes with the command lines
-  ``clusterchat up`` uses, the password hashing in effect, and each limit
-  raised for load generation with its default), or a targeted one (its
+  ``clusterchat up`` uses, the password hashing in effect, each limit
+  raised for load generation with its default, the processes per node
+  (``--node-workers``) and the database (``--db``)), or a targeted one (its
   configuration is whatever it was started with);
 - with ``--quick``, that this is a smoke run: its sizes only show that every
   scenario runs, its figures are not capacity figures, and nothing is judged.
@@ -76,4 +77,31 @@ def header_lines(machine: Mapping[str, Any], cluster: Mapping[str, Any], quick: 
             for name, v in config["raised_for_load_generation"].items()
         )
         lines.append(f"nodes: raised for load generation: {raised}")
+        lines.append(_workers_line(int(cluster.get("node_workers") or 1)))
+        database = cluster.get("database")
+        if database:
+            lines.append(_database_line(database))
     return lines
+
+
+def _workers_line(workers: int) -> str:
+    if workers == 1:
+        return "nodes: one process each (--node-workers 1)"
+    return (
+        f"nodes: {workers} worker processes each (--node-workers {workers}:"
+        f" `clusterchat node --workers {workers}`, a supervisor and {workers} workers"
+        " sharing the node's port); a node's CPU and RSS figures include its workers"
+    )
+
+
+def _database_line(database: Mapping[str, Any]) -> str:
+    kind = database.get("kind")
+    if database.get("private_server"):
+        return (
+            f"database: {kind}, a private server started for this run"
+            f" ({database.get('server')}, settings: {database.get('server_settings')}),"
+            " shared by the nodes"
+        )
+    if database.get("given"):
+        return f"database: {kind} given with --db ({database.get('url')}), shared by the nodes"
+    return f"database: {kind}, one file of the bench's own, shared by the nodes"

@@ -64,6 +64,18 @@ def build_parser(prog: str = "clusterchat bench") -> argparse.ArgumentParser:
         help="the nodes it starts hash passwords with cheap argon2 parameters"
         " (default: a node's own defaults); reported in the header and bench.json",
     )
+    bench.add_argument(
+        "--node-workers",
+        type=int,
+        help="each node it starts runs `clusterchat node --workers N`: a supervisor and N"
+        " node processes sharing the node's port (default 1: one process)",
+    )
+    bench.add_argument(
+        "--db",
+        help="the database of the cluster it starts: a URL (sqlite:///..., postgresql://...,"
+        " mysql://...; upgraded first, as `up` does), or `postgresql` to start a private"
+        " PostgreSQL server for the run (default: a SQLite file of its own)",
+    )
     bench.add_argument("--via-nginx", action="store_true", help="connect through nginx")
     bench.add_argument("--target", help="HOST:PORT,... of a running cluster's nodes")
     bench.add_argument("--redis", help="the running cluster's Redis URL (with --target)")

@@ -12,10 +12,20 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-__all__ = ["QUICK", "SCENARIOS", "BenchOptions", "parse_endpoints", "parse_ints"]
+__all__ = [
+    "PRIVATE_POSTGRESQL",
+    "QUICK",
+    "SCENARIOS",
+    "BenchOptions",
+    "parse_endpoints",
+    "parse_ints",
+]
 
 #: Every scenario, in the order a run performs them.
 SCENARIOS: tuple[str, ...] = ("ceiling", "connect", "pairs", "groups", "offline", "idle")
+
+#: ``--db postgresql``: the bench starts a private PostgreSQL server for the run.
+PRIVATE_POSTGRESQL = "postgresql"
 
 
 def _default_workers() -> int:
@@ -43,6 +53,12 @@ class BenchOptions:
         quick: Small sizes everywhere: a smoke run (the smoke test's), judged by nothing.
         cheap_hashing: The nodes the bench starts hash passwords with cheap
             argon2 parameters instead of a node's defaults (reported as such).
+        node_workers: Each node the bench starts runs ``clusterchat node
+            --workers node_workers`` (1: one process; more: a supervisor and
+            that many node processes sharing the node's port).
+        db: The database of the cluster the bench starts: None, its own
+            SQLite file; ``PRIVATE_POSTGRESQL``, a private PostgreSQL server
+            the bench starts and stops; otherwise a database URL to use.
         via_nginx: Clients connect through nginx instead of to chosen nodes.
         targets: Nodes of a running cluster to drive instead of starting one.
         redis: That cluster's Redis URL (``ceiling`` measures it).
@@ -66,6 +82,8 @@ class BenchOptions:
     idle: int = 10000
     quick: bool = False
     cheap_hashing: bool = False
+    node_workers: int = 1
+    db: str | None = None
     via_nginx: bool = False
     targets: tuple[tuple[str, int], ...] = ()
     redis: str | None = None
@@ -118,6 +136,7 @@ class BenchOptions:
             "offline": self.offline,
             "idle": self.idle,
             "workers": self.workers,
+            "node_workers": self.node_workers,
             "ceiling_requests": self.ceiling_requests,
         }
         for name, value in positive.items():
@@ -134,6 +153,15 @@ class BenchOptions:
         if self.targets and self.cheap_hashing:
             raise ValueError(
                 "--cheap-hashing applies to the cluster the bench starts, not --target"
+            )
+        if self.targets and self.node_workers != 1:
+            raise ValueError("--node-workers applies to the cluster the bench starts, not --target")
+        if self.targets and self.db is not None:
+            raise ValueError("--db applies to the cluster the bench starts, not --target")
+        if self.db is not None and self.db != PRIVATE_POSTGRESQL and "://" not in self.db:
+            raise ValueError(
+                f"--db: expected a database URL (sqlite:///..., postgresql://...,"
+                f" mysql://...) or {PRIVATE_POSTGRESQL!r}, got {self.db!r}"
             )
 
 

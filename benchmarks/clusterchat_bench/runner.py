@@ -26,6 +26,7 @@ from typing import Any
 
 from clusterchat_bench.cluster import BenchCluster, node_configuration, node_environment
 from clusterchat_bench.commands import Endpoint
+from clusterchat_bench.database import redact
 from clusterchat_bench.header import SMOKE_RUN, header_lines
 from clusterchat_bench.limits import raise_open_files
 from clusterchat_bench.machine import machine_info, versions
@@ -61,9 +62,11 @@ def _plan(options: BenchOptions) -> list[str]:
 
 def _new_report(options: BenchOptions) -> BenchReport:
     options_dict = {k: v for k, v in dataclasses.asdict(options).items() if k != "argv"}
+    if options.db is not None:
+        options_dict["db"] = redact(options.db)
     return BenchReport(
         started=datetime.now(UTC).isoformat(timespec="seconds"),
-        argv=options.argv,
+        argv=tuple(redact(word) if "://" in word else word for word in options.argv),
         options=options_dict,
         machine=machine_info(),
         versions=versions(),
@@ -83,7 +86,8 @@ def _describe(cluster: BenchCluster, options: BenchOptions, open_files: int) -> 
         "node_configuration": node_configuration(cluster.cheap_hashing) if own else None,
         "node_env": node_environment(cluster.cheap_hashing) if own else None,
         "command_lines": cluster.command_lines() if own else None,
-        "database": "sqlite (one file shared by the nodes)" if own else None,
+        "node_workers": cluster.node_workers if own else None,
+        "database": cluster.database() if own else None,
         "workers": options.workers,
         "open_file_limit": open_files,
     }
@@ -109,7 +113,12 @@ def run_bench(options: BenchOptions, display: Display) -> BenchReport:
         if workdir is not None:
             display.note(f"starting redis-server and {options.nodes} node(s) in {workdir}")
             cluster = BenchCluster.start(
-                workdir, options.nodes, options.via_nginx, options.cheap_hashing
+                workdir,
+                options.nodes,
+                options.via_nginx,
+                options.cheap_hashing,
+                node_workers=options.node_workers,
+                db=options.db,
             )
         else:
             endpoints = [Endpoint(host, port) for host, port in options.targets]

@@ -11,6 +11,10 @@ connections are spread over several source addresses (127.0.0.1,
 127.0.0.2, ...), each of which has its own ~28k ephemeral ports. Children
 inherit the raised open-file limit; C is capped below it, with a note, when
 the hard limit is too low.
+
+With ``--node-workers W`` above 1 the dedicated node is a supervisor and W
+workers (the kernel spreads the connections over them): its RSS is the sum
+of theirs (``family_rss_kib``; pages they share count once per process).
 """
 
 import resource
@@ -19,10 +23,11 @@ from pathlib import Path
 
 from clusterchat.cluster.processes import stop
 from clusterchat_bench.commands import Close, Done, Endpoint, UserSpec
+from clusterchat_bench.cpu import family
 from clusterchat_bench.scenarios.connect import PhaseFigures, connect_users
 from clusterchat_bench.scenarios.context import ScenarioContext, deal
 
-__all__ = ["FEW_IDLE_CONNECTIONS", "IdleFigures", "rss_kib", "run_idle"]
+__all__ = ["FEW_IDLE_CONNECTIONS", "IdleFigures", "family_rss_kib", "rss_kib", "run_idle"]
 
 #: Fewer idle connections than this make a poor per-connection figure: the
 #: node's fixed costs and the allocator's steps weigh more than the connections.
@@ -62,6 +67,22 @@ def rss_kib(pid: int) -> int:
     raise ValueError(f"no VmRSS for pid {pid}")
 
 
+def family_rss_kib(pid: int) -> int:
+    """The summed RSS in KiB of process ``pid`` and its children (a node and its workers).
+
+    Raises:
+        OSError: ``pid`` is gone (or this is not Linux).
+        ValueError: No ``VmRSS`` line.
+    """
+    total = rss_kib(pid)
+    for child in family(pid)[1:]:
+        try:
+            total += rss_kib(child)
+        except (OSError, ValueError):
+            continue  # exited meanwhile
+    return total
+
+
 def run_idle(ctx: ScenarioContext) -> IdleFigures:
     """Hold C logged-in idle connections on one node and measure its memory."""
     wanted = ctx.options.idle
@@ -77,7 +98,7 @@ def run_idle(ctx: ScenarioContext) -> IdleFigures:
         endpoint = ctx.cluster.endpoints[0]
         node = f"{endpoint} (target: RSS not measured)"
     try:
-        before = rss_kib(child.pid) if child is not None else None
+        before = family_rss_kib(child.pid) if child is not None else None
         sources = tuple(f"127.0.0.{1 + n}" for n in range(-(-count // _PER_SOURCE)))
         spread = len(sources) > 1
         units = [
@@ -87,7 +108,7 @@ def run_idle(ctx: ScenarioContext) -> IdleFigures:
         hands = deal(units, len(ctx.workers))
         try:
             register, login = connect_users(ctx, POOL, hands, "idle")
-            after = rss_kib(child.pid) if child is not None else None
+            after = family_rss_kib(child.pid) if child is not None else None
         finally:
             ctx.workers.call([Close(POOL)] * len(ctx.workers), Done, timeout=120.0)
     finally:
