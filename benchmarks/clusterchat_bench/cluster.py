@@ -42,7 +42,7 @@ from clusterchat.cluster.errors import ChildFailed
 from clusterchat.cluster.launcher import upgrade_database
 from clusterchat.cluster.nginx import nginx_argv, render_nginx_conf
 from clusterchat.cluster.ports import free_port
-from clusterchat.cluster.processes import Child, spawn, stop, wait_for_log, wait_for_port
+from clusterchat.cluster.processes import Child, spawn, stop, wait_for_port
 from clusterchat.settings import ENV_PREFIX, Settings
 from clusterchat_bench.commands import Endpoint
 from clusterchat_bench.database import POSTGRES_SETTINGS, PrivatePostgres, database_kind, redact
@@ -268,15 +268,7 @@ class BenchCluster:
                 workers=workers,
                 env=env,
             )
-            if workers > 1:
-                # start_node returns at the first "listening on", a worker's;
-                # the supervisor says so once every worker listens.
-                try:
-                    wait_for_log(child, f"{workers} workers listening on", _READY_TIMEOUT)
-                except ChildFailed:
-                    stop(child, timeout=_STOP_TIMEOUT)
-                    raise
-            return child
+            return child  # every worker listens (start_node waits for node_ready)
 
         return _on_free_port(start)
 

@@ -15,7 +15,9 @@ from pathlib import Path
 
 import pytest
 
+from clusterchat.cluster.children import start_node
 from clusterchat.cluster.node_command import node_argv
+from clusterchat.cluster.ports import free_port
 from clusterchat.cluster.processes import Child, spawn, stop, wait_for_log
 from clusterchat.cluster.status import read_status
 from tests.support.classic import PASSWORD, ClassicClient, login, register
@@ -131,3 +133,26 @@ def test_workers_refuse_together_what_one_node_refuses(tmp_path: Path) -> None:
     assert done.returncode == 2, done.stderr
     assert "run: clusterchat db upgrade" in done.stderr
     assert "exited with status 2 before it listened" in done.stderr
+
+
+def test_start_node_with_workers_returns_once_every_worker_listens(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    """What ``up`` and the bench start a node with: ready means all of it, not one worker."""
+    url = migrated(f"sqlite:///{tmp_path / 'chat.db'}")
+    child = start_node(
+        "box",
+        free_port(HOST),
+        db_url=url,
+        redis_url=redis_server.url,
+        log_path=tmp_path / "box.log",
+        timeout=seconds(60),
+        workers=2,
+        env={**os.environ, **TEST_NODE_ENV},
+    )
+    try:
+        assert "2 workers listening on" in child.log_path.read_text()
+        assert len(_children(child.pid)) == 2
+    finally:
+        assert stop(child, timeout=seconds(30)) == 0
+    assert_stopped(child)

@@ -11,7 +11,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from clusterchat.cluster.errors import ChildFailed
-from clusterchat.cluster.node_command import NODE_READY, node_argv
+from clusterchat.cluster.node_command import node_argv, node_ready
 from clusterchat.cluster.processes import Child, spawn, stop, wait_for_log, wait_for_port
 from clusterchat.cluster.redis import redis_argv
 
@@ -76,7 +76,7 @@ def start_node(
         db_url: The cluster's database URL.
         redis_url: The cluster's Redis URL (None: a single node).
         log_path: Where its output goes (appended).
-        timeout: Seconds it may take to print ``NODE_READY``.
+        timeout: Seconds it may take to listen (every worker of it: ``node_ready``).
         host: The address it listens on.
         workers: Its ``--workers`` (1: one process).
         extra: More ``clusterchat node`` arguments.
@@ -99,7 +99,7 @@ def start_node(
     )
     child = spawn(name, argv, log_path=log_path, env=env)
     try:
-        wait_for_log(child, NODE_READY, timeout)
+        wait_for_log(child, node_ready(workers), timeout)
     except ChildFailed:
         stop(child)
         raise

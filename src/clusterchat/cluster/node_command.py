@@ -9,11 +9,20 @@ and the tests run is what ``up`` gives users; each adds only its own flags
 import sys
 from collections.abc import Sequence
 
-__all__ = ["node_argv", "node_program"]
+__all__ = ["NODE_READY", "node_argv", "node_program", "node_ready"]
 
 #: What a node prints on standard error once it accepts connections
 #: (followed by ``HOST:PORT``).
 NODE_READY = "listening on"
+
+
+def node_ready(workers: int) -> str:
+    """What a node started with ``--workers workers`` prints once all of it listens.
+
+    One process prints ``NODE_READY``; a supervisor prints ``N workers
+    listening on`` after every worker did (cluster/workers.py).
+    """
+    return NODE_READY if workers == 1 else f"{workers} workers {NODE_READY}"
 
 
 def node_program() -> list[str]:

@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from types import FrameType
 from typing import IO
 
-from clusterchat.cluster.node_command import node_program
+from clusterchat.cluster.node_command import node_program, node_ready
 from clusterchat.cluster.processes import die_with_parent
 
 __all__ = ["RESTART_LIMIT", "run_workers", "workers_for"]
@@ -90,7 +90,7 @@ def run_workers(
             if status is not None:
                 return status
             print(
-                f"clusterchat node {base}: {workers} workers listening on {host}:{shared_port}"
+                f"clusterchat node {base}: {node_ready(workers)} {host}:{shared_port}"
                 f" ({', '.join(w.node_id for w in pool)})",
                 file=sys.stderr,
                 flush=True,
