@@ -37,6 +37,8 @@ class Settings:
     port: int = 6000
     db: str = "sqlite:///clusterchat.db"
     db_pool_size: int = 5
+    # Seconds a stopping node waits for the database to take what it accepted.
+    shutdown_timeout: float = 30.0
     # Seconds an append waits for another node's append to the same users (PostgreSQL, MySQL).
     db_lock_timeout: int = 10
     redis: str | None = None

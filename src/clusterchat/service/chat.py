@@ -170,7 +170,17 @@ class ChatService:
         if self._sweeper is not None:
             self._sweeper.cancel()
             await asyncio.wait([self._sweeper])
-        await self.ctx.writer.flush()
+        timeout = self.ctx.policy.shutdown_timeout
+        try:
+            async with asyncio.timeout(timeout):
+                await self.ctx.writer.flush()
+        except TimeoutError:
+            log.error(
+                "stopping: %d accepted message(s) not stored after %.0f s: the store does"
+                " not take them (none of them was acknowledged to its sender)",
+                len(self.ctx.writer),
+                timeout,
+            )
         feeds = [state.feed for state in self._states if state.feed is not None]
         for feed in feeds:
             feed.stop()

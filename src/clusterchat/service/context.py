@@ -67,6 +67,9 @@ class Policy:
         log_throttle_interval: Seconds between two log lines of one kind
             that clients can cause.
         log_throttle_kinds: Kinds of such lines remembered.
+        shutdown_timeout: Seconds a stopping node waits for the store to
+            append what it accepted; then it stops anyway, and says how many
+            messages it could not store (none of them was acknowledged).
     """
 
     single_session: bool
@@ -93,6 +96,7 @@ class Policy:
     user_cache_size: int
     log_throttle_interval: float
     log_throttle_kinds: int
+    shutdown_timeout: float
 
 
 @dataclass(slots=True)

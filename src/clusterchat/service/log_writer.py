@@ -26,6 +26,9 @@ from clusterchat.store.base import Appended, MessageLog, NewMessage
 
 __all__ = ["LogWriter"]
 
+#: While appends keep failing, one log line per this many retries (at 2 s apart: a minute).
+_REPEAT_EVERY = 30
+
 log = logging.getLogger("clusterchat.delivery")
 
 Committed = Callable[[Appended], None]
@@ -60,9 +63,11 @@ class LogWriter:
         self._task: asyncio.Task[None] | None = None
         self._room = asyncio.Event()
         self._room.set()
+        self._appending = 0
 
     def __len__(self) -> int:
-        return len(self._queue)
+        """Messages submitted and not committed yet (the batch being appended included)."""
+        return len(self._queue) + self._appending
 
     @property
     def full(self) -> bool:
@@ -101,18 +106,36 @@ class LogWriter:
 
     async def _run(self) -> None:
         delay = 0.05
+        failures = 0
         try:
             while self._queue:
                 batch = self._take()
+                self._appending = len(batch)
                 try:
                     results = await self._store.append([message for message, _ in batch])
-                except Exception:
-                    log.exception("appending %d messages failed; retrying", len(batch))
+                except Exception as exc:
+                    # One line per failure streak, then one per _REPEAT_EVERY retries:
+                    # an outage of the store must not flood the log with tracebacks.
+                    if failures % _REPEAT_EVERY == 0:
+                        log.warning(
+                            "appending %d messages failed (%s: %s, %d times in a row);"
+                            " retrying until it works",
+                            len(batch),
+                            type(exc).__name__,
+                            str(exc).strip().splitlines()[0] if str(exc).strip() else "",
+                            failures + 1,
+                        )
+                    failures += 1
+                    self._appending = 0
                     self._queue[:0] = batch
                     await asyncio.sleep(delay)
                     delay = min(delay * 2, 2.0)
                     continue
+                if failures:
+                    log.warning("appending works again after %d failures", failures)
+                failures = 0
                 delay = 0.05
+                self._appending = 0
                 self._pending -= sum(cost(message) for message, _ in batch)
                 if not self.full:
                     self._room.set()
@@ -123,4 +146,5 @@ class LogWriter:
                         log.exception("handling a committed message failed")
         finally:
             self._task = None
+            self._appending = 0
             self._room.set()
