@@ -34,6 +34,7 @@ from clusterchat.store import migrate
 from clusterchat.store.schema import metadata
 from clusterchat.store.sql import async_url
 from tests.support.classic import PASSWORD, ClassicClient, login
+from tests.support.database import migrated
 from tests.support.node import NodeFactory
 from tests.support.processes import assert_stopped
 from tests.support.timing import seconds
@@ -345,3 +346,17 @@ def test_a_database_made_by_an_earlier_release_is_upgraded_in_place(
     assert [json.loads(m)["msg"] for m in answer.get("offlinemsg", [])] == waiting
     assert [json.loads(f)["id"] for f in answer["friends"]] == [1]
     bob.close()
+
+
+def test_an_sqlite_database_is_made_in_wal_mode(tmp_path: Path) -> None:
+    """Found by the 2,000-login storm in CI: a new file in rollback-journal mode was
+    switched to WAL by whichever node connected first, and the other node's first
+    connection failed at once with "database is locked" (errno 50 for a register)."""
+    url = _db(tmp_path)
+    assert _run("db", "upgrade", "--db", url).returncode == 0
+    with sqlite3.connect(tmp_path / "chat.db") as conn:
+        assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+    template_copy = migrated(f"sqlite:///{tmp_path / 'copy.db'}")
+    assert template_copy.endswith("copy.db")
+    with sqlite3.connect(tmp_path / "copy.db") as conn:
+        assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)

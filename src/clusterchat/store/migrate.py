@@ -172,8 +172,11 @@ def upgrade_on(conn: Connection, to: str = "head") -> Upgraded:
     """``upgrade`` on a synchronous connection the caller holds (no lock is taken).
 
     For tools and tests that already hold the only connection to a database
-    (a new SQLite file); everything else goes through ``upgrade``.
+    (a new SQLite file); everything else goes through ``upgrade``. An SQLite
+    database is left in WAL mode, as ``upgrade`` leaves it.
     """
+    if conn.dialect.name == "sqlite":
+        conn.exec_driver_sql("PRAGMA journal_mode=WAL")
     return _upgrade(conn, to)
 
 
@@ -246,6 +249,9 @@ async def _connection(url: str) -> AsyncIterator[AsyncConnection]:
         async with engine.connect() as conn:
             if conn.dialect.name == "sqlite":
                 await conn.exec_driver_sql("PRAGMA busy_timeout=30000")
+                # The nodes run SQLite in WAL mode: the database is made so (the
+                # mode is kept in the file), not converted by whichever node comes first.
+                await conn.exec_driver_sql("PRAGMA journal_mode=WAL")
             yield conn
     except (SQLAlchemyError, OSError) as exc:
         raise DatabaseUnavailable(one_line(exc)) from exc
