@@ -43,9 +43,9 @@ from clusterchat.cluster.launcher import upgrade_database
 from clusterchat.cluster.nginx import nginx_argv, render_nginx_conf
 from clusterchat.cluster.ports import free_port
 from clusterchat.cluster.processes import Child, spawn, stop, wait_for_port
-from clusterchat.settings import ENV_PREFIX, Settings
+from clusterchat.settings import ENV_PREFIX, Settings, redact_url
 from clusterchat_bench.commands import Endpoint
-from clusterchat_bench.database import POSTGRES_SETTINGS, PrivatePostgres, database_kind, redact
+from clusterchat_bench.database import POSTGRES_SETTINGS, PrivatePostgres, database_kind
 from clusterchat_bench.options import PRIVATE_POSTGRESQL
 
 __all__ = [
@@ -322,7 +322,7 @@ class BenchCluster:
             }
         return {
             "kind": database_kind(url),
-            "url": redact(url),
+            "url": redact_url(url),
             "private_server": False,
             "given": self.database_url is not None,
         }

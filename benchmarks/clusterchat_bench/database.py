@@ -18,35 +18,31 @@
   the server, so the pid held is the postmaster's). This is what the tests'
   fixture (tests/support/postgres.py) does, without its throwaway settings.
 
-Passwords in a URL never reach ``bench.json`` or the output (``redact``).
+Passwords in a URL never reach ``bench.json`` or the output (``redact_url``).
 """
 
 import contextlib
-import os
-import pwd
 import shutil
 import signal
 import subprocess
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
-from clusterchat.cluster.errors import ChildFailed, MissingDependency
+from clusterchat.cluster.errors import ChildFailed
 from clusterchat.cluster.ports import free_port
+from clusterchat.cluster.postgres import as_server_user, postgres_bin_dir, server_dir
 from clusterchat.cluster.processes import (
     Child,
-    find_executable,
     log_tail,
     spawn,
     stop,
     wait_for_log,
 )
 
-__all__ = ["POSTGRES_SETTINGS", "PrivatePostgres", "database_kind", "redact"]
+__all__ = ["POSTGRES_SETTINGS", "PrivatePostgres", "database_kind"]
 
 HOST = "127.0.0.1"
-_PACKAGE = "postgresql"
 _READY = "database system is ready to accept connections"
 _ATTEMPTS = 3
 _INITDB_TIMEOUT = 120.0
@@ -60,36 +56,6 @@ POSTGRES_SETTINGS: tuple[str, ...] = ()
 def database_kind(url: str) -> str:
     """``sqlite``, ``postgresql``, ``mysql``...: a database URL's scheme without its driver."""
     return urlsplit(url).scheme.split("+")[0]
-
-
-def redact(url: str) -> str:
-    """``url`` with its password, if any, replaced by ``***``."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    user = parts.username or ""
-    host = parts.netloc.rpartition("@")[2]
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
-
-
-def _bin_dir() -> Path:
-    """Debian's PostgreSQL programs: /usr/lib/postgresql/<newest version>/bin."""
-    found = sorted(
-        (p for p in Path("/usr/lib/postgresql").glob("*/bin") if (p / "postgres").exists()),
-        key=lambda p: int(p.parent.name) if p.parent.name.isdigit() else 0,
-    )
-    if not found:
-        raise MissingDependency(f"PostgreSQL not found: apt-get install {_PACKAGE}")
-    return found[-1]
-
-
-def _as_server_user(argv: list[str]) -> list[str]:
-    """``argv``, run as the ``postgres`` user when we are root."""
-    if os.geteuid() != 0:
-        return argv
-    setpriv = find_executable("setpriv", "util-linux")
-    user = ["--reuid=postgres", "--regid=postgres", "--clear-groups"]
-    return [setpriv, *user, "--pdeathsig", "TERM", "--", *argv]
 
 
 @dataclass
@@ -125,22 +91,14 @@ class PrivatePostgres:
             ChildFailed: initdb failed or the server did not become ready;
                 nothing is left running and its directory is removed.
         """
-        bin_dir = _bin_dir()
-        base = Path(tempfile.mkdtemp(prefix="clusterchat-bench-pg-"))
+        bin_dir = postgres_bin_dir()
+        base = server_dir("clusterchat-bench-pg-")
         try:
-            if os.geteuid() == 0:
-                try:
-                    entry = pwd.getpwnam("postgres")
-                except KeyError:
-                    raise MissingDependency(
-                        f"no postgres user to run PostgreSQL as: apt-get install {_PACKAGE}"
-                    ) from None
-                os.chown(base, entry.pw_uid, entry.pw_gid)
             data = base / "data"
             initdb = [str(bin_dir / "initdb"), "-D", str(data), "-U", "postgres"]
             initdb += ["--auth=trust", "-E", "UTF8", "--locale=C.UTF-8"]
             child = spawn(
-                "initdb", _as_server_user(initdb), log_path=log_dir / "initdb.log", cwd=base
+                "initdb", as_server_user(initdb), log_path=log_dir / "initdb.log", cwd=base
             )
             if child.popen.wait(timeout=_INITDB_TIMEOUT) != 0:
                 raise ChildFailed(f"initdb failed:\n{log_tail(child)}")
@@ -154,7 +112,7 @@ class PrivatePostgres:
                 for setting in POSTGRES_SETTINGS:
                     argv += ["-c", setting]
                 server = spawn(
-                    "postgres", _as_server_user(argv), log_path=log_dir / "postgres.log", cwd=base
+                    "postgres", as_server_user(argv), log_path=log_dir / "postgres.log", cwd=base
                 )
                 try:
                     wait_for_log(server, _READY, _READY_TIMEOUT)

@@ -24,9 +24,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from clusterchat.settings import redact_url
 from clusterchat_bench.cluster import BenchCluster, node_configuration, node_environment
 from clusterchat_bench.commands import Endpoint
-from clusterchat_bench.database import redact
 from clusterchat_bench.header import SMOKE_RUN, header_lines
 from clusterchat_bench.limits import raise_open_files
 from clusterchat_bench.machine import machine_info, versions
@@ -63,10 +63,10 @@ def _plan(options: BenchOptions) -> list[str]:
 def _new_report(options: BenchOptions) -> BenchReport:
     options_dict = {k: v for k, v in dataclasses.asdict(options).items() if k != "argv"}
     if options.db is not None:
-        options_dict["db"] = redact(options.db)
+        options_dict["db"] = redact_url(options.db)
     return BenchReport(
         started=datetime.now(UTC).isoformat(timespec="seconds"),
-        argv=tuple(redact(word) if "://" in word else word for word in options.argv),
+        argv=tuple(redact_url(word) if "://" in word else word for word in options.argv),
         options=options_dict,
         machine=machine_info(),
         versions=versions(),

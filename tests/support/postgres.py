@@ -22,11 +22,8 @@ ends open sessions; SIGTERM would wait for every client to leave), its
 process group is checked gone, and the directory is removed.
 """
 
-import os
-import pwd
 import shutil
 import signal
-import tempfile
 from collections.abc import Iterator, Sequence
 from ipaddress import IPv4Network
 from pathlib import Path
@@ -34,37 +31,16 @@ from pathlib import Path
 import pytest
 
 from clusterchat.cluster import processes
-from clusterchat.cluster.errors import MissingDependency
+from clusterchat.cluster.postgres import as_server_user, postgres_bin_dir, server_dir
 from tests.support.db_server import HOST, DatabaseServer
 from tests.support.processes import assert_stopped, start_on_free_port
 from tests.support.timing import seconds
 
 __all__ = ["PostgresServer", "postgres_server", "postgres_url", "private_dir", "start_postgres"]
 
-_PACKAGE = "postgresql"
 _READY = "database system is ready to accept connections"
 #: Throwaway databases: no waiting for the disk.
 _SETTINGS = ("fsync=off", "synchronous_commit=off", "full_page_writes=off", "max_connections=200")
-
-
-def _bin_dir() -> Path:
-    """Debian's PostgreSQL programs: /usr/lib/postgresql/<newest version>/bin."""
-    versions = sorted(
-        (p for p in Path("/usr/lib/postgresql").glob("*/bin") if (p / "postgres").exists()),
-        key=lambda p: int(p.parent.name) if p.parent.name.isdigit() else 0,
-    )
-    if not versions:
-        raise MissingDependency(f"PostgreSQL not found: apt-get install {_PACKAGE}")
-    return versions[-1]
-
-
-def _as_server_user(argv: list[str]) -> list[str]:
-    """``argv``, run as the ``postgres`` user when we are root (see the module docstring)."""
-    if os.geteuid() != 0:
-        return argv
-    setpriv = processes.find_executable("setpriv", "util-linux")
-    user = "--reuid=postgres", "--regid=postgres", "--clear-groups"
-    return [setpriv, *user, "--pdeathsig", "TERM", "--", *argv]
 
 
 class PostgresServer(DatabaseServer):
@@ -74,7 +50,7 @@ class PostgresServer(DatabaseServer):
     user = "postgres"
 
     def client(self, database: str) -> list[str]:
-        argv = [str(_bin_dir() / "psql"), "-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1"]
+        argv = [str(postgres_bin_dir() / "psql"), "-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1"]
         argv += ["-h", self.host, "-p", str(self.port), "-U", "postgres"]
         return [*argv, "-d", database or "postgres", "-c"]
 
@@ -85,16 +61,7 @@ class PostgresServer(DatabaseServer):
 
 def private_dir() -> Path:
     """A directory the server's user owns (short: the socket path must stay < 108 bytes)."""
-    path = Path(tempfile.mkdtemp(prefix="clusterchat-pg-"))
-    if os.geteuid() == 0:
-        try:
-            entry = pwd.getpwnam("postgres")
-        except KeyError:
-            raise MissingDependency(
-                f"no postgres user to run PostgreSQL as: apt-get install {_PACKAGE}"
-            ) from None
-        os.chown(path, entry.pw_uid, entry.pw_gid)
-    return path
+    return server_dir("clusterchat-pg-")
 
 
 def start_postgres(
@@ -119,11 +86,11 @@ def start_postgres(
         MissingDependency: PostgreSQL is not installed.
         ChildFailed: initdb failed, or the server did not become ready.
     """
-    bin_dir = _bin_dir()
+    bin_dir = postgres_bin_dir()
     data = base / "data"
     initdb = [str(bin_dir / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust"]
     initdb += ["-E", "UTF8", "--locale=C.UTF-8", "--no-sync"]
-    initdb = _as_server_user(initdb)
+    initdb = as_server_user(initdb)
     child = processes.spawn("initdb", initdb, log_path=base / "initdb.log", cwd=base)
     if child.popen.wait(timeout=seconds(60)) != 0:
         raise processes.ChildFailed(f"initdb failed:\n{processes.log_tail(child)}")
@@ -136,7 +103,7 @@ def start_postgres(
         server += ["-p", str(port), "-h", host]
         for setting in _SETTINGS:
             server += ["-c", setting]
-        return [*prefix, *_as_server_user(server)]
+        return [*prefix, *as_server_user(server)]
 
     port, child = start_on_free_port(
         "postgres",

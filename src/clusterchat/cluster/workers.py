@@ -33,14 +33,13 @@ from dataclasses import dataclass, field
 from types import FrameType
 from typing import IO
 
-from clusterchat.cluster.node_command import node_program, node_ready
+from clusterchat.cluster.node_command import NODE_READY, node_program, node_ready
 from clusterchat.cluster.processes import die_with_parent
 
 __all__ = ["RESTART_LIMIT", "run_workers", "workers_for"]
 
 #: Failed starts in a row after which the supervisor gives up.
 RESTART_LIMIT = 3
-_READY = "listening on"
 _READY_TIMEOUT = 60.0
 _DRAIN_TIMEOUT = 60.0
 _POLL = 0.2
@@ -138,7 +137,7 @@ def _forward(stream: IO[bytes], ready: threading.Event) -> None:
     for line in iter(stream.readline, b""):
         sys.stderr.buffer.write(line)
         sys.stderr.buffer.flush()
-        if _READY.encode() in line:
+        if NODE_READY.encode() in line:
             ready.set()
     stream.close()
 

@@ -2,7 +2,8 @@
 
 import pytest
 
-from clusterchat_bench.database import database_kind, redact
+from clusterchat.settings import redact_url
+from clusterchat_bench.database import database_kind
 from clusterchat_bench.header import header_lines
 from clusterchat_bench.options import PRIVATE_POSTGRESQL, BenchOptions
 from tests.unit.bench.test_header import MACHINE
@@ -53,11 +54,11 @@ def test_bad_values_are_refused_by_name(flags: dict[str, object], message: str) 
 
 
 def test_passwords_never_leave_the_url() -> None:
-    """redact hides a password and leaves URLs without one unchanged."""
-    assert redact("postgresql://chat:secret@10.0.0.7:5432/chat") == (
+    """redact_url hides a password and leaves URLs without one unchanged."""
+    assert redact_url("postgresql://chat:secret@10.0.0.7:5432/chat") == (
         "postgresql://chat:***@10.0.0.7:5432/chat"
     )
-    assert redact("sqlite:////tmp/chat.db") == "sqlite:////tmp/chat.db"
+    assert redact_url("sqlite:////tmp/chat.db") == "sqlite:////tmp/chat.db"
     assert database_kind("postgresql+asyncpg://u@h/d") == "postgresql"
     assert database_kind("sqlite:///x.db") == "sqlite"
 
