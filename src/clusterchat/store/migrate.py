@@ -35,6 +35,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, create_async_engine
 from sqlalchemy.pool import NullPool
 
+from clusterchat.settings import redact_url
 from clusterchat.store.sql import async_url
 
 __all__ = [
@@ -137,7 +138,7 @@ async def require_current(url: str) -> None:
     found = await state(url)
     if found.current == found.head:
         return
-    fix = f"run: clusterchat db upgrade --db {_shown(url)}"
+    fix = f"run: clusterchat db upgrade --db {redact_url(url)}"
     if found.current is None and not found.tables:
         raise SchemaOutdated(f"the database has no tables yet; {fix}")
     if found.current is None:
@@ -304,8 +305,3 @@ async def _locked(url: str, conn: AsyncConnection) -> AsyncIterator[None]:
             yield
         finally:
             os.close(fd)  # releases the lock
-
-
-def _shown(url: str) -> str:
-    """The URL as a command line may show it (password masked)."""
-    return make_url(url).render_as_string(hide_password=True)
