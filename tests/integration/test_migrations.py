@@ -23,7 +23,7 @@ import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from argon2 import PasswordHasher
-from sqlalchemy import Connection
+from sqlalchemy import Connection, text
 from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.pool import NullPool
 
@@ -31,8 +31,9 @@ from clusterchat.cluster.node_command import node_argv
 from clusterchat.cluster.ports import free_port
 from clusterchat.cluster.processes import Child, spawn, stop, wait_for_log
 from clusterchat.store import migrate
+from clusterchat.store.base import NewMessage
 from clusterchat.store.schema import metadata
-from clusterchat.store.sql import async_url
+from clusterchat.store.sql import SqlStore, async_url
 from tests.support.classic import PASSWORD, ClassicClient, login
 from tests.support.database import migrated
 from tests.support.node import NodeFactory
@@ -89,6 +90,109 @@ def test_the_migrations_build_exactly_the_tables_of_schema_py(any_db: str) -> No
             await engine.dispose()
 
     assert asyncio.run(compare()) == []
+
+
+def test_messages_move_to_arrival_order_with_every_log_and_conversation_intact(
+    any_db: str,
+) -> None:
+    """0004: messages keyed by (conversation, seq) get ids in that order; every user's log
+    keeps its positions and bodies, the client ids still find their messages, and new
+    messages are numbered after every old one."""
+    asyncio.run(migrate.upgrade(any_db, to="0003"))
+    users = [(1, "zhang"), (2, "li"), (3, "wang")]
+    # (conversation, seq, mid, sender, cid, body): stored out of (conversation, seq) order.
+    old = [
+        ("g:1", 1, "m-g1", 1, None, b"group one"),
+        ("u:1:2", 2, "m-12b", 2, "c-2", b"li to zhang"),
+        ("u:1:2", 1, "m-12a", 1, "c-1", b"zhang to li"),
+        ("u:2:3", 1, "m-23", 3, None, b"wang to li"),
+        ("g:1", 2, "m-g2", 2, None, b"group two"),
+    ]
+    # (user, pos, conversation, seq)
+    entries = [
+        (2, 1, "u:1:2", 1),
+        (2, 2, "g:1", 1),
+        (3, 1, "g:1", 1),
+        (1, 1, "u:1:2", 2),
+        (2, 3, "u:2:3", 1),
+        (1, 2, "g:1", 2),
+        (3, 2, "g:1", 2),
+    ]
+
+    async def fill() -> None:
+        engine = create_async_engine(async_url(any_db), poolclass=NullPool)
+        try:
+            async with engine.begin() as conn:
+                for uid, name in users:
+                    await conn.execute(
+                        text(
+                            "INSERT INTO users (id, name, name_key, password_hash)"
+                            " VALUES (:id, :name, :name, 'h')"
+                        ),
+                        {"id": uid, "name": name},
+                    )
+                for conversation, seq, mid, sender, cid, body in old:
+                    await conn.execute(
+                        text(
+                            "INSERT INTO messages (conversation, seq, mid, sender_id, cid, time,"
+                            " body) VALUES (:c, :s, :m, :u, :cid, 't', :b)"
+                        ),
+                        {"c": conversation, "s": seq, "m": mid, "u": sender, "cid": cid, "b": body},
+                    )
+                for uid, pos, conversation, seq in entries:
+                    await conn.execute(
+                        text(
+                            "INSERT INTO inbox (user_id, pos, conversation, seq)"
+                            " VALUES (:u, :p, :c, :s)"
+                        ),
+                        {"u": uid, "p": pos, "c": conversation, "s": seq},
+                    )
+        finally:
+            await engine.dispose()
+
+    asyncio.run(fill())
+    done = asyncio.run(migrate.upgrade(any_db))
+    assert (done.before, done.after) == ("0003", migrate.head())
+
+    async def check() -> None:
+        store = SqlStore(any_db, pool_size=2, lock_timeout=5)
+        try:
+            logs = {uid: await store.read(uid, 0, 100) for uid, _ in users}
+            assert {uid: [(e.pos, e.body) for e in log] for uid, log in logs.items()} == {
+                1: [(1, b"li to zhang"), (2, b"group two")],
+                2: [(1, b"zhang to li"), (2, b"group one"), (3, b"wang to li")],
+                3: [(1, b"group one"), (2, b"group two")],
+            }
+            assert await store.heads([1, 2, 3]) == {1: 2, 2: 3, 3: 2}
+            again = await store.append(
+                [
+                    NewMessage("m-12a-retry", 1, "u:1:2", (2,), "t", b"retry", "c-1"),
+                    NewMessage("m-12c", 1, "u:1:2", (2,), "t", b"after", "c-3"),
+                    NewMessage("m-g3", 3, "g:1", (1, 2), "t", b"group three"),
+                ]
+            )
+        finally:
+            await store.close()
+        retry, after, group = again
+        assert retry.duplicate
+        assert (retry.mid, retry.body) == ("m-12a", b"zhang to li")
+        assert after.positions == ((2, 4),)
+        assert group.positions == ((1, 3), (2, 5))
+        # Each conversation's ids keep its old order, and new ones come after every old one.
+        engine = create_async_engine(async_url(any_db), poolclass=NullPool)
+        try:
+            async with engine.connect() as conn:
+                rows = (await conn.execute(text("SELECT id, mid FROM messages"))).all()
+        finally:
+            await engine.dispose()
+        ids = {mid: number for number, mid in rows}
+        assert ids["m-12a"] == retry.seq
+        assert ids["m-12a"] < ids["m-12b"] < ids["m-12c"]
+        assert ids["m-g1"] < ids["m-g2"] < ids["m-g3"]
+        assert max(ids[m] for m in ("m-g1", "m-g2", "m-12a", "m-12b", "m-23")) < after.seq
+        assert after.seq < group.seq
+
+    asyncio.run(check())
 
 
 def test_db_upgrade_and_current_say_what_they_did(tmp_path: Path) -> None:

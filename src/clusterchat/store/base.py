@@ -12,7 +12,8 @@ Contract (tests/contract/test_store.py runs it against every dialect):
 * The message log (``MessageLog``): ``append`` commits a batch in one
   transaction, or nothing. Each recipient's entries get consecutive positions
   (``pos`` 1, 2, 3... per user, no holes, in batch order); each message gets
-  the next ``seq`` of its conversation. Positions are allocated so that two
+  a ``seq`` larger than every ``seq`` of its conversation before it (the
+  log's count of messages: increasing, not consecutive). Positions are allocated so that two
   messages that share recipients are in the same order in every recipient's
   log. A message whose ``(sender_id, cid)`` exists already is not stored
   again: its result is the original one, marked ``duplicate``.
@@ -82,7 +83,7 @@ class NewMessage:
     Attributes:
         mid: Its server message id (cluster-unique).
         sender_id: Who sent it.
-        conversation: The key of its pair or group (``seq`` counts per key).
+        conversation: The key of its pair or group (``seq`` increases per key).
         recipients: The users whose logs get an entry.
         time: Server time, ``YYYY-MM-DD HH:MM:SS``.
         body: The push as clients receive it.

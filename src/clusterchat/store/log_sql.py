@@ -4,10 +4,11 @@
 writer thread (``sqlite_writer.py``), elsewhere through the async engine's
 ``run_sync``. The contract is in ``store/base.py``; the tables in ``schema.py``.
 
-Theory of operation: positions and seqs are allocated as the largest one
-stored plus one, so two transactions that read the same largest one must not
-both write. On SQLite one writer at a time holds the file (the writer thread
-and its file lock). On PostgreSQL and MySQL/MariaDB, several nodes append at
+Theory of operation: positions are allocated as the largest one stored plus
+one, so two transactions that read the same largest one must not both write;
+a message's ``seq`` is its id, numbered by the database (``_insert_messages``).
+On SQLite one writer at a time holds the file (the writer thread and its
+file lock). On PostgreSQL and MySQL/MariaDB, several nodes append at
 once, so ``append`` first takes one lock per user it will write for (each
 recipient, and the sender, whose ``cid`` it checks) and per conversation
 (on MySQL/MariaDB one per stripe of them: ``mysql_lock_names``), **in one stable
@@ -16,7 +17,8 @@ COMMITTED transaction (each statement sees what committed before it):
 
 * Two appends that share a user or a conversation run one after the other, so
   neither reads a stale largest position: no duplicate, no lost message, and
-  two messages that share recipients are in the same order in every log.
+  two messages that share recipients are in the same order in every log; the
+  later of two messages of a conversation gets the larger id.
 * Sorted acquisition means no cycle among appends, so no deadlock; the locks
   are not rows of our tables (PostgreSQL advisory locks, MySQL named locks),
   so the row locks that foreign key checks take (a friendship, a cursor)
@@ -86,11 +88,11 @@ _CURSOR_UPSERT_TAIL = {
 }
 #: The placeholder of each positional paramstyle the fast insert path speaks.
 _MARKERS = {"qmark": "?", "format": "%s"}
-#: ``messages`` without ``created_at`` (filled by the database).
+#: ``messages`` without ``id`` and ``created_at`` (filled by the database).
 _MESSAGE_COLUMNS = Table(
     "messages",
     MetaData(),
-    *(Column(c.name, c.type) for c in messages.columns if c.name != "created_at"),
+    *(Column(c.name, c.type) for c in messages.columns if c.name not in ("id", "created_at")),
 )
 #: The aggregate that folds (key, value) rows into one JSON object, per dialect.
 _JSON_OBJECT_AGG = {
@@ -149,24 +151,14 @@ def append(conn: Connection, batch: Sequence[NewMessage], lock_timeout: int) -> 
             fresh.append(message)
 
     positions = _allocate_positions(conn, fresh)
-    seqs = _allocate_seqs(conn, fresh)
-    if fresh:
-        # Column order of schema.messages / schema.inbox (created_at: the server default).
-        _insert_many(
-            conn,
-            _MESSAGE_COLUMNS,
-            [
-                (m.conversation, seq, m.mid, m.sender_id, m.cid, m.time, m.body)
-                for m, seq in zip(fresh, seqs, strict=True)
-            ],
-        )
-        entries = [
-            (user_id, pos, m.conversation, seq)
-            for m, seq, placed in zip(fresh, seqs, positions, strict=True)
-            for user_id, pos in placed
-        ]
-        if entries:
-            _insert_many(conn, inbox, entries)
+    seqs = _insert_messages(conn, fresh)
+    entries = [
+        (user_id, pos, seq)
+        for seq, placed in zip(seqs, positions, strict=True)
+        for user_id, pos in placed
+    ]
+    if entries:
+        _insert_many(conn, inbox, entries)
 
     done = [
         Appended(m.mid, seq, m.time, m.body, placed)
@@ -252,8 +244,13 @@ def _hash32(key: str) -> int:
     return int.from_bytes(hashlib.blake2b(key.encode(), digest_size=4).digest(), "big")
 
 
-def _insert_many(conn: Connection, table: Table, rows: list[tuple[Any, ...]]) -> None:
+def _insert_many(
+    conn: Connection, table: Table, rows: list[tuple[Any, ...]]
+) -> list[tuple[int, int | None]]:
     """INSERT rows (tuples in ``table.columns`` order) as few multi-row statements as can be.
+
+    Returns, per statement, how many rows it inserted and the driver's
+    ``lastrowid`` after it (on SQLite the rowid of its last row).
 
     One statement per chunk, not one per row: on SQLite every statement step
     releases the GIL and the writer thread must then win it back from a busy
@@ -266,12 +263,15 @@ def _insert_many(conn: Connection, table: Table, rows: list[tuple[Any, ...]]) ->
     marker = _MARKERS.get(conn.dialect.paramstyle)
     if marker is None:
         conn.execute(insert(table), [dict(zip(columns, row, strict=True)) for row in rows])
-        return
+        return [(len(rows), None)]
     per_statement = max(1, _MAX_PARAMETERS // len(columns))
+    done: list[tuple[int, int | None]] = []
     for start in range(0, len(rows), per_statement):
         chunk = rows[start : start + per_statement]
         sql = _multi_row_insert(conn.dialect.name, table.name, tuple(columns), marker, len(chunk))
-        conn.exec_driver_sql(sql, tuple(value for row in chunk for value in row))
+        result = conn.exec_driver_sql(sql, tuple(value for row in chunk for value in row))
+        done.append((len(chunk), result.lastrowid))
+    return done
 
 
 @functools.lru_cache(maxsize=256)
@@ -291,7 +291,7 @@ def _originals(conn: Connection, batch: Sequence[NewMessage]) -> dict[tuple[int,
         messages.c.sender_id,
         messages.c.cid,
         messages.c.mid,
-        messages.c.seq,
+        messages.c.id,
         messages.c.time,
         messages.c.body,
     ).where(
@@ -303,7 +303,7 @@ def _originals(conn: Connection, batch: Sequence[NewMessage]) -> dict[tuple[int,
     for row in conn.execute(query):
         key = (row.sender_id, row.cid)
         if key in wanted:
-            found[key] = Appended(row.mid, row.seq, row.time, bytes(row.body), (), True)
+            found[key] = Appended(row.mid, row.id, row.time, bytes(row.body), (), True)
     return found
 
 
@@ -332,20 +332,45 @@ def _allocate_positions(
     return placed
 
 
-def _allocate_seqs(conn: Connection, fresh: Sequence[NewMessage]) -> list[int]:
-    """Number the messages of each conversation after its last one (as positions above)."""
-    following = {
-        key: last + 1
-        for key, last in _last_of(
-            conn, messages.c.conversation, messages.c.seq, {m.conversation for m in fresh}, str
-        ).items()
-    }
-    seqs: list[int] = []
-    for m in fresh:
-        seq = following.get(m.conversation, 1)
-        following[m.conversation] = seq + 1
-        seqs.append(seq)
-    return seqs
+def _insert_messages(conn: Connection, fresh: Sequence[NewMessage]) -> list[int]:
+    """INSERT the messages; return their ids (each one's ``seq``), in batch order.
+
+    The database numbers them (the rowid on SQLite, a sequence or
+    AUTO_INCREMENT elsewhere), so appends that share no user never wait for
+    each other to number a message. An id is taken while the append holds
+    the locks of its conversation and recipients (``_lock_logs``; on SQLite
+    the file), so a later message of a conversation gets a larger id. How
+    the ids come back differs:
+
+    * SQLite: one writer at a time, so a multi-row INSERT numbers its rows
+      consecutively after the largest id; the last one is ``lastrowid``.
+    * PostgreSQL, MariaDB: ``RETURNING id, mid``, matched by ``mid`` (the
+      rows may come back in any order; ``mid`` is unique per message).
+    * MySQL (no RETURNING, and its AUTO_INCREMENT may interleave the ids of
+      concurrent multi-row INSERTs): one INSERT per message, its ``lastrowid``.
+    """
+    if not fresh:
+        return []
+    rows = [(m.conversation, m.mid, m.sender_id, m.cid, m.time, m.body) for m in fresh]
+    dialect = conn.dialect
+    if dialect.name == "sqlite":
+        ids: list[int] = []
+        for count, last in _insert_many(conn, _MESSAGE_COLUMNS, rows):
+            assert last is not None  # sqlite3 always reports it
+            ids.extend(range(last - count + 1, last + 1))
+        return ids
+    columns = [column.name for column in _MESSAGE_COLUMNS.columns]
+    values = [dict(zip(columns, row, strict=True)) for row in rows]
+    if dialect.name == "postgresql" or getattr(dialect, "is_mariadb", False):
+        statement = insert(messages).returning(messages.c.id, messages.c.mid)
+        by_mid = {row.mid: row.id for row in conn.execute(statement, values)}
+        return [by_mid[m.mid] for m in fresh]
+    result: list[int] = []
+    for one in values:
+        inserted = conn.execute(insert(messages), one).inserted_primary_key
+        assert inserted is not None  # an INSERT of one row
+        result.append(int(inserted[0]))
+    return result
 
 
 def _last_of(

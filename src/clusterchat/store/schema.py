@@ -13,7 +13,6 @@ from sqlalchemy import (
     Column,
     DateTime,
     ForeignKey,
-    ForeignKeyConstraint,
     Index,
     Integer,
     LargeBinary,
@@ -122,20 +121,25 @@ group_members = Table(
 # --- the message log (docs/delivery.md) ------------------------------------------------
 #
 # ``messages`` holds each accepted message once (its body is the push as written
-# to clients), keyed by its conversation (pair or group) and its number there
-# (``seq``); ``inbox`` is every recipient's log: one small row per recipient and
-# message, at consecutive positions. Both numbers are read as the max of their
-# primary key, so an append writes no counter rows, and on SQLite each table
-# is one B-tree (WITHOUT ROWID): a one-to-one message costs two B-tree inserts.
-# ``cursors`` remembers how far each device of a user has read its log.
-
+# to clients), keyed by ``id``, the cluster's count of accepted messages: an
+# append puts its rows at the end of this table, never on a random page. The
+# id is the message's ``seq`` (docs/protocol.md §3.1): it increases within each
+# conversation in the order the log accepted its messages. ``inbox`` is every
+# recipient's log: one small row per recipient and message, at consecutive
+# positions, read as the max of the primary key (no counter rows). On SQLite
+# ``inbox`` is one B-tree (WITHOUT ROWID) and ``messages.id`` the rowid, so a
+# one-to-one message costs one insert at a random place (its recipient's log)
+# and one at the end of ``messages`` (docs/performance.md measures why that
+# matters). ``cursors`` remembers how far each device of a user has read its log.
 _BODY = LargeBinary().with_variant(mysql.MEDIUMBLOB(), "mysql", "mariadb")
-
+#: SQLite makes only an ``INTEGER PRIMARY KEY`` the rowid (BIGINT would be a second key).
+_MESSAGE_ID = BigInteger().with_variant(Integer(), "sqlite")
 messages = Table(
     "messages",
     metadata,
-    Column("conversation", String(32), primary_key=True),
-    Column("seq", BigInteger, primary_key=True, autoincrement=False),
+    Column("id", _MESSAGE_ID, primary_key=True, autoincrement=True),
+    # The pair or group (store/base.py ``NewMessage.conversation``).
+    Column("conversation", String(32), nullable=False),
     Column("mid", String(64), nullable=False),
     Column("sender_id", Integer, ForeignKey("users.id"), nullable=False),
     Column("cid", String(64), nullable=True),
@@ -154,24 +158,22 @@ messages = Table(
         sqlite_where=text("cid IS NOT NULL"),
         postgresql_where=text("cid IS NOT NULL"),
     ),
-    sqlite_with_rowid=False,
     **_MYSQL,
 )
-
 inbox = Table(
     "inbox",
     metadata,
     Column("user_id", Integer, ForeignKey("users.id"), primary_key=True),
     Column("pos", BigInteger, primary_key=True, autoincrement=False),
-    Column("conversation", String(32), nullable=False),
-    Column("seq", BigInteger, nullable=False),
-    ForeignKeyConstraint(
-        ["conversation", "seq"], ["messages.conversation", "messages.seq"], name="fk_inbox_message"
+    Column(
+        "message_id",
+        _MESSAGE_ID,
+        ForeignKey("messages.id", name="fk_inbox_message"),
+        nullable=False,
     ),
     sqlite_with_rowid=False,
     **_MYSQL,
 )
-
 cursors = Table(
     "cursors",
     metadata,

@@ -317,10 +317,7 @@ class SqlStore:
     async def read(self, user_id: int, after: int, limit: int) -> list[LogEntry]:
         query = (
             select(inbox.c.pos, messages.c.body)
-            .join(
-                messages,
-                (messages.c.conversation == inbox.c.conversation) & (messages.c.seq == inbox.c.seq),
-            )
+            .join(messages, messages.c.id == inbox.c.message_id)
             .where(inbox.c.user_id == user_id, inbox.c.pos > after)
             .order_by(inbox.c.pos)
             .limit(limit)
