@@ -86,6 +86,7 @@ class Settings:
     cursor_interval: float = 0.05
     read_batch: int = 500
     append_batch: int = 2000
+    append_linger: float = 0.003
     max_pending: int = 8 * 1024 * 1024
     login_attempts: int = 5
     login_attempts_per_address: int = 20

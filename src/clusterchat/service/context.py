@@ -38,6 +38,8 @@ class Policy:
         cursor_interval: Seconds between two saves of the cursors that moved.
         read_batch: Log entries read per query when a session catches up.
         append_batch: Most messages appended in one transaction.
+        append_linger: Seconds a batch of messages waits for more before it
+            is appended (``LogWriter``).
         max_pending: Bytes of accepted messages waiting for their append
             above which the node stops reading from senders (back-pressure).
         login_attempts: Wrong passwords for one account before it must wait
@@ -78,6 +80,7 @@ class Policy:
     cursor_interval: float
     read_batch: int
     append_batch: int
+    append_linger: float
     max_pending: int
     login_attempts: int
     login_attempts_per_address: int
@@ -126,7 +129,10 @@ class Context:
         )
         self.users = KnownUsers(self.store, size=policy.user_cache_size)
         self.writer = LogWriter(
-            self.store, max_batch=self.policy.append_batch, max_pending=self.policy.max_pending
+            self.store,
+            max_batch=self.policy.append_batch,
+            max_pending=self.policy.max_pending,
+            linger=self.policy.append_linger,
         )
         self.cursors = CursorKeeper(self.store, self.policy.cursor_interval)
         self.admission = asyncio.Semaphore(self.policy.max_logins_at_once)
