@@ -79,6 +79,11 @@ class CpuMeter:
             totals["machine"] = busy
         return totals
 
+    def seconds(self, names: Sequence[str]) -> float:
+        """CPU seconds used by the named groups together since the meter was made."""
+        after = self._read()
+        return sum(after[n] - self._before[n] for n in names if n in after and n in self._before)
+
     def percent(self) -> dict[str, float]:
         """Percent of one core used by each group since the meter was made."""
         wall = max(time.monotonic() - self._start, 1e-6)

@@ -65,7 +65,7 @@ def _steps_table(title: str, unit: str, run: SteppedFigures, quick: bool) -> Tab
     table = Table(title=title, title_justify="left")
     for column in (f"offered {unit}/s", "delivered/s", "p50 ms", "p99 ms", "max ms"):
         table.add_column(column, justify="right")
-    for column in ("lost", "dup", "gen lag ms", "cpu % of a core"):
+    for column in ("lost", "dup", "gen lag ms", "cpu % of a core", "nodes µs/msg"):
         table.add_column(column, justify="right")
     if not quick:
         table.add_column("sustained", justify="right")
@@ -80,6 +80,7 @@ def _steps_table(title: str, unit: str, run: SteppedFigures, quick: bool) -> Tab
             str(step.duplicated),
             _num(step.generator_lag_ms, digits=1),
             cpu_text(step.cpu_percent),
+            _num(step.node_us_per_message),
         ]
         if not quick:
             row.append("yes" if step.sustainable else "no: " + "; ".join(step.reasons))
@@ -132,6 +133,11 @@ def _summary(report: BenchReport, quick: bool) -> Table:
         table.add_row(name, f"max sustainable {unit}/s", _num(run.max_sustainable_per_s))
         share = shares[f"{name}_max_vs_unpipelined_ceiling"]
         table.add_row("", "of unpipelined ceiling", _num(share and share * 100, "%", 1))
+        at_max = [s for s in run.steps if s.offered_per_s == run.max_sustainable_per_s]
+        if at_max:
+            table.add_row(
+                "", "nodes' CPU per message there", _num(at_max[0].node_us_per_message, " µs")
+            )
         table.add_row("", "stopped", run.stopped_because)
     if report.offline is not None:
         o = report.offline

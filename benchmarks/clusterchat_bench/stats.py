@@ -56,6 +56,9 @@ class StepFigures:
         reasons: Why not, when not.
         cpu_percent: Per process (or group of processes), percent of one core
             used during the step and its drain.
+        node_us_per_message: CPU time of all the nodes together during the
+            step and its drain, per message sent (a group message counts
+            once), in microseconds (None: no message was sent).
     """
 
     step: int
@@ -78,6 +81,7 @@ class StepFigures:
     sustainable: bool
     reasons: tuple[str, ...]
     cpu_percent: dict[str, float] = field(default_factory=dict)
+    node_us_per_message: float | None = None
 
 
 def merge_step(

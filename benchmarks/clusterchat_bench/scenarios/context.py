@@ -52,6 +52,10 @@ class ScenarioContext:
         """Start measuring the CPU use of the cluster's processes and of the load generators."""
         return CpuMeter({**self.cluster.processes(), "loadgen": self.workers.pids})
 
+    def node_names(self) -> list[str]:
+        """The CPU meter's names of the cluster's nodes (none when driving a running cluster)."""
+        return [child.name for child in self.cluster.nodes]
+
     def endpoint(self, number: int) -> Endpoint:
         """Where user number ``number`` connects: node ``number`` mod N, or the balancer."""
         if self.cluster.front is not None:

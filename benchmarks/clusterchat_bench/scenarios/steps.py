@@ -81,7 +81,11 @@ def run_steps(
                 on_progress=update,
             )
         figures = merge_step(number, offered, seconds, parts, options.p99_limit_ms)
-        return replace(figures, cpu_percent=meter.percent())
+        node_seconds = meter.seconds(ctx.node_names())
+        node_us = (
+            round(1e6 * node_seconds / figures.messages_sent, 1) if figures.messages_sent else None
+        )
+        return replace(figures, cpu_percent=meter.percent(), node_us_per_message=node_us)
 
     # Warm-up: one message per flow in about a second.
     warmup = step(0, float(receivers), 1.0, max(options.drain_seconds, _WARMUP_DRAIN), "warm-up")
@@ -120,8 +124,12 @@ def _line(label: str, f: StepFigures, quick: bool) -> str:
     return (
         f"  {label:>10} delivered {f.delivered_per_s:>9,.0f}/s p50 {f.p50_ms:.1f} "
         f"p99 {f.p99_ms:.1f} max {f.max_ms:.1f} ms, lost {f.lost}, dup {f.duplicated}{sustained}"
-        f" (cpu% {cpu_text(f.cpu_percent)})"
+        f" (cpu% {cpu_text(f.cpu_percent)}; nodes {_us(f.node_us_per_message)} per message)"
     )
+
+
+def _us(value: float | None) -> str:
+    return "-" if value is None else f"{value:,.0f} us"
 
 
 def cpu_text(cpu: dict[str, float]) -> str:
