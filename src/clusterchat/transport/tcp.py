@@ -129,7 +129,9 @@ class TcpConnection(asyncio.Protocol):
         self._transport: asyncio.Transport | None = None
         # Requests (and refusals of undecodable ones) waiting behind a running
         # request, answered in the order they came.
-        self._backlog: deque[Request | InvalidMessage] = deque()
+        # Requests read while one is being handled; made when first needed (an
+        # empty deque is 624 bytes, most of an idle connection: docs/performance.md).
+        self._backlog: deque[Request | InvalidMessage] | None = None
         self._worker: asyncio.Task[None] | None = None
         self._backlog_full = False
         self._reading = True
@@ -260,6 +262,8 @@ class TcpConnection(asyncio.Protocol):
             except InvalidMessage as exc:
                 request = exc
             if self._worker is not None:
+                if self._backlog is None:
+                    self._backlog = deque()
                 self._backlog.append(request)
                 if len(self._backlog) >= self._limits.max_backlog and not self._backlog_full:
                     self._backlog_full = True
@@ -329,6 +333,8 @@ class TcpConnection(asyncio.Protocol):
                     await more
         finally:
             self._worker = None
+            if not self._backlog:
+                self._backlog = None
         if self._closed:
             self._end_session()
             return
