@@ -15,16 +15,23 @@ released, instead of letting them poll in the busy handler. ``BEGIN
 IMMEDIATE`` takes SQLite's write lock first, so a transaction that reads
 before it writes never has to upgrade.
 
-The WAL is checkpointed by the writer, after it released the file lock (a
-PASSIVE checkpoint at most every ``CHECKPOINT_INTERVAL``): SQLite's automatic
-checkpoint runs inside COMMIT, so the other nodes waited for it on the lock.
-Checkpointing much less often (every 500 transactions, tried) let the WAL
-grow to hundreds of MB in a minute of load and made every transaction slower.
+The WAL is checkpointed in a thread of its own, on a connection of its own (a
+PASSIVE checkpoint at most every ``CHECKPOINT_INTERVAL``, asked for after a
+write released the file lock): SQLite's automatic checkpoint runs inside
+COMMIT, so the other nodes waited for it on the lock; run by the writer
+thread after the write, its ``fdatasync`` held up this node's next
+transaction (p99 at 5,000 msgs/s: 36-37 ms there, 16 ms here, two rounds
+each; docs/performance.md). Checkpointing much less often (every 500
+transactions, tried) let the WAL grow to hundreds of MB in a minute of load
+and made every transaction slower.
 """
 
 import asyncio
 import fcntl
+import logging
 import os
+import sqlite3
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -33,6 +40,8 @@ from typing import Any, TypeVar
 from sqlalchemy import Connection, Engine, create_engine, event
 
 __all__ = ["SqliteWriter"]
+
+log = logging.getLogger("clusterchat.store")
 
 T = TypeVar("T")
 
@@ -55,10 +64,16 @@ class SqliteWriter:
         )
         event.listen(self._engine, "connect", on_connect)
         event.listen(self._engine, "connect", _no_automatic_checkpoint)
+        self._path = path
         self._checkpointed = 0.0
+        self._checkpointing = threading.Lock()
+        self._checkpoint_conn: sqlite3.Connection | None = None
         self._lock_path = f"{path}.write-lock"
         self._lock_fd: int | None = None
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-writer")
+        self._checkpointer = ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix="sqlite-checkpoint"
+        )
 
     async def run(self, work: Callable[[Connection], T]) -> T:
         """Run ``work(conn)`` in one write transaction; return its result."""
@@ -82,21 +97,42 @@ class SqliteWriter:
         now = time.monotonic()
         if now - self._checkpointed < CHECKPOINT_INTERVAL:
             return
+        if not self._checkpointing.acquire(blocking=False):
+            return  # the previous one still runs
         self._checkpointed = now
-        with self._engine.connect() as conn:
-            conn.exec_driver_sql("PRAGMA wal_checkpoint(PASSIVE)").all()
+        self._checkpointer.submit(self._run_checkpoint)
+
+    def _run_checkpoint(self) -> None:
+        """In the checkpoint thread. A failure is left to the next one (PASSIVE
+        copies what it can; the WAL stays valid either way)."""
+        try:
+            if self._checkpoint_conn is None:
+                self._checkpoint_conn = sqlite3.connect(self._path, timeout=10)
+            self._checkpoint_conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+        except sqlite3.Error as exc:
+            log.warning("checkpointing the WAL failed (%s); the next one retries", exc)
+        finally:
+            self._checkpointing.release()
 
     async def close(self) -> None:
-        """Wait for the running write, then release the thread, the connection and the lock."""
+        """Wait for the running write and checkpoint, then release the threads,
+        the connections and the lock."""
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(self._thread, self._release)
         self._thread.shutdown(wait=False)  # idle now: its last job just ended
+        await loop.run_in_executor(self._checkpointer, self._close_checkpoint_connection)
+        self._checkpointer.shutdown(wait=False)
 
     def _release(self) -> None:
         self._engine.dispose()
         if self._lock_fd is not None:
             os.close(self._lock_fd)
             self._lock_fd = None
+
+    def _close_checkpoint_connection(self) -> None:
+        if self._checkpoint_conn is not None:
+            self._checkpoint_conn.close()
+            self._checkpoint_conn = None
 
 
 def _no_automatic_checkpoint(dbapi_connection: Any, _record: Any) -> None:
