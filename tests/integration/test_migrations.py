@@ -195,6 +195,34 @@ def test_messages_move_to_arrival_order_with_every_log_and_conversation_intact(
     asyncio.run(check())
 
 
+def test_a_failing_0004_on_sqlite_leaves_the_database_at_0003(tmp_path: Path) -> None:
+    """The renames, creates and copies of 0004 are one transaction on SQLite: a table in
+    the way of a rename fails it after the first statements, and nothing has changed."""
+    path = tmp_path / "chat.db"
+    url = f"sqlite:///{path}"
+    asyncio.run(migrate.upgrade(url, to="0003"))
+    with sqlite3.connect(path) as conn:
+        conn.execute(
+            "INSERT INTO users (id, name, name_key, password_hash) VALUES (1, 'a', 'a', 'h')"
+        )
+        conn.execute(
+            "INSERT INTO messages (conversation, seq, mid, sender_id, cid, time, body)"
+            " VALUES ('u:1:1', 1, 'm', 1, 'c', 't', x'7b7d')"
+        )
+        conn.execute("CREATE TABLE messages_0003 (x INTEGER)")  # in the way
+    with pytest.raises(migrate.DatabaseUnavailable, match="messages_0003"):
+        asyncio.run(migrate.upgrade(url))
+    assert asyncio.run(migrate.state(url)).current == "0003"
+    with sqlite3.connect(path) as conn:
+        indexes = {row[1] for row in conn.execute("PRAGMA index_list(messages)")}
+        assert "uq_messages_sender_cid" in indexes
+        assert conn.execute("SELECT mid, seq FROM messages").fetchall() == [("m", 1)]
+        tables = {
+            row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")
+        }
+        assert "inbox_0003" not in tables
+
+
 def test_db_upgrade_and_current_say_what_they_did(tmp_path: Path) -> None:
     url = _db(tmp_path)
     current = _run("db", "current", "--db", url)

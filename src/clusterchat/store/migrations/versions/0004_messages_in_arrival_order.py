@@ -10,7 +10,9 @@ consecutive). ``inbox`` entries point at ``messages.id``.
 
 The rows are copied in ``(conversation, seq)`` order, so within each
 conversation the new ids keep the old order; every user's log keeps its
-positions, so cursors stay valid.
+positions, so cursors stay valid. On SQLite and PostgreSQL it all happens
+in one transaction (a failure leaves the database at 0003); MySQL commits
+each DDL statement by itself.
 
 Revision ID: 0004
 Revises: 0003
@@ -45,6 +47,12 @@ _NUMBERED = (
 def upgrade() -> None:
     bind = op.get_bind()
     dialect = bind.dialect.name
+    driver = bind.connection.driver_connection
+    if dialect == "sqlite" and driver is not None and not driver.in_transaction:
+        # sqlite3 begins a transaction only before a row is written, so the
+        # renames and creates below would each commit alone: one transaction
+        # for all (SQLite's DDL is transactional), committed with the revision.
+        op.execute("BEGIN IMMEDIATE")
     # Out of the way first: index names are per schema on SQLite and PostgreSQL,
     # and foreign key names per database on MySQL (where an index stays with its
     # table, and this one serves the foreign key of sender_id).
