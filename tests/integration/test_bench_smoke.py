@@ -117,7 +117,8 @@ def test_ceiling_and_connect_figures(report: dict[str, Any]) -> None:
 
 @pytest.mark.parametrize("scenario", ["pairs", "groups"])
 def test_stepped_scenarios_have_figures(report: dict[str, Any], scenario: str) -> None:
-    """Each step of pairs and groups reports offered, delivered and the latency percentiles."""
+    """Each step of pairs and groups reports offered, delivered, the latency percentiles
+    and the nodes' CPU per message."""
     run = report[scenario]["run"]
     assert run["flows"] > 0
     assert run["steps"], run["stopped_because"]
@@ -126,6 +127,8 @@ def test_stepped_scenarios_have_figures(report: dict[str, Any], scenario: str) -
         assert step["delivered"] == step["expected"] > 0
         assert step["delivered_per_s"] > 0
         assert 0 < step["p50_ms"] <= step["p99_ms"] <= step["max_ms"]
+        # The nodes' CPU per message: a node does some work for every message.
+        assert step["node_us_per_message"] > 0, step
 
 
 @pytest.mark.parametrize("scenario", ["pairs", "groups"])

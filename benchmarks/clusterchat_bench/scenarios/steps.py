@@ -81,10 +81,10 @@ def run_steps(
                 on_progress=update,
             )
         figures = merge_step(number, offered, seconds, parts, options.p99_limit_ms)
-        node_seconds = meter.seconds(ctx.node_names())
-        node_us = (
-            round(1e6 * node_seconds / figures.messages_sent, 1) if figures.messages_sent else None
-        )
+        nodes = ctx.node_names()  # none when driving a running cluster (--target)
+        node_us = None
+        if nodes and figures.messages_sent:
+            node_us = round(1e6 * meter.seconds(nodes) / figures.messages_sent, 1)
         return replace(figures, cpu_percent=meter.percent(), node_us_per_message=node_us)
 
     # Warm-up: one message per flow in about a second.
