@@ -83,11 +83,15 @@ _MAX_PARAMETERS = 30_000
 #: How each dialect's cursor upsert keeps the larger position (fast path).
 _CURSOR_UPSERT_TAIL = {
     "sqlite": " ON CONFLICT (user_id, device) DO UPDATE SET pos = max(pos, excluded.pos)",
+    "postgresql": (
+        " ON CONFLICT (user_id, device) DO UPDATE SET pos = greatest(cursors.pos, excluded.pos)"
+    ),
     "mysql": " ON DUPLICATE KEY UPDATE pos = GREATEST(pos, VALUES(pos))",
     "mariadb": " ON DUPLICATE KEY UPDATE pos = GREATEST(pos, VALUES(pos))",
 }
-#: The placeholder of each positional paramstyle the fast insert path speaks.
-_MARKERS = {"qmark": "?", "format": "%s"}
+#: The positional paramstyles the fast path writes its own SQL text for
+#: (sqlite3's ``?``, MySQL drivers' ``%s``, asyncpg's ``$1``).
+_FAST_STYLES = frozenset({"qmark", "format", "numeric_dollar"})
 #: ``messages`` without ``id`` and ``created_at`` (filled by the database).
 _MESSAGE_COLUMNS = Table(
     "messages",
@@ -249,37 +253,46 @@ def _insert_many(
 ) -> list[tuple[int, int | None]]:
     """INSERT rows (tuples in ``table.columns`` order) as few multi-row statements as can be.
 
-    Returns, per statement, how many rows it inserted and the driver's
-    ``lastrowid`` after it (on SQLite the rowid of its last row).
+    Returns, per statement, how many rows it inserted and, on SQLite, the
+    rowid of its last row (None elsewhere).
 
     One statement per chunk, not one per row: on SQLite every statement step
     releases the GIL and the writer thread must then win it back from a busy
-    event loop (sqlite_writer.py). With a driver that takes ``?`` or ``%s``
+    event loop (sqlite_writer.py). With a paramstyle of ``_FAST_STYLES``
     the statement text is built once per chunk size and the values are bound
     by the driver, with no per-row work in SQLAlchemy; other drivers go
     through SQLAlchemy's own multi-row insert.
     """
     columns = [column.name for column in table.columns]
-    marker = _MARKERS.get(conn.dialect.paramstyle)
-    if marker is None:
+    style = conn.dialect.paramstyle
+    if style not in _FAST_STYLES:
         conn.execute(insert(table), [dict(zip(columns, row, strict=True)) for row in rows])
         return [(len(rows), None)]
     per_statement = max(1, _MAX_PARAMETERS // len(columns))
+    sqlite = conn.dialect.name == "sqlite"  # asyncpg's adapter has no lastrowid to ask
     done: list[tuple[int, int | None]] = []
     for start in range(0, len(rows), per_statement):
         chunk = rows[start : start + per_statement]
-        sql = _multi_row_insert(conn.dialect.name, table.name, tuple(columns), marker, len(chunk))
+        sql = _multi_row_insert(conn.dialect.name, table.name, tuple(columns), style, len(chunk))
         result = conn.exec_driver_sql(sql, tuple(value for row in chunk for value in row))
-        done.append((len(chunk), result.lastrowid))
+        done.append((len(chunk), result.lastrowid if sqlite else None))
     return done
 
 
 @functools.lru_cache(maxsize=256)
 def _multi_row_insert(
-    _dialect: str, table: str, columns: tuple[str, ...], marker: str, count: int
+    _dialect: str, table: str, columns: tuple[str, ...], style: str, count: int
 ) -> str:
-    group = "(" + ", ".join([marker] * len(columns)) + ")"
-    return f"INSERT INTO {table} ({', '.join(columns)}) VALUES " + ", ".join([group] * count)
+    marks = iter(_placeholders(style, len(columns) * count))
+    groups = ("(" + ", ".join(next(marks) for _ in columns) + ")" for _ in range(count))
+    return f"INSERT INTO {table} ({', '.join(columns)}) VALUES " + ", ".join(groups)
+
+
+def _placeholders(style: str, count: int) -> list[str]:
+    """``count`` positional placeholders of a paramstyle in ``_FAST_STYLES``, in order."""
+    if style == "numeric_dollar":
+        return [f"${number}" for number in range(1, count + 1)]
+    return [{"qmark": "?", "format": "%s"}[style]] * count
 
 
 def _originals(conn: Connection, batch: Sequence[NewMessage]) -> dict[tuple[int, str], Appended]:
@@ -384,18 +397,19 @@ def _last_of(
 
     The result comes back as one JSON object in one row: one statement step
     however many keys (``_insert_many`` says why steps matter). The statement
-    text is cached per number of keys; only drivers that take ``?`` or ``%s``
-    have one (others build it with SQLAlchemy each time).
+    text is cached per number of keys for the paramstyles of ``_FAST_STYLES``
+    (others build it with SQLAlchemy each time: on PostgreSQL that was 7-8% of
+    a node's CPU, benchmarks/RESULTS.md).
     """
     found: dict[Any, int] = {}
     wanted = sorted(keys)
     dialect = conn.dialect
-    marker = _MARKERS.get(dialect.paramstyle)
+    style = dialect.paramstyle
     for start in range(0, len(wanted), _IN_BATCH):
         chunk = wanted[start : start + _IN_BATCH]
-        if marker is not None:
+        if style in _FAST_STYLES:
             sql = _last_of_sql(
-                dialect.name, key.table.name, key.name, value.name, marker, len(chunk)
+                dialect.name, key.table.name, key.name, value.name, style, len(chunk)
             )
             text = conn.exec_driver_sql(sql, tuple(chunk)).scalar()
         else:
@@ -414,8 +428,8 @@ def _last_of(
 
 
 @functools.lru_cache(maxsize=1024)
-def _last_of_sql(dialect: str, table: str, key: str, value: str, marker: str, count: int) -> str:
-    marks = ", ".join([marker] * count)
+def _last_of_sql(dialect: str, table: str, key: str, value: str, style: str, count: int) -> str:
+    marks = ", ".join(_placeholders(style, count))
     return (
         f"SELECT {_JSON_OBJECT_AGG[dialect]}(k, v) FROM "
         f"(SELECT {key} AS k, max({value}) AS v FROM {table} "
@@ -442,16 +456,16 @@ def save_cursors(conn: Connection, items: Sequence[tuple[int, str, int]]) -> Non
         for (user_id, device), pos in sorted(latest.items())
     ]
     dialect = conn.dialect
-    marker = _MARKERS.get(dialect.paramstyle)
+    style = dialect.paramstyle
     tail = _CURSOR_UPSERT_TAIL.get(dialect.name)
     per_statement = _MAX_PARAMETERS // 3
     for start in range(0, len(rows), per_statement):
         chunk = rows[start : start + per_statement]
-        if marker is None or tail is None:
+        if style not in _FAST_STYLES or tail is None:
             conn.execute(_cursor_upsert(dialect.name, chunk))
             continue
         head = _multi_row_insert(
-            dialect.name, "cursors", ("user_id", "device", "pos"), marker, len(chunk)
+            dialect.name, "cursors", ("user_id", "device", "pos"), style, len(chunk)
         )
         values = tuple(v for row in chunk for v in (row["user_id"], row["device"], row["pos"]))
         conn.exec_driver_sql(head + tail, values)
