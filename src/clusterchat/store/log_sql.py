@@ -373,11 +373,26 @@ def _insert_messages(conn: Connection, fresh: Sequence[NewMessage]) -> list[int]
             ids.extend(range(last - count + 1, last + 1))
         return ids
     columns = [column.name for column in _MESSAGE_COLUMNS.columns]
-    values = [dict(zip(columns, row, strict=True)) for row in rows]
     if dialect.name == "postgresql" or getattr(dialect, "is_mariadb", False):
-        statement = insert(messages).returning(messages.c.id, messages.c.mid)
-        by_mid = {row.mid: row.id for row in conn.execute(statement, values)}
+        by_mid: dict[str, int] = {}
+        per_statement = _MAX_PARAMETERS // len(columns)
+        for start in range(0, len(rows), per_statement):
+            chunk = rows[start : start + per_statement]
+            if dialect.paramstyle in _FAST_STYLES:
+                sql = _multi_row_insert(
+                    dialect.name, "messages", tuple(columns), dialect.paramstyle, len(chunk)
+                )
+                found = conn.exec_driver_sql(
+                    sql + " RETURNING id, mid", tuple(v for row in chunk for v in row)
+                )
+            else:
+                found = conn.execute(
+                    insert(messages).returning(messages.c.id, messages.c.mid),
+                    [dict(zip(columns, row, strict=True)) for row in chunk],
+                )
+            by_mid.update((mid, number) for number, mid in found)
         return [by_mid[m.mid] for m in fresh]
+    values = [dict(zip(columns, row, strict=True)) for row in rows]
     result: list[int] = []
     for one in values:
         inserted = conn.execute(insert(messages), one).inserted_primary_key
