@@ -279,7 +279,7 @@ def _insert_many(
     return done
 
 
-@functools.lru_cache(maxsize=256)
+@functools.lru_cache(maxsize=32)  # a text per row count, up to ~100 KB each: keep few
 def _multi_row_insert(
     _dialect: str, table: str, columns: tuple[str, ...], style: str, count: int
 ) -> str:
@@ -442,7 +442,7 @@ def _last_of(
     return found
 
 
-@functools.lru_cache(maxsize=1024)
+@functools.lru_cache(maxsize=32)
 def _last_of_sql(dialect: str, table: str, key: str, value: str, style: str, count: int) -> str:
     marks = ", ".join(_placeholders(style, count))
     return (
