@@ -79,7 +79,11 @@ _PG_CONVERSATION_LOCK = 0x43430002 << 32  # "CC" 2: a conversation's numbering
 
 _IN_BATCH = 500
 #: Bound parameters per statement (SQLite's limit is 32,766; MySQL's 65,535).
-_MAX_PARAMETERS = 30_000
+#: Far below the limits: a compiled multi-row statement grows with its rows
+#: (a 10,000-row INSERT is megabytes) and is kept in the driver's statement
+#: cache; a flood to a 500-member group made such statements and grew a node
+#: 43 MB (test_storms.py). 3,000 is 1,000 log entries or 500 messages a statement.
+_MAX_PARAMETERS = 3_000
 #: How each dialect's cursor upsert keeps the larger position (fast path).
 _CURSOR_UPSERT_TAIL = {
     "sqlite": " ON CONFLICT (user_id, device) DO UPDATE SET pos = max(pos, excluded.pos)",
