@@ -40,6 +40,7 @@ import functools
 import hashlib
 import json
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import (
@@ -50,6 +51,7 @@ from sqlalchemy import (
     Table,
     func,
     insert,
+    literal_column,
     select,
     text,
 )
@@ -252,34 +254,55 @@ def _hash32(key: str) -> int:
     return int.from_bytes(hashlib.blake2b(key.encode(), digest_size=4).digest(), "big")
 
 
-def _insert_many(
-    conn: Connection, table: Table, rows: list[tuple[Any, ...]]
-) -> list[tuple[int, int | None]]:
-    """INSERT rows (tuples in ``table.columns`` order) as few multi-row statements as can be.
+@dataclass(frozen=True, slots=True)
+class _Inserted:
+    """One statement of ``_insert_many``: how many rows it inserted, on SQLite
+    the rowid of its last row, and the rows of its RETURNING clause."""
 
-    Returns, per statement, how many rows it inserted and, on SQLite, the
-    rowid of its last row (None elsewhere).
+    count: int
+    lastrowid: int | None
+    returned: list[tuple[Any, ...]]
+
+
+def _insert_many(
+    conn: Connection,
+    table: Table,
+    rows: list[tuple[Any, ...]],
+    returning: tuple[str, ...] = (),
+) -> list[_Inserted]:
+    """INSERT rows (tuples in ``table.columns`` order) as few multi-row statements as can be.
 
     One statement per chunk, not one per row: on SQLite every statement step
     releases the GIL and the writer thread must then win it back from a busy
     event loop (sqlite_writer.py). With a paramstyle of ``_FAST_STYLES``
     the statement text is built once per chunk size and the values are bound
     by the driver, with no per-row work in SQLAlchemy; other drivers go
-    through SQLAlchemy's own multi-row insert.
+    through SQLAlchemy's own multi-row insert. ``returning`` names columns
+    for a RETURNING clause (PostgreSQL, MariaDB).
     """
     columns = [column.name for column in table.columns]
     style = conn.dialect.paramstyle
     if style not in _FAST_STYLES:
-        conn.execute(insert(table), [dict(zip(columns, row, strict=True)) for row in rows])
-        return [(len(rows), None)]
+        statement = insert(table)
+        if returning:
+            statement = statement.returning(*(literal_column(name) for name in returning))
+        result = conn.execute(statement, [dict(zip(columns, row, strict=True)) for row in rows])
+        return [_Inserted(len(rows), None, [tuple(r) for r in result] if returning else [])]
+    tail = f" RETURNING {', '.join(returning)}" if returning else ""
     per_statement = max(1, _MAX_PARAMETERS // len(columns))
     sqlite = conn.dialect.name == "sqlite"  # asyncpg's adapter has no lastrowid to ask
-    done: list[tuple[int, int | None]] = []
+    done: list[_Inserted] = []
     for start in range(0, len(rows), per_statement):
         chunk = rows[start : start + per_statement]
         sql = _multi_row_insert(conn.dialect.name, table.name, tuple(columns), style, len(chunk))
-        result = conn.exec_driver_sql(sql, tuple(value for row in chunk for value in row))
-        done.append((len(chunk), result.lastrowid if sqlite else None))
+        result = conn.exec_driver_sql(sql + tail, tuple(value for row in chunk for value in row))
+        done.append(
+            _Inserted(
+                len(chunk),
+                result.lastrowid if sqlite else None,
+                [tuple(r) for r in result] if returning else [],
+            )
+        )
     return done
 
 
@@ -372,30 +395,18 @@ def _insert_messages(conn: Connection, fresh: Sequence[NewMessage]) -> list[int]
     dialect = conn.dialect
     if dialect.name == "sqlite":
         ids: list[int] = []
-        for count, last in _insert_many(conn, _MESSAGE_COLUMNS, rows):
-            assert last is not None  # sqlite3 always reports it
-            ids.extend(range(last - count + 1, last + 1))
+        for done in _insert_many(conn, _MESSAGE_COLUMNS, rows):
+            assert done.lastrowid is not None  # sqlite3 always reports it
+            ids.extend(range(done.lastrowid - done.count + 1, done.lastrowid + 1))
         return ids
-    columns = [column.name for column in _MESSAGE_COLUMNS.columns]
     if dialect.name == "postgresql" or getattr(dialect, "is_mariadb", False):
-        by_mid: dict[str, int] = {}
-        per_statement = _MAX_PARAMETERS // len(columns)
-        for start in range(0, len(rows), per_statement):
-            chunk = rows[start : start + per_statement]
-            if dialect.paramstyle in _FAST_STYLES:
-                sql = _multi_row_insert(
-                    dialect.name, "messages", tuple(columns), dialect.paramstyle, len(chunk)
-                )
-                found = conn.exec_driver_sql(
-                    sql + " RETURNING id, mid", tuple(v for row in chunk for v in row)
-                )
-            else:
-                found = conn.execute(
-                    insert(messages).returning(messages.c.id, messages.c.mid),
-                    [dict(zip(columns, row, strict=True)) for row in chunk],
-                )
-            by_mid.update((mid, number) for number, mid in found)
+        by_mid = {
+            mid: number
+            for done in _insert_many(conn, _MESSAGE_COLUMNS, rows, returning=("id", "mid"))
+            for number, mid in done.returned
+        }
         return [by_mid[m.mid] for m in fresh]
+    columns = [column.name for column in _MESSAGE_COLUMNS.columns]
     values = [dict(zip(columns, row, strict=True)) for row in rows]
     result: list[int] = []
     for one in values:
