@@ -18,9 +18,10 @@ own threads). A large ``others`` means the run competed with something else.
 import os
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["CpuMeter", "cpu_seconds", "family", "machine_busy_seconds"]
+__all__ = ["CpuMeter", "CpuUse", "cpu_seconds", "family", "machine_busy_seconds"]
 
 _TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -79,20 +80,28 @@ class CpuMeter:
             totals["machine"] = busy
         return totals
 
-    def seconds(self, names: Sequence[str]) -> float:
-        """CPU seconds used by the named groups together since the meter was made."""
-        after = self._read()
-        return sum(after[n] - self._before[n] for n in names if n in after and n in self._before)
-
-    def percent(self) -> dict[str, float]:
-        """Percent of one core used by each group since the meter was made."""
+    def stop(self) -> "CpuUse":
+        """What each group used since the meter was made (``/proc`` read once)."""
         wall = max(time.monotonic() - self._start, 1e-6)
         after = self._read()
-        result = {
-            name: round(100 * (after[name] - self._before[name]) / wall, 1)
-            for name in after
-            if name in self._before
-        }
+        used = {name: after[name] - self._before[name] for name in after if name in self._before}
+        return CpuUse(used, wall)
+
+
+@dataclass(frozen=True, slots=True)
+class CpuUse:
+    """CPU seconds per group over ``wall`` seconds (``CpuMeter.stop``)."""
+
+    used: dict[str, float]
+    wall: float
+
+    def seconds(self, names: Sequence[str]) -> float:
+        """CPU seconds of the named groups together."""
+        return sum(self.used.get(name, 0.0) for name in names)
+
+    def percent(self) -> dict[str, float]:
+        """Percent of one core used by each group, and ``others`` (module docstring)."""
+        result = {name: round(100 * value / self.wall, 1) for name, value in self.used.items()}
         if "machine" in result:
             ours = sum(value for name, value in result.items() if name != "machine")
             result["others"] = round(max(0.0, result["machine"] - ours), 1)

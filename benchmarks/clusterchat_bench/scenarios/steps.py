@@ -80,12 +80,13 @@ def run_steps(
                 timeout=2 * seconds + 2 + drain + 60,
                 on_progress=update,
             )
+        use = meter.stop()
         figures = merge_step(number, offered, seconds, parts, options.p99_limit_ms)
         nodes = ctx.node_names()  # none when driving a running cluster (--target)
         node_us = None
         if nodes and figures.messages_sent:
-            node_us = round(1e6 * meter.seconds(nodes) / figures.messages_sent, 1)
-        return replace(figures, cpu_percent=meter.percent(), node_us_per_message=node_us)
+            node_us = round(1e6 * use.seconds(nodes) / figures.messages_sent, 1)
+        return replace(figures, cpu_percent=use.percent(), node_us_per_message=node_us)
 
     # Warm-up: one message per flow in about a second.
     warmup = step(0, float(receivers), 1.0, max(options.drain_seconds, _WARMUP_DRAIN), "warm-up")
