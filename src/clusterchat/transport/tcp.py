@@ -128,9 +128,8 @@ class TcpConnection(asyncio.Protocol):
         self._bucket = TokenBucket(self._limits.max_rate, self._limits.max_burst)
         self._transport: asyncio.Transport | None = None
         # Requests (and refusals of undecodable ones) waiting behind a running
-        # request, answered in the order they came.
-        # Requests read while one is being handled; made when first needed (an
-        # empty deque is 624 bytes, most of an idle connection: docs/performance.md).
+        # request, answered in the order they came; made when first needed and
+        # dropped when emptied (an empty deque is 624 bytes: docs/performance.md).
         self._backlog: deque[Request | InvalidMessage] | None = None
         self._worker: asyncio.Task[None] | None = None
         self._backlog_full = False
