@@ -5,8 +5,10 @@ It creates a fresh database with 2,000 users in a temporary directory, then
 appends random one-to-one messages in batches through ``SqlStore.append`` as
 fast as it can: once from one process, then from two processes into the same
 file at once (as two nodes of one machine do). It prints messages per second
-for each. Numbers are for comparing versions on one machine (docs/performance.md
-quotes them); no test asserts on them.
+for each, and each process's CPU time per append in its writer thread and in
+its event loop (the hand-over of the batch and of the result). Numbers are
+for comparing versions on one machine (docs/performance.md quotes them); no
+test asserts on them.
 """
 
 import argparse
@@ -14,6 +16,7 @@ import asyncio
 import multiprocessing
 import random
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -40,10 +43,21 @@ async def _create(url: str) -> None:
     await store.close()
 
 
-async def _append(url: str, tag: str, batch: int, seconds: float) -> float:
+def _writer_cpu() -> float:
+    """CPU seconds of this process's SQLite writer thread so far (0 before it starts)."""
+    for thread in threading.enumerate():
+        if thread.name.startswith("sqlite-writer") and thread.ident is not None:
+            return time.clock_gettime(time.pthread_getcpuclockid(thread.ident))
+    return 0.0
+
+
+async def _append(url: str, tag: str, batch: int, seconds: float) -> tuple[float, float, float]:
+    """Messages appended per second, and the CPU µs per append of the writer
+    thread and of the event loop's side of it (handing the batch over and back)."""
     store = SqlStore(url, pool_size=SETTINGS.db_pool_size, lock_timeout=SETTINGS.db_lock_timeout)
     rng = random.Random(tag)
-    sent = 0
+    sent = appends = 0
+    loop_cpu = 0.0
     started = time.perf_counter()
     while time.perf_counter() - started < seconds:
         messages = []
@@ -60,14 +74,18 @@ async def _append(url: str, tag: str, batch: int, seconds: float) -> float:
                     BODY,
                 )
             )
+        before = time.thread_time()
         await store.append(messages)
+        loop_cpu += time.thread_time() - before
         sent += batch
+        appends += 1
     elapsed = time.perf_counter() - started
+    writer_cpu = _writer_cpu()
     await store.close()
-    return sent / elapsed
+    return sent / elapsed, writer_cpu / appends * 1e6, loop_cpu / appends * 1e6
 
 
-def _worker(url: str, tag: str, batch: int, seconds: float) -> float:
+def _worker(url: str, tag: str, batch: int, seconds: float) -> tuple[float, float, float]:
     return asyncio.run(_append(url, tag, batch, seconds))
 
 
@@ -85,10 +103,12 @@ def main() -> None:
                 rates = pool.starmap(
                     _worker, [(url, f"p{i}", args.batch, args.seconds) for i in range(processes)]
                 )
-            each = ", ".join(f"{rate:,.0f}" for rate in rates)
+            each = ", ".join(f"{rate:,.0f}" for rate, _, _ in rates)
+            cpu = ", ".join(f"{writer:.0f}+{loop:.0f}" for _, writer, loop in rates)
             print(
                 f"{processes} process(es), batches of {args.batch}: "
-                f"{sum(rates):,.0f} msgs/s in all ({each})"
+                f"{sum(rate for rate, _, _ in rates):,.0f} msgs/s in all ({each}); "
+                f"CPU µs per append, writer thread + event loop: {cpu}"
             )
 
 

@@ -295,15 +295,32 @@ def _insert_many(
     for start in range(0, len(rows), per_statement):
         chunk = rows[start : start + per_statement]
         sql = _multi_row_insert(conn.dialect.name, table.name, tuple(columns), style, len(chunk))
-        result = conn.exec_driver_sql(sql + tail, tuple(value for row in chunk for value in row))
-        done.append(
-            _Inserted(
-                len(chunk),
-                result.lastrowid if sqlite else None,
-                [tuple(r) for r in result] if returning else [],
+        cursor = _execute(conn, sql + tail, tuple(value for row in chunk for value in row))
+        try:
+            done.append(
+                _Inserted(
+                    len(chunk),
+                    cursor.lastrowid if sqlite else None,
+                    [tuple(r) for r in cursor.fetchall()] if returning else [],
+                )
             )
-        )
+        finally:
+            cursor.close()
     return done
+
+
+def _execute(conn: Connection, sql: str, parameters: tuple[Any, ...]) -> Any:
+    """Run SQL text of a ``_FAST_STYLES`` paramstyle on the DB-API cursor itself; return it.
+
+    ``exec_driver_sql`` wraps each statement in an execution context and a
+    result object, which these statements do not need. With that and the
+    writer's pooled connection gone, the SQLite writer thread's time per
+    append of 8 messages fell from 375-392 to 243-293 µs (docs/performance.md).
+    The caller closes the cursor.
+    """
+    cursor = conn.connection.cursor()
+    cursor.execute(sql, parameters)
+    return cursor
 
 
 @functools.lru_cache(maxsize=32)  # a text per row count, up to ~100 KB each: keep few
@@ -441,7 +458,12 @@ def _last_of(
             sql = _last_of_sql(
                 dialect.name, key.table.name, key.name, value.name, style, len(chunk)
             )
-            text = conn.exec_driver_sql(sql, tuple(chunk)).scalar()
+            cursor = _execute(conn, sql, tuple(chunk))
+            try:
+                row = cursor.fetchone()
+            finally:
+                cursor.close()
+            text = None if row is None else row[0]
         else:
             last = (
                 select(key.label("k"), func.max(value).label("v"))
@@ -498,4 +520,4 @@ def save_cursors(conn: Connection, items: Sequence[tuple[int, str, int]]) -> Non
             dialect.name, "cursors", ("user_id", "device", "pos"), style, len(chunk)
         )
         values = tuple(v for row in chunk for v in (row["user_id"], row["device"], row["pos"]))
-        conn.exec_driver_sql(head + tail, values)
+        _execute(conn, head + tail, values).close()

@@ -13,7 +13,8 @@ several node processes queue on an advisory file lock (``flock`` on
 ``<db>.write-lock``), which wakes the next one as soon as the lock is
 released, instead of letting them poll in the busy handler. ``BEGIN
 IMMEDIATE`` takes SQLite's write lock first, so a transaction that reads
-before it writes never has to upgrade.
+before it writes never has to upgrade. The thread keeps its one connection
+open between transactions instead of checking one out of a pool for each.
 
 The WAL is checkpointed in a thread of its own, on a connection of its own (a
 PASSIVE checkpoint at most every ``CHECKPOINT_INTERVAL``, asked for after a
@@ -80,6 +81,7 @@ class SqliteWriter:
         self._checkpoint_conn: sqlite3.Connection | None = None
         self._lock_path = f"{path}.write-lock"
         self._lock_fd: int | None = None
+        self._conn: Connection | None = None
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-writer")
         self._checkpointer = ThreadPoolExecutor(
             max_workers=1, thread_name_prefix="sqlite-checkpoint"
@@ -95,13 +97,30 @@ class SqliteWriter:
             self._lock_fd = os.open(self._lock_path, os.O_RDWR | os.O_CREAT, 0o600)
         fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
         try:
-            with self._engine.begin() as conn:
+            if self._conn is None:
+                self._conn = self._engine.connect()
+            conn = self._conn
+            try:
                 conn.exec_driver_sql("BEGIN IMMEDIATE")
                 result = work(conn)
+                conn.commit()
+            except BaseException:
+                self._abandon(conn)
+                raise
         finally:
             fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
         self._checkpoint()
         return result
+
+    def _abandon(self, conn: Connection) -> None:
+        """Roll a failed transaction back; a connection that cannot is closed
+        (the next transaction opens a new one)."""
+        try:
+            conn.rollback()
+        except Exception as exc:
+            log.warning("rolling back a failed write failed (%s); reconnecting", exc)
+            self._conn = None
+            conn.invalidate()
 
     def _checkpoint(self) -> None:
         now = time.monotonic()
@@ -134,6 +153,9 @@ class SqliteWriter:
         self._checkpointer.shutdown(wait=False)
 
     def _release(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
         self._engine.dispose()
         if self._lock_fd is not None:
             os.close(self._lock_fd)
