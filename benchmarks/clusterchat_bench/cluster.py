@@ -40,6 +40,8 @@ from typing import Any
 from clusterchat.cluster.children import start_node, start_redis
 from clusterchat.cluster.errors import ChildFailed
 from clusterchat.cluster.launcher import upgrade_database
+from clusterchat.cluster.log_writers import log_writer_pids as find_log_writers
+from clusterchat.cluster.log_writers import stop_log_writers
 from clusterchat.cluster.nginx import nginx_argv, render_nginx_conf
 from clusterchat.cluster.ports import free_port
 from clusterchat.cluster.processes import Child, spawn, stop, wait_for_port
@@ -70,6 +72,17 @@ RAISED_FOR_LOAD: dict[str, int] = {
 }
 #: Node settings of ``--cheap-hashing``: argon2 cheap enough for thousands of logins.
 CHEAP_HASHING: dict[str, int] = {"argon2_time_cost": 1, "argon2_memory_kib": 1024}
+
+
+#: The CPU meter's name of the SQLite log writer process (it counts with the nodes).
+LOG_WRITER = "log"
+
+
+def log_writer_pids(db_url: str) -> list[int]:
+    """Pids of the log writers of the SQLite database at ``db_url`` (none for others)."""
+    if not db_url.startswith("sqlite:///"):
+        return []
+    return find_log_writers(db_url.removeprefix("sqlite:///"))
 
 
 def node_environment(cheap_hashing: bool) -> dict[str, str]:
@@ -304,10 +317,15 @@ class BenchCluster:
         return {c.name: list(c.argv) for c in children if c is not None and c.alive()}
 
     def processes(self) -> dict[str, list[int]]:
-        """The pids of the children still running, by name (for the CPU meter)."""
+        """The pids of the children still running, by name (for the CPU meter), and
+        ``log``: the log writer the nodes started for their SQLite file, if any."""
         server = self.postgres.child if self.postgres is not None else None
         children = [*self.nodes, self.redis, self.nginx, server]
-        return {c.name: [c.pid] for c in children if c is not None and c.alive()}
+        running = {c.name: [c.pid] for c in children if c is not None and c.alive()}
+        writers = log_writer_pids(self.db_url) if self.workdir is not None else []
+        if writers:
+            running[LOG_WRITER] = writers
+        return running
 
     def database(self) -> dict[str, Any]:
         """What database the nodes share, for the header and ``bench.json`` (no password)."""
@@ -328,11 +346,14 @@ class BenchCluster:
         }
 
     def stop(self) -> None:
-        """Stop every child by pid: nginx, the nodes, Redis, the database server (idempotent)."""
+        """Stop every child by pid: nginx, the nodes, the log writer they started,
+        Redis, the database server (idempotent)."""
         if self.nginx is not None:
             stop(self.nginx, timeout=_STOP_TIMEOUT)
+        writers = log_writer_pids(self.db_url) if self.workdir is not None else []
         for child in self.nodes:
             stop(child, timeout=_STOP_TIMEOUT)
+        stop_log_writers(writers, _STOP_TIMEOUT)
         if self.redis is not None:
             stop(self.redis, timeout=_STOP_TIMEOUT)
         if self.postgres is not None:

@@ -45,7 +45,10 @@ class Node:
         self._tls = _tls_context(settings)  # first: a bad certificate starts nothing
         self.node_id = settings.node_id or secrets.token_hex(4)
         self.store = SqlStore(
-            settings.db, pool_size=settings.db_pool_size, lock_timeout=settings.db_lock_timeout
+            settings.db,
+            pool_size=settings.db_pool_size,
+            lock_timeout=settings.db_lock_timeout,
+            machine_writer=True,
         )
         self.bus: Bus
         self.presence: Presence
@@ -93,6 +96,7 @@ class Node:
         self.address: tuple[str, int] | None = None
 
     async def start(self) -> tuple[str, int]:
+        await self.store.start()
         await self.presence.start()
         await self.service.start()
         self.address = await self.tcp.start(

@@ -23,12 +23,14 @@ from pathlib import Path
 from typing import Protocol
 
 import pytest
+from sqlalchemy.engine import make_url
 
 from clusterchat.cluster.errors import ChildFailed
 from clusterchat.cluster.node_command import node_argv
 from clusterchat.cluster.ports import free_port
 from clusterchat.cluster.processes import Child, log_tail, spawn, stop, wait_for_log
 from tests.support.database import migrated
+from tests.support.log_writer import stop_log_writers
 from tests.support.timing import seconds
 
 __all__ = ["TEST_NODE_ENV", "NodeFactory", "NodeHandle", "node_factory"]
@@ -188,3 +190,8 @@ def node_factory(tmp_path: Path) -> Iterator[NodeFactory]:
             handle.stop()
     leftovers = [c.pid for h in started for c in (*h.previous, h.child) if not _gone(c)]
     assert not leftovers, f"node processes still running: {leftovers}"
+    for url in upgraded:
+        path = make_url(url).database
+        if make_url(url).get_backend_name() == "sqlite" and path:
+            killed = stop_log_writers(path)
+            assert not killed, f"log writers of {path} ignored SIGTERM: {killed}"

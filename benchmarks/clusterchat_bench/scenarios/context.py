@@ -5,7 +5,7 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Protocol, TypeVar
 
-from clusterchat_bench.cluster import BenchCluster
+from clusterchat_bench.cluster import LOG_WRITER, BenchCluster
 from clusterchat_bench.commands import Endpoint
 from clusterchat_bench.cpu import CpuMeter
 from clusterchat_bench.options import BenchOptions
@@ -53,8 +53,10 @@ class ScenarioContext:
         return CpuMeter({**self.cluster.processes(), "loadgen": self.workers.pids})
 
     def node_names(self) -> list[str]:
-        """The CPU meter's names of the cluster's nodes (none when driving a running cluster)."""
-        return [child.name for child in self.cluster.nodes]
+        """The CPU meter's names of the cluster's nodes and of their SQLite log writer
+        (none when driving a running cluster)."""
+        nodes = [child.name for child in self.cluster.nodes]
+        return [*nodes, LOG_WRITER] if nodes else []
 
     def endpoint(self, number: int) -> Endpoint:
         """Where user number ``number`` connects: node ``number`` mod N, or the balancer."""

@@ -66,6 +66,7 @@ from clusterchat.store.schema import cursors, inbox, messages
 __all__ = [
     "MYSQL_LOCK_STRIPES",
     "append",
+    "committed",
     "last_positions",
     "mysql_lock_names",
     "pg_lock_keys",
@@ -184,6 +185,37 @@ def append(conn: Connection, batch: Sequence[NewMessage], lock_timeout: int) -> 
             first = done[-1 - slot]
             results.append(Appended(first.mid, first.seq, first.time, first.body, (), True))
     return results
+
+
+def committed(conn: Connection, after: int, batch: Sequence[NewMessage]) -> dict[str, Appended]:
+    """The messages of ``batch`` stored with an id above ``after``, by ``mid``.
+
+    For a batch sent again after its first sending's outcome was lost (the
+    SQLite log writer died before answering, log_wire.py): ids grow in
+    commit order on SQLite, so ``after``, an id known before the batch was
+    first sent, bounds the search to the log's newest messages. Each one's
+    positions are found from the end of each recipient's log.
+    """
+    recipients = {m.mid: m.recipients for m in batch}
+    found: dict[str, Appended] = {}
+    mids = sorted(recipients)
+    for start in range(0, len(mids), _IN_BATCH):
+        query = select(messages.c.id, messages.c.mid, messages.c.time, messages.c.body).where(
+            messages.c.id > after, messages.c.mid.in_(mids[start : start + _IN_BATCH])
+        )
+        for row in conn.execute(query).all():
+            placed = []
+            for user_id in recipients[row.mid]:
+                pos = conn.execute(
+                    select(inbox.c.pos)
+                    .where(inbox.c.user_id == user_id, inbox.c.message_id == row.id)
+                    .order_by(inbox.c.pos.desc())
+                    .limit(1)
+                ).scalar()
+                assert pos is not None, "a committed message has every recipient entry"
+                placed.append((user_id, int(pos)))
+            found[row.mid] = Appended(row.mid, row.id, row.time, bytes(row.body), tuple(placed))
+    return found
 
 
 def pg_lock_keys(users: Iterable[int], conversations: Iterable[str]) -> list[int]:

@@ -40,6 +40,7 @@ from clusterchat.store.base import (
     Store,
     User,
 )
+from clusterchat.store.log_client import LogClient
 from clusterchat.store.schema import (
     chat_groups,
     cursors,
@@ -55,7 +56,7 @@ from clusterchat.store.sqlite_writer import SqliteWriter
 
 T = TypeVar("T")
 
-__all__ = ["SqlStore", "async_url"]
+__all__ = ["SqlStore", "async_url", "sqlite_pragmas"]
 
 _ASYNC_DRIVERS = {
     "sqlite": "sqlite+aiosqlite",
@@ -79,7 +80,7 @@ def async_url(url: str) -> str:
     return parsed.render_as_string(hide_password=False)
 
 
-def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+def sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor = dbapi_connection.cursor()
     # The timeout first: switching a database to WAL needs it alone, and two
     # nodes opening a new file at once would otherwise fail at once ("locked").
@@ -98,18 +99,31 @@ class SqlStore:
     SQLAlchemy's pool, whose 30 s timeout turned the last third into errno 50.
     ``pool_size`` connections are kept open (on SQLite each is a thread of
     aiosqlite's, and every thread more makes the GIL busier: the default,
-    ``Settings.db_pool_size``, is small). The log's writes on SQLite go
-    through the writer thread instead.
+    ``Settings.db_pool_size``, is small). Writes on SQLite go through the
+    writer thread instead, and with ``machine_writer`` the log's writes
+    (appends, cursors) through the machine's log writer process
+    (``log_server.py``).
 
     Args:
         url: The database URL (``sqlite:///...``, ``postgresql://...``, ``mysql://...``).
         pool_size: Connections used at once.
         lock_timeout: Seconds an append waits for another node's append to the
             same users (PostgreSQL, MySQL/MariaDB: log_sql.py); then it fails.
+        machine_writer: On a SQLite file, append through the log writer
+            process of that file (started when none runs). Nodes do; tools
+            and unit tests, which must start no process, do not.
         echo: Log every statement (debugging).
     """
 
-    def __init__(self, url: str, *, pool_size: int, lock_timeout: int, echo: bool = False) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        pool_size: int,
+        lock_timeout: int,
+        machine_writer: bool = False,
+        echo: bool = False,
+    ) -> None:
         self.url = async_url(url)
         self._lock_timeout = lock_timeout
         self._engine: AsyncEngine = create_async_engine(
@@ -117,12 +131,15 @@ class SqlStore:
         )
         self._slots = asyncio.Semaphore(pool_size)
         self._writer: SqliteWriter | None = None
+        self._log_client: LogClient | None = None
         self._named_locks = self._engine.dialect.name in ("mysql", "mariadb")
         if self._engine.dialect.name == "sqlite":
-            event.listen(self._engine.sync_engine, "connect", _sqlite_pragmas)
+            event.listen(self._engine.sync_engine, "connect", sqlite_pragmas)
             path = make_url(url).database
             if path and path != ":memory:":
-                self._writer = SqliteWriter(f"sqlite:///{path}", path, _sqlite_pragmas)
+                self._writer = SqliteWriter(f"sqlite:///{path}", path, sqlite_pragmas)
+                if machine_writer:
+                    self._log_client = LogClient(path)
 
     @contextlib.asynccontextmanager
     async def _connect(self) -> AsyncIterator[AsyncConnection]:
@@ -136,7 +153,15 @@ class SqlStore:
         async with self._slots, self._engine.begin() as conn:
             yield conn
 
+    async def start(self) -> None:
+        """With ``machine_writer``: connect to the log writer now (starting it if
+        none runs), so that the first append does not wait for it to start."""
+        if self._log_client is not None:
+            await self._log_client.connect()
+
     async def close(self) -> None:
+        if self._log_client is not None:
+            await self._log_client.close()
         if self._writer is not None:
             await self._writer.close()
         await self._engine.dispose()
@@ -309,6 +334,8 @@ class SqlStore:
     async def append(self, batch: Sequence[NewMessage]) -> list[Appended]:
         if not batch:
             return []
+        if self._log_client is not None:
+            return await self._log_client.append(batch)
         # No retry on a unique violation: appends that share a user or a
         # conversation are serialised (log_sql.py), so one would be a bug.
         work = partial(log_sql.append, batch=batch, lock_timeout=self._lock_timeout)
@@ -344,7 +371,9 @@ class SqlStore:
             return {row.device: row.pos for row in await conn.execute(query)}
 
     async def save_cursors(self, items: Sequence[tuple[int, str, int]]) -> None:
-        if items:
+        if self._log_client is not None:
+            await self._log_client.save_cursors(items)
+        elif items:
             await self._write(partial(log_sql.save_cursors, items=items))
 
     async def _write(self, work: Callable[[Connection], T], *, log: bool = False) -> T:

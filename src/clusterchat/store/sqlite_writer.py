@@ -90,9 +90,10 @@ class SqliteWriter:
     async def run(self, work: Callable[[Connection], T]) -> T:
         """Run ``work(conn)`` in one write transaction; return its result."""
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._thread, self._transaction, work)
+        return await loop.run_in_executor(self._thread, self.transaction, work)
 
-    def _transaction(self, work: Callable[[Connection], T]) -> T:
+    def transaction(self, work: Callable[[Connection], T]) -> T:
+        """``run``, in the calling thread (the log writer process's one thread)."""
         if self._lock_fd is None:
             self._lock_fd = os.open(self._lock_path, os.O_RDWR | os.O_CREAT, 0o600)
         fcntl.flock(self._lock_fd, fcntl.LOCK_EX)

@@ -1,0 +1,98 @@
+"""What the nodes of one machine and its SQLite log writer say to each other.
+
+The log writer (``log_server.py``) listens on an abstract Unix socket named
+after the database file (``socket_name``); nodes connect with ``log_client.py``.
+Every frame is a 4-byte big-endian length and a MessagePack body.
+
+* On accepting a connection the writer sends ``Hello``: the largest message
+  id in the log at that moment.
+* A node sends ``Request``: messages to append and cursors to save, in one
+  transaction. ``after`` is set when the request is sent again because the
+  connection was lost before its answer came: the messages of it with an id
+  above ``after`` may have been committed already (docs/delivery.md).
+* The writer answers each request with ``Reply``: one ``Appended`` per
+  message, or an error (the transaction was rolled back: nothing of the
+  request was stored).
+"""
+
+import hashlib
+import os
+import struct
+
+import msgspec
+
+from clusterchat.store.base import Appended, NewMessage
+
+__all__ = [
+    "HEADER",
+    "MAX_FRAME",
+    "Hello",
+    "Reply",
+    "Request",
+    "decode_appended",
+    "decode_messages",
+    "encode_appended",
+    "encode_messages",
+    "socket_name",
+]
+
+#: The length prefix of a frame.
+HEADER = struct.Struct(">I")
+#: The largest frame either side accepts (a node's batch is at most a quarter
+#: of its ``max_pending``, 8 MiB by default, plus the encoding's overhead).
+MAX_FRAME = 64 * 1024 * 1024
+
+#: A ``NewMessage`` on the wire: its fields in order.
+WireMessage = tuple[str, int, str, tuple[int, ...], str, bytes, str | None]
+#: An ``Appended`` on the wire: its fields in order.
+WireAppended = tuple[str, int, str, bytes, tuple[tuple[int, int], ...], bool]
+
+
+class Hello(msgspec.Struct, array_like=True, tag=1):
+    last_id: int
+
+
+class Request(msgspec.Struct, array_like=True, tag=2):
+    id: int
+    messages: list[WireMessage]
+    cursors: list[tuple[int, str, int]]
+    after: int | None = None
+
+
+class Reply(msgspec.Struct, array_like=True, tag=3):
+    id: int
+    appended: list[WireAppended]
+    error: str | None = None
+
+
+def socket_name(path: str) -> str:
+    """The abstract socket of the log writer of the SQLite file at ``path``.
+
+    Named after the file's device and inode, so every spelling of its path
+    finds the same writer, and a new file at an old path never finds the
+    writer of the old one.
+
+    Raises:
+        OSError: The file does not exist.
+    """
+    info = os.stat(path)
+    digest = hashlib.sha256(f"{info.st_dev}:{info.st_ino}".encode()).hexdigest()[:32]
+    return f"\0clusterchat-log-{digest}"
+
+
+def encode_messages(batch: list[NewMessage]) -> list[WireMessage]:
+    return [
+        (m.mid, m.sender_id, m.conversation, m.recipients, m.time, m.body, m.cid) for m in batch
+    ]
+
+
+def decode_messages(wire: list[WireMessage]) -> list[NewMessage]:
+    return [NewMessage(*fields) for fields in wire]
+
+
+def encode_appended(results: list[Appended]) -> list[WireAppended]:
+    return [(a.mid, a.seq, a.time, a.body, a.positions, a.duplicate) for a in results]
+
+
+def decode_appended(wire: list[WireAppended]) -> list[Appended]:
+    return [Appended(*fields) for fields in wire]
