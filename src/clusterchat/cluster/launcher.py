@@ -25,6 +25,7 @@ from types import FrameType
 from clusterchat.cluster.address_file import ClusterAddress, remove_address, write_address
 from clusterchat.cluster.children import start_node, start_redis
 from clusterchat.cluster.errors import ChildFailed
+from clusterchat.cluster.log_writers import log_writer_pids, stop_log_writers
 from clusterchat.cluster.nginx import NGINX_PACKAGES, STREAM_MODULE, nginx_argv, render_nginx_conf
 from clusterchat.cluster.ports import free_port
 from clusterchat.cluster.processes import (
@@ -233,10 +234,17 @@ class Cluster:
         return events
 
     def stop(self) -> None:
-        """Stop every child by pid: nginx, then the nodes, then Redis."""
-        for slot in [s for s in (self.nginx, *self.nodes, self.redis) if s is not None]:
+        """Stop every child by pid: nginx, then the nodes and the SQLite log writer
+        they started (not a child: found by its command line), then Redis."""
+        url = self.db_url
+        path = url.removeprefix("sqlite:///") if url.startswith("sqlite:///") else None
+        writers = log_writer_pids(path) if path else []
+        for slot in [s for s in (self.nginx, *self.nodes) if s is not None]:
             if slot.child is not None:
                 stop(slot.child, timeout=15.0)
+        stop_log_writers(writers, timeout=15.0)
+        if self.redis is not None and self.redis.child is not None:
+            stop(self.redis.child, timeout=15.0)
 
 
 def upgrade_database(db_url: str) -> list[str]:

@@ -85,7 +85,7 @@ class LogClient:
         reply = await self._call(request)
         for message in batch:
             self._uncertain.pop(message.mid, None)
-        appended = decode_appended(reply.appended)
+        appended = decode_appended(batch, reply.appended)
         if appended:
             self._known = max(self._known, max(a.seq for a in appended))
         return appended

@@ -18,6 +18,7 @@ Every frame is a 4-byte big-endian length and a MessagePack body.
 import hashlib
 import os
 import struct
+from collections.abc import Sequence
 
 import msgspec
 
@@ -44,8 +45,10 @@ MAX_FRAME = 64 * 1024 * 1024
 
 #: A ``NewMessage`` on the wire: its fields in order.
 WireMessage = tuple[str, int, str, tuple[int, ...], str, bytes, str | None]
-#: An ``Appended`` on the wire: its fields in order.
-WireAppended = tuple[str, int, str, bytes, tuple[tuple[int, int], ...], bool]
+#: An ``Appended`` on the wire: its ``seq`` and positions, and for a duplicate
+#: the original's ``mid``, ``time`` and body (a new message's are the node's own:
+#: not sent back).
+WireAppended = tuple[int, tuple[tuple[int, int], ...], tuple[str, str, bytes] | None]
 
 
 class Hello(msgspec.Struct, array_like=True, tag=1):
@@ -91,8 +94,16 @@ def decode_messages(wire: list[WireMessage]) -> list[NewMessage]:
 
 
 def encode_appended(results: list[Appended]) -> list[WireAppended]:
-    return [(a.mid, a.seq, a.time, a.body, a.positions, a.duplicate) for a in results]
+    return [(a.seq, a.positions, (a.mid, a.time, a.body) if a.duplicate else None) for a in results]
 
 
-def decode_appended(wire: list[WireAppended]) -> list[Appended]:
-    return [Appended(*fields) for fields in wire]
+def decode_appended(batch: Sequence[NewMessage], wire: list[WireAppended]) -> list[Appended]:
+    """The results of ``batch`` (the request's messages, in order) from their answer."""
+    results = []
+    for message, (seq, positions, original) in zip(batch, wire, strict=True):
+        if original is None:
+            results.append(Appended(message.mid, seq, message.time, message.body, positions))
+        else:
+            mid, time, body = original
+            results.append(Appended(mid, seq, time, body, positions, True))
+    return results
