@@ -371,9 +371,11 @@ class SqlStore:
             return {row.device: row.pos for row in await conn.execute(query)}
 
     async def save_cursors(self, items: Sequence[tuple[int, str, int]]) -> None:
+        if not items:
+            return
         if self._log_client is not None:
             await self._log_client.save_cursors(items)
-        elif items:
+        else:
             await self._write(partial(log_sql.save_cursors, items=items))
 
     async def _write(self, work: Callable[[Connection], T], *, log: bool = False) -> T:
