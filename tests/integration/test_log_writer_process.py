@@ -20,6 +20,7 @@ import pytest
 from blockbuster import BlockBuster
 from sqlalchemy import Row, create_engine, text
 
+from clusterchat.cluster.log_writers import log_writer_pids
 from clusterchat.store.base import Appended, NewMessage
 from clusterchat.store.log_client import LogWriterError
 from clusterchat.store.log_server import IDLE_EXIT, LogServer, apply_requests
@@ -27,7 +28,7 @@ from clusterchat.store.log_wire import socket_name
 from clusterchat.store.sql import SqlStore, sqlite_pragmas
 from clusterchat.store.sqlite_writer import SqliteWriter
 from tests.support.database import migrated
-from tests.support.log_writer import log_writers, wait_for_log_writers_to_exit
+from tests.support.log_writer import wait_for_log_writers_to_exit
 from tests.support.processes import pid_gone, wait_until
 from tests.support.timing import seconds
 
@@ -79,7 +80,7 @@ async def test_one_writer_serves_every_node_and_leaves_after_the_last(tmp_path: 
         *(s.append([_message(f"s{i}", n) for n in range(10)]) for i, s in enumerate(stores))
     )
     assert [len(r) for r in results] == [10, 10]
-    writers = await asyncio.to_thread(log_writers, path)
+    writers = await asyncio.to_thread(log_writer_pids, path)
     assert len(writers) == 1, f"expected one writer, found {writers}"
     await stores[0].close()
     await asyncio.sleep(IDLE_EXIT + 0.5)
@@ -113,7 +114,7 @@ async def test_a_writer_killed_mid_flood_loses_nothing_and_stores_nothing_twice(
                 await asyncio.sleep(0.005)
             if done.done():
                 break
-            for pid in await asyncio.to_thread(log_writers, path):
+            for pid in await asyncio.to_thread(log_writer_pids, path):
                 os.kill(pid, signal.SIGKILL)
                 kills += 1
         return kills
@@ -191,7 +192,7 @@ class _Forgetful(LogServer):
     """Commits the first ``forget`` batches, then drops the connection instead of answering."""
 
     def __init__(self, writer: SqliteWriter, forget: int) -> None:
-        super().__init__(writer)
+        super().__init__(writer, lock_timeout=10)
         self.forget = forget
 
     def _commit(self, batch: list[Any]) -> None:
@@ -199,7 +200,7 @@ class _Forgetful(LogServer):
             super()._commit(batch)
             return
         self.forget -= 1
-        self._writer.transaction(lambda conn: apply_requests(conn, batch))
+        self._writer.transaction(lambda conn: apply_requests(conn, batch, 10))
         for work in batch:
             work.peer.close()
 

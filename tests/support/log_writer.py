@@ -16,18 +16,13 @@ from clusterchat.cluster.log_writers import stop_log_writers as stop_pids
 from clusterchat.store.log_server import IDLE_EXIT
 from tests.support.processes import pid_gone, wait_until
 
-__all__ = ["log_writers", "stop_log_writers", "wait_for_log_writers_to_exit"]
-
-
-def log_writers(db_path: str | Path) -> list[int]:
-    """Pids of the log writers running for the SQLite file at ``db_path``."""
-    return [pid for pid in log_writer_pids(db_path) if not pid_gone(pid)]
+__all__ = ["stop_log_writers", "wait_for_log_writers_to_exit"]
 
 
 def wait_for_log_writers_to_exit(db_path: str | Path) -> list[int]:
     """Wait for the writers of ``db_path`` to exit on their own (their nodes are gone);
     SIGKILL any still running after twice ``IDLE_EXIT`` plus a margin. Returns those killed."""
-    pids = log_writers(db_path)
+    pids = log_writer_pids(db_path)
     if not pids:
         return []
     wait_until(lambda: all(pid_gone(pid) for pid in pids), timeout=2 * IDLE_EXIT + 5)
@@ -40,4 +35,4 @@ def wait_for_log_writers_to_exit(db_path: str | Path) -> list[int]:
 def stop_log_writers(db_path: str | Path) -> list[int]:
     """SIGTERM the writers of ``db_path`` and wait for them; SIGKILL any still
     running after 10 s. Returns those that had to be killed."""
-    return stop_pids(log_writers(db_path), timeout=10)
+    return stop_pids(log_writer_pids(db_path), timeout=10)

@@ -15,7 +15,7 @@ __all__ = ["log_writer_pids", "stop_log_writers"]
 
 
 def log_writer_pids(db_path: str | Path) -> list[int]:
-    """Pids of the log writers running for the SQLite file at ``db_path``."""
+    """Pids of the log writers running for the SQLite file at ``db_path`` (not zombies)."""
     wanted = str(db_path).encode()
     found = []
     for entry in Path("/proc").iterdir():
@@ -27,7 +27,7 @@ def log_writer_pids(db_path: str | Path) -> list[int]:
             continue
         if b"clusterchat.store.log_server" in argv and wanted in argv:
             found.append(int(entry.name))
-    return found
+    return [pid for pid in found if _running(pid)]
 
 
 def stop_log_writers(pids: list[int], timeout: float) -> list[int]:

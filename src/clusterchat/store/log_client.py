@@ -1,7 +1,7 @@
 """LogClient: a node's side of the machine's SQLite log writer (``log_server.py``).
 
 ``append`` and ``save_cursors`` send a request and wait for its answer. The
-first request connects; when nobody listens on the file's socket, the
+first request (or ``connect``) connects; when nobody listens on the file's socket, the
 client starts the writer (``python -m clusterchat.store.log_server
 --detach``: a process of its own session, nobody's child, so that it
 outlives this node and serves the others) and connects again. Several nodes starting one each is
@@ -58,10 +58,14 @@ class LogWriterError(Exception):
 
 
 class LogClient:
-    """Sends the log's writes of one node to the writer of the SQLite file at ``path``."""
+    """Sends the log's writes of one node to the writer of the SQLite file at ``path``.
 
-    def __init__(self, path: str) -> None:
+    ``lock_timeout`` is given to a writer this client starts (``log_sql.append``).
+    """
+
+    def __init__(self, path: str, lock_timeout: int) -> None:
         self._path = path
+        self._lock_timeout = lock_timeout
         self._name: str | None = None
         with contextlib.suppress(OSError):  # no file yet: named at the first connection
             self._name = socket_name(path)  # here, where no event loop waits for it
@@ -151,29 +155,33 @@ class LogClient:
                 if failures % 50 == 0:
                     log.warning("cannot reach the log writer of %s: %s", self._path, exc)
                 failures += 1
+            else:
+                try:
+                    await self._serve(reader, writer)
+                except (OSError, asyncio.IncompleteReadError, msgspec.DecodeError) as exc:
+                    if not self._closed and failures % 50 == 0:
+                        log.warning(
+                            "lost the log writer of %s (%s); sending again", self._path, exc
+                        )
+                finally:
+                    self._writer = None
+                    self._connected.clear()
+                    writer.close()
+                    failures = 0 if self._answered else failures + 1
+                    self._answered = False
+                self._mark_unanswered()
+            if failures:  # nothing answered since the last failure: do not spin
                 await asyncio.sleep(min(0.05 * failures, 1.0))
-                continue
-            try:
-                await self._serve(reader, writer)
-            except (OSError, asyncio.IncompleteReadError, msgspec.DecodeError) as exc:
-                if not self._closed and failures % 50 == 0:
-                    log.warning("lost the log writer of %s (%s); sending again", self._path, exc)
-            finally:
-                self._writer = None
-                self._connected.clear()
-                writer.close()
-                failures = 0 if self._answered else failures + 1
-                self._answered = False
-            if failures:  # lost before any answer: do not spin
-                await asyncio.sleep(min(0.05 * failures, 1.0))
-            # Whatever was sent and not answered may or may not be in the log.
-            for request, _ in self._open.values():
-                sent = self._known_at_send.get(request.id)
-                if request.messages and sent is not None:
-                    after = sent if request.after is None else min(sent, request.after)
-                    request.after = after
-                    for fields in request.messages:
-                        self._uncertain.setdefault(fields[0], after)
+
+    def _mark_unanswered(self) -> None:
+        """Whatever was sent and not answered may or may not be in the log."""
+        for request, _ in self._open.values():
+            sent = self._known_at_send.get(request.id)
+            if request.messages and sent is not None:
+                after = sent if request.after is None else min(sent, request.after)
+                request.after = after
+                for fields in request.messages:
+                    self._uncertain.setdefault(fields[0], after)
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         hello = _decode(await _read_frame(reader))
@@ -224,6 +232,8 @@ class LogClient:
             "-m",
             "clusterchat.store.log_server",
             "--detach",
+            "--lock-timeout",
+            str(self._lock_timeout),
             self._path,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,

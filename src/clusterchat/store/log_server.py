@@ -1,7 +1,8 @@
 """The log writer: one process per SQLite file that appends the log for every node of the machine.
 
 Started by the first node that needs it (``log_client.py``), as
-``python -m clusterchat.store.log_server <db>``; it serves the nodes that
+``python -m clusterchat.store.log_server --detach --lock-timeout S <db>``
+(S: that node's ``Settings.db_lock_timeout``); it serves the nodes that
 connect to its abstract Unix socket (``log_wire.socket_name``) and exits
 ``IDLE_EXIT`` seconds after the last one left. A second writer started for
 the same file finds the socket's name taken and exits at once, so there is
@@ -33,6 +34,7 @@ Only processes of the writer's own user may connect (``SO_PEERCRED``): the
 socket has no file and so no file permissions.
 """
 
+import argparse
 import asyncio
 import errno
 import logging
@@ -42,7 +44,7 @@ import socket
 import struct
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import cast
 
 import msgspec
@@ -71,9 +73,6 @@ log = logging.getLogger("clusterchat.store")
 IDLE_EXIT = 2.0
 #: Messages one transaction appends at most (more requests: more transactions).
 MAX_MESSAGES = 4000
-#: Seconds an append waits for the file's write lock (another writer's, or a
-#: node's account writes), as ``Settings.db_lock_timeout`` does for nodes.
-LOCK_TIMEOUT = 10
 _PEERCRED = struct.Struct("3i")
 _decode_request = msgspec.msgpack.Decoder(Request).decode
 _encode = msgspec.msgpack.Encoder().encode
@@ -85,7 +84,7 @@ class _Work:
 
     peer: "_Peer"
     request: Request
-    messages: list[NewMessage] = field(default_factory=list)
+    messages: list[NewMessage]
 
 
 class _Peer(asyncio.Protocol):
@@ -145,10 +144,13 @@ class LogServer:
     Args:
         writer: The writer of the SQLite file (its ``transaction`` is used
             in this thread).
+        lock_timeout: Seconds an append waits for a lock (``log_sql.append``;
+            the starting node's ``Settings.db_lock_timeout``).
     """
 
-    def __init__(self, writer: SqliteWriter) -> None:
+    def __init__(self, writer: SqliteWriter, lock_timeout: int) -> None:
         self._writer = writer
+        self._lock_timeout = lock_timeout
         self._peers: set[_Peer] = set()
         self._waiting: list[_Work] = []
         self._flushing = False
@@ -195,7 +197,9 @@ class LogServer:
         """Commit ``batch`` in one transaction and answer each request; on a
         failure, each request alone (one bad request fails alone)."""
         try:
-            results = self._writer.transaction(lambda conn: apply_requests(conn, batch))
+            results = self._writer.transaction(
+                lambda conn: apply_requests(conn, batch, self._lock_timeout)
+            )
         except Exception as exc:
             if len(batch) > 1:
                 for work in batch:
@@ -213,14 +217,16 @@ class LogServer:
             peer.close()
 
 
-def apply_requests(conn: Connection, batch: Sequence[_Work]) -> list[list[Appended]]:
+def apply_requests(
+    conn: Connection, batch: Sequence[_Work], lock_timeout: int
+) -> list[list[Appended]]:
     """The log's writes of ``batch`` in the caller's transaction; the results per request."""
     found: dict[str, Appended] = {}
     for work in batch:
         if work.request.after is not None and work.messages:
             found.update(log_sql.committed(conn, work.request.after, work.messages))
     fresh = [m for work in batch for m in work.messages if m.mid not in found]
-    appended = iter(log_sql.append(conn, fresh, LOCK_TIMEOUT) if fresh else [])
+    appended = iter(log_sql.append(conn, fresh, lock_timeout) if fresh else [])
     cursors = [item for work in batch for item in work.request.cursors]
     if cursors:
         log_sql.save_cursors(conn, cursors)
@@ -244,11 +250,11 @@ def _same_user(transport: asyncio.Transport) -> bool:
     return bool(uid == os.getuid())
 
 
-async def serve(listener: socket.socket, path: str) -> None:
+async def serve(listener: socket.socket, path: str, lock_timeout: int) -> None:
     """Serve the nodes on ``listener`` until the last one left (or SIGTERM/SIGINT)."""
     loop = asyncio.get_running_loop()
     writer = SqliteWriter(f"sqlite:///{path}", path, sqlite_pragmas)
-    server = LogServer(writer)
+    server = LogServer(writer, lock_timeout)
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, server.done.set)
     listening = await loop.create_unix_server(server.connection, sock=listener)
@@ -263,24 +269,24 @@ async def serve(listener: socket.socket, path: str) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m clusterchat.store.log_server [--detach] <db>``: 0 also when another
-    writer serves the file.
+    """``python -m clusterchat.store.log_server [--detach] --lock-timeout S <db>``: 0
+    also when another writer serves the file.
 
     ``--detach``: once the socket listens, fork; the first process exits (so
     that its starter, waiting for it, knows the writer listens) and the
     writer goes on in a session of its own.
     """
-    args = list(sys.argv[1:] if argv is None else argv)
-    detach = args[:1] == ["--detach"]
-    if detach:
-        args = args[1:]
-    if len(args) != 1:
-        print(
-            "usage: python -m clusterchat.store.log_server [--detach] <sqlite file>",
-            file=sys.stderr,
-        )
-        return 2
-    path = args[0]
+    parser = argparse.ArgumentParser(
+        prog="python -m clusterchat.store.log_server",
+        description="The log writer of one SQLite file (started by the nodes themselves).",
+    )
+    parser.add_argument("--detach", action="store_true", help="fork once listening")
+    parser.add_argument(
+        "--lock-timeout", type=int, required=True, help="seconds an append waits for a lock"
+    )
+    parser.add_argument("path", help="the SQLite file")
+    args = parser.parse_args(argv)
+    path: str = args.path
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
@@ -294,13 +300,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"log writer for {path}: {exc}", file=sys.stderr)
         return 1
     listener.listen(64)
-    if detach:
+    if args.detach:
         if os.fork() != 0:
             os._exit(0)
         os.setsid()
     import uvloop
 
-    uvloop.run(serve(listener, path))
+    uvloop.run(serve(listener, path, args.lock_timeout))
     return 0
 
 

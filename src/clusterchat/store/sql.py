@@ -139,7 +139,7 @@ class SqlStore:
             if path and path != ":memory:":
                 self._writer = SqliteWriter(f"sqlite:///{path}", path, sqlite_pragmas)
                 if machine_writer:
-                    self._log_client = LogClient(path)
+                    self._log_client = LogClient(path, lock_timeout)
 
     @contextlib.asynccontextmanager
     async def _connect(self) -> AsyncIterator[AsyncConnection]:
