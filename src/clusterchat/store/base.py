@@ -27,6 +27,8 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Protocol
 
+import msgspec
+
 __all__ = [
     "Appended",
     "Friendship",
@@ -76,9 +78,15 @@ class Member:
     role: str  # "creator" or "normal"
 
 
-@dataclass(frozen=True, slots=True)
-class NewMessage:
-    """A message to append to the log.
+# The log's own records are msgspec structs, not frozen dataclasses: one is
+# made per message and recipient on the hot path (in the node and in the
+# SQLite log writer), and a frozen dataclass costs 2.3 µs to make where a
+# struct costs 0.13 µs (docs/performance.md). They hold no references that
+# could form a cycle, so the garbage collector does not track them.
+
+
+class NewMessage(msgspec.Struct, frozen=True, array_like=True, gc=False):
+    """A message to append to the log (on the log writer's wire: an array).
 
     Attributes:
         mid: Its server message id (cluster-unique).
@@ -99,8 +107,7 @@ class NewMessage:
     cid: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class Appended:
+class Appended(msgspec.Struct, frozen=True, gc=False):
     """The outcome of appending one ``NewMessage``.
 
     Attributes:
@@ -118,8 +125,7 @@ class Appended:
     duplicate: bool = False
 
 
-@dataclass(frozen=True, slots=True)
-class LogEntry:
+class LogEntry(msgspec.Struct, frozen=True, gc=False):
     pos: int
     body: bytes
 

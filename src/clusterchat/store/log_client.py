@@ -37,7 +37,6 @@ from clusterchat.store.log_wire import (
     Reply,
     Request,
     decode_appended,
-    encode_messages,
     socket_name,
 )
 
@@ -85,7 +84,7 @@ class LogClient:
 
     async def append(self, batch: Sequence[NewMessage]) -> list[Appended]:
         marks = [self._uncertain[m.mid] for m in batch if m.mid in self._uncertain]
-        request = Request(0, encode_messages(list(batch)), [], min(marks) if marks else None)
+        request = Request(0, list(batch), [], min(marks) if marks else None)
         reply = await self._call(request)
         for message in batch:
             self._uncertain.pop(message.mid, None)
@@ -180,8 +179,8 @@ class LogClient:
             if request.messages and sent is not None:
                 after = sent if request.after is None else min(sent, request.after)
                 request.after = after
-                for fields in request.messages:
-                    self._uncertain.setdefault(fields[0], after)
+                for message in request.messages:
+                    self._uncertain.setdefault(message.mid, after)
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         hello = _decode(await _read_frame(reader))

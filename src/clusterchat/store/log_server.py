@@ -58,7 +58,6 @@ from clusterchat.store.log_wire import (
     Hello,
     Reply,
     Request,
-    decode_messages,
     encode_appended,
     socket_name,
 )
@@ -174,7 +173,7 @@ class LogServer:
             self._idle = asyncio.get_running_loop().call_later(IDLE_EXIT, self.done.set)
 
     def received(self, peer: _Peer, request: Request) -> None:
-        self._waiting.append(_Work(peer, request, decode_messages(request.messages)))
+        self._waiting.append(_Work(peer, request, request.messages))
         if not self._flushing:
             self._flushing = True
             asyncio.get_running_loop().call_soon(self._flush)

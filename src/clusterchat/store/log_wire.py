@@ -31,9 +31,7 @@ __all__ = [
     "Reply",
     "Request",
     "decode_appended",
-    "decode_messages",
     "encode_appended",
-    "encode_messages",
     "socket_name",
 ]
 
@@ -43,8 +41,6 @@ HEADER = struct.Struct(">I")
 #: of its ``max_pending``, 8 MiB by default, plus the encoding's overhead).
 MAX_FRAME = 64 * 1024 * 1024
 
-#: A ``NewMessage`` on the wire: its fields in order.
-WireMessage = tuple[str, int, str, tuple[int, ...], str, bytes, str | None]
 #: An ``Appended`` on the wire: its ``seq`` and positions, and for a duplicate
 #: the original's ``mid``, ``time`` and body (a new message's are the node's own:
 #: not sent back).
@@ -57,7 +53,7 @@ class Hello(msgspec.Struct, array_like=True, tag=1):
 
 class Request(msgspec.Struct, array_like=True, tag=2):
     id: int
-    messages: list[WireMessage]
+    messages: list[NewMessage]
     cursors: list[tuple[int, str, int]]
     after: int | None = None
 
@@ -81,16 +77,6 @@ def socket_name(path: str) -> str:
     info = os.stat(path)
     digest = hashlib.sha256(f"{info.st_dev}:{info.st_ino}".encode()).hexdigest()[:32]
     return f"\0clusterchat-log-{digest}"
-
-
-def encode_messages(batch: list[NewMessage]) -> list[WireMessage]:
-    return [
-        (m.mid, m.sender_id, m.conversation, m.recipients, m.time, m.body, m.cid) for m in batch
-    ]
-
-
-def decode_messages(wire: list[WireMessage]) -> list[NewMessage]:
-    return [NewMessage(*fields) for fields in wire]
 
 
 def encode_appended(results: list[Appended]) -> list[WireAppended]:
