@@ -39,7 +39,7 @@ the append fails, its locks are released, and the node's LogWriter retries it.
 import functools
 import hashlib
 import json
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -105,13 +105,6 @@ _MESSAGE_COLUMNS = Table(
     MetaData(),
     *(Column(c.name, c.type) for c in messages.columns if c.name not in ("id", "created_at")),
 )
-#: The aggregate that folds (key, value) rows into one JSON object, per dialect.
-_JSON_OBJECT_AGG = {
-    "sqlite": "json_group_object",
-    "postgresql": "json_object_agg",
-    "mysql": "json_objectagg",
-    "mariadb": "json_objectagg",
-}
 
 
 def _cursor_upsert(dialect: str, rows: list[dict[str, Any]]) -> Executable:
@@ -406,9 +399,7 @@ def _allocate_positions(
     """
     following = {
         user_id: last + 1
-        for user_id, last in _last_of(
-            conn, inbox.c.user_id, inbox.c.pos, {r for m in fresh for r in m.recipients}, int
-        ).items()
+        for user_id, last in last_positions(conn, {r for m in fresh for r in m.recipients}).items()
     }
     placed: list[tuple[tuple[int, int], ...]] = []
     for m in fresh:
@@ -465,65 +456,64 @@ def _insert_messages(conn: Connection, fresh: Sequence[NewMessage]) -> list[int]
     return result
 
 
-def _last_of(
-    conn: Connection,
-    key: Column[Any],
-    value: Column[int],
-    keys: set[Any],
-    key_type: Callable[[str], Any],
-) -> dict[Any, int]:
-    """``max(value)`` per ``key`` among ``keys`` (absent: no row yet); one index probe each.
+#: Where each of a list of users' logs ends, as one JSON object in one row,
+#: per dialect; ``{keys}`` is the list (one parameter: a JSON array, or on
+#: PostgreSQL an array). Each user's end is a scalar subquery that walks the
+#: inbox's primary key backwards and stops at its first entry: one index probe
+#: per user, whatever the log's length. (A ``max(pos) ... GROUP BY user_id``
+#: read each user's whole log on SQLite and PostgreSQL: 40 users with 3,000
+#: entries each took 24 ms on SQLite; docs/performance.md.) The text does not
+#: depend on how many users are asked for, so each connection compiles it once.
+_LAST_POSITIONS = {
+    "sqlite": "SELECT json_group_object(value, ({last} = value {tail})) FROM json_each({keys})",
+    "postgresql": (
+        "SELECT json_object_agg(k, ({last} = k {tail})) FROM unnest(CAST({keys} AS integer[])) k"
+    ),
+    "mysql": (
+        "SELECT json_objectagg(k, ({last} = k {tail}))"
+        " FROM json_table({keys}, '$[*]' COLUMNS (k INTEGER PATH '$')) AS ks"
+    ),
+}
+_LAST_POSITIONS["mariadb"] = _LAST_POSITIONS["mysql"]
+_LAST_ENTRY = "SELECT pos FROM inbox WHERE user_id"
+_LAST_ENTRY_TAIL = "ORDER BY pos DESC LIMIT 1"
 
-    The result comes back as one JSON object in one row: one statement step
-    however many keys (``_insert_many`` says why steps matter). The statement
-    text is cached per number of keys for the paramstyles of ``_FAST_STYLES``
-    (others build it with SQLAlchemy each time: on PostgreSQL that was 7-8% of
-    a node's CPU, benchmarks/RESULTS.md).
+
+def last_positions_sql(dialect: str, marker: str) -> str:
+    """The statement of ``last_positions`` for ``dialect``, its one parameter
+    written as ``marker`` (tests EXPLAIN it)."""
+    return _LAST_POSITIONS[dialect].format(last=_LAST_ENTRY, tail=_LAST_ENTRY_TAIL, keys=marker)
+
+
+def last_positions(conn: Connection, user_ids: Iterable[int]) -> dict[int, int]:
+    """The last position of each user's log (users with an empty log are absent).
+
+    One statement per ``_IN_BATCH`` users, one index probe per user
+    (``_LAST_POSITIONS``); with a paramstyle of ``_FAST_STYLES`` it runs on
+    the DB-API cursor itself (``_execute``), else through SQLAlchemy.
     """
-    found: dict[Any, int] = {}
-    wanted = sorted(keys)
+    found: dict[int, int] = {}
+    wanted = sorted(set(user_ids))
     dialect = conn.dialect
     style = dialect.paramstyle
     for start in range(0, len(wanted), _IN_BATCH):
         chunk = wanted[start : start + _IN_BATCH]
+        keys: list[int] | str = chunk if dialect.name == "postgresql" else json.dumps(chunk)
         if style in _FAST_STYLES:
-            sql = _last_of_sql(
-                dialect.name, key.table.name, key.name, value.name, style, len(chunk)
-            )
-            cursor = _execute(conn, sql, tuple(chunk))
+            marker = _placeholders(style, 1)[0]
+            cursor = _execute(conn, last_positions_sql(dialect.name, marker), (keys,))
             try:
                 row = cursor.fetchone()
             finally:
                 cursor.close()
-            text = None if row is None else row[0]
+            answer = None if row is None else row[0]
         else:
-            last = (
-                select(key.label("k"), func.max(value).label("v"))
-                .where(key.in_(chunk))
-                .group_by(key)
-                .subquery()
-            )
-            aggregate = getattr(func, _JSON_OBJECT_AGG[dialect.name])
-            text = conn.execute(select(aggregate(last.c.k, last.c.v))).scalar()
-        if text:
-            decoded = json.loads(text) if isinstance(text, str) else text
-            found.update((key_type(k), int(v)) for k, v in decoded.items())
+            statement = text(last_positions_sql(dialect.name, ":keys"))
+            answer = conn.execute(statement, {"keys": keys}).scalar()
+        if answer:
+            decoded = json.loads(answer) if isinstance(answer, str) else answer
+            found.update((int(k), int(v)) for k, v in decoded.items() if v is not None)
     return found
-
-
-@functools.lru_cache(maxsize=32)
-def _last_of_sql(dialect: str, table: str, key: str, value: str, style: str, count: int) -> str:
-    marks = ", ".join(_placeholders(style, count))
-    return (
-        f"SELECT {_JSON_OBJECT_AGG[dialect]}(k, v) FROM "
-        f"(SELECT {key} AS k, max({value}) AS v FROM {table} "
-        f"WHERE {key} IN ({marks}) GROUP BY {key}) AS last"
-    )
-
-
-def last_positions(conn: Connection, user_ids: Sequence[int]) -> dict[int, int]:
-    """The last position of each user's log (users with an empty log are absent)."""
-    return _last_of(conn, inbox.c.user_id, inbox.c.pos, set(user_ids), int)
 
 
 def save_cursors(conn: Connection, items: Sequence[tuple[int, str, int]]) -> None:
