@@ -41,6 +41,7 @@ import hashlib
 import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from itertools import chain
 from typing import Any
 
 from sqlalchemy import (
@@ -320,7 +321,7 @@ def _insert_many(
     for start in range(0, len(rows), per_statement):
         chunk = rows[start : start + per_statement]
         sql = _multi_row_insert(conn.dialect.name, table.name, tuple(columns), style, len(chunk))
-        cursor = _execute(conn, sql + tail, tuple(value for row in chunk for value in row))
+        cursor = _execute(conn, sql + tail, tuple(chain.from_iterable(chunk)))
         try:
             done.append(
                 _Inserted(
@@ -525,10 +526,7 @@ def save_cursors(conn: Connection, items: Sequence[tuple[int, str, int]]) -> Non
     for user_id, device, pos in items:
         key = (user_id, device)
         latest[key] = max(pos, latest.get(key, 0))
-    rows = [
-        {"user_id": user_id, "device": device, "pos": pos}
-        for (user_id, device), pos in sorted(latest.items())
-    ]
+    rows = [(user_id, device, pos) for (user_id, device), pos in sorted(latest.items())]
     dialect = conn.dialect
     style = dialect.paramstyle
     tail = _CURSOR_UPSERT_TAIL.get(dialect.name)
@@ -536,10 +534,10 @@ def save_cursors(conn: Connection, items: Sequence[tuple[int, str, int]]) -> Non
     for start in range(0, len(rows), per_statement):
         chunk = rows[start : start + per_statement]
         if style not in _FAST_STYLES or tail is None:
-            conn.execute(_cursor_upsert(dialect.name, chunk))
+            values = [{"user_id": u, "device": d, "pos": p} for u, d, p in chunk]
+            conn.execute(_cursor_upsert(dialect.name, values))
             continue
         head = _multi_row_insert(
             dialect.name, "cursors", ("user_id", "device", "pos"), style, len(chunk)
         )
-        values = tuple(v for row in chunk for v in (row["user_id"], row["device"], row["pos"]))
-        _execute(conn, head + tail, values).close()
+        _execute(conn, head + tail, tuple(chain.from_iterable(chunk))).close()
