@@ -90,10 +90,12 @@ def main() -> None:
                         log_sql.append(conn, batch, lock_timeout=10)
                     appends.append(time.perf_counter() - started)
                 grown += ROUNDS * args.batch
+                ends_us = statistics.median(ends) * 1e6
+                append_us = statistics.median(appends) * 1e6
                 print(
                     f"logs of {average:>5,} entries on average: "
-                    f"last_positions of {args.batch} users {statistics.median(ends) * 1e6:8.0f} µs, "
-                    f"append of {args.batch} messages {statistics.median(appends) * 1e6:8.0f} µs"
+                    f"last_positions of {args.batch} users {ends_us:8.0f} µs, "
+                    f"append of {args.batch} messages {append_us:8.0f} µs"
                 )
         engine.dispose()
 
