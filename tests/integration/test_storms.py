@@ -68,6 +68,10 @@ def _report(name: str, latencies: list[float]) -> None:
     )
 
 
+# 2,002 registrations and 2,000 logins, each an argon2 hash at the shipped cost:
+# 115-118 s on the 2-core VM of CI on a good day, so the suite's 120 s hang guard
+# (pyproject.toml) is not this test's measure.
+@pytest.mark.timeout(300)
 async def test_2000_parallel_logins_all_succeed_while_chat_goes_on(
     node_factory: NodeFactory, redis_server: RedisServer, net: Net
 ) -> None:
