@@ -79,7 +79,7 @@ class Member:
 
 
 # The log's own records are msgspec structs, not frozen dataclasses: one is
-# made per message and recipient on the hot path (in the node and in the
+# made per message on the hot path (in the node and in the
 # SQLite log writer), and a frozen dataclass costs 2.3 µs to make where a
 # struct costs 0.13 µs (docs/performance.md). They hold no references that
 # could form a cycle, so the garbage collector does not track them.

@@ -51,7 +51,7 @@ import msgspec
 from sqlalchemy import Connection
 
 from clusterchat.store import log_sql
-from clusterchat.store.base import Appended, NewMessage
+from clusterchat.store.base import Appended
 from clusterchat.store.log_wire import (
     HEADER,
     MAX_FRAME,
@@ -83,7 +83,6 @@ class _Work:
 
     peer: "_Peer"
     request: Request
-    messages: list[NewMessage]
 
 
 class _Peer(asyncio.Protocol):
@@ -173,7 +172,7 @@ class LogServer:
             self._idle = asyncio.get_running_loop().call_later(IDLE_EXIT, self.done.set)
 
     def received(self, peer: _Peer, request: Request) -> None:
-        self._waiting.append(_Work(peer, request, request.messages))
+        self._waiting.append(_Work(peer, request))
         if not self._flushing:
             self._flushing = True
             asyncio.get_running_loop().call_soon(self._flush)
@@ -185,7 +184,7 @@ class LogServer:
             count = 0
             take = 0
             for work in waiting:
-                count += len(work.messages)
+                count += len(work.request.messages)
                 take += 1
                 if count >= MAX_MESSAGES:
                     break
@@ -222,15 +221,15 @@ def apply_requests(
     """The log's writes of ``batch`` in the caller's transaction; the results per request."""
     found: dict[str, Appended] = {}
     for work in batch:
-        if work.request.after is not None and work.messages:
-            found.update(log_sql.committed(conn, work.request.after, work.messages))
-    fresh = [m for work in batch for m in work.messages if m.mid not in found]
+        if work.request.after is not None and work.request.messages:
+            found.update(log_sql.committed(conn, work.request.after, work.request.messages))
+    fresh = [m for work in batch for m in work.request.messages if m.mid not in found]
     appended = iter(log_sql.append(conn, fresh, lock_timeout) if fresh else [])
     cursors = [item for work in batch for item in work.request.cursors]
     if cursors:
         log_sql.save_cursors(conn, cursors)
     return [
-        [found[m.mid] if m.mid in found else next(appended) for m in work.messages]
+        [found[m.mid] if m.mid in found else next(appended) for m in work.request.messages]
         for work in batch
     ]
 
