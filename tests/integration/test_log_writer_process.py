@@ -89,6 +89,29 @@ async def test_one_writer_serves_every_node_and_leaves_after_the_last(tmp_path: 
     assert wait_until(lambda: pid_gone(writers[0]), timeout=seconds(IDLE_EXIT + 5))
 
 
+async def test_the_writer_follows_appends_made_beside_it(tmp_path: Path) -> None:
+    """Another writer of the file (a node's own writer thread, the writer of
+    another network namespace) appends to a user's log between two appends
+    of the machine's writer, which keeps where logs end in memory
+    (``LogEnds``): its next entry for that user follows the other's."""
+    url, path = await _database(tmp_path)
+    machine = await _store(url)
+    beside = await asyncio.to_thread(SqlStore, url, pool_size=1, lock_timeout=10)
+
+    def to_user_2(tag: str) -> list[NewMessage]:
+        return [NewMessage(tag, 1, "u:1:2", (2,), "t", b"body")]
+
+    try:
+        first = await machine.append(to_user_2("first"))
+        between = await beside.append(to_user_2("between"))
+        after = await machine.append(to_user_2("after"))
+    finally:
+        await machine.close()
+        await beside.close()
+    assert [a.positions for a in (*first, *between, *after)] == [((2, 1),), ((2, 2),), ((2, 3),)]
+    assert not await asyncio.to_thread(wait_for_log_writers_to_exit, path)
+
+
 async def test_a_writer_killed_mid_flood_loses_nothing_and_stores_nothing_twice(
     tmp_path: Path,
 ) -> None:

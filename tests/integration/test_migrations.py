@@ -480,15 +480,19 @@ def test_a_database_made_by_an_earlier_release_is_upgraded_in_place(
     bob.close()
 
 
-def test_an_sqlite_database_is_made_in_wal_mode(tmp_path: Path) -> None:
+def test_an_sqlite_database_is_made_in_wal_mode_with_small_pages(tmp_path: Path) -> None:
     """Found by the 2,000-login storm in CI: a new file in rollback-journal mode was
     switched to WAL by whichever node connected first, and the other node's first
-    connection failed at once with "database is locked" (errno 50 for a register)."""
+    connection failed at once with "database is locked" (errno 50 for a register).
+    Pages of 2,048 bytes: cheaper appends to the log (``SQLITE_FILE_PRAGMAS``),
+    and a page size can only be chosen before the file has its first table."""
     url = _db(tmp_path)
     assert _run("db", "upgrade", "--db", url).returncode == 0
     with sqlite3.connect(tmp_path / "chat.db") as conn:
         assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+        assert conn.execute("PRAGMA page_size").fetchone() == (2048,)
     template_copy = migrated(f"sqlite:///{tmp_path / 'copy.db'}")
     assert template_copy.endswith("copy.db")
     with sqlite3.connect(tmp_path / "copy.db") as conn:
         assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+        assert conn.execute("PRAGMA page_size").fetchone() == (2048,)

@@ -39,7 +39,7 @@ the append fails, its locks are released, and the node's LogWriter retries it.
 import functools
 import hashlib
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from itertools import chain
 from typing import Any
@@ -128,11 +128,18 @@ def _cursor_upsert(dialect: str, rows: list[dict[str, Any]]) -> Executable:
     raise ValueError(f"no cursor upsert for the {dialect} dialect")
 
 
-def append(conn: Connection, batch: Sequence[NewMessage], lock_timeout: int) -> list[Appended]:
+def append(
+    conn: Connection,
+    batch: Sequence[NewMessage],
+    lock_timeout: int,
+    ends: Mapping[int, int] | None = None,
+) -> list[Appended]:
     """Append one batch inside the caller's write transaction (contract: store/base.py).
 
     On MySQL/MariaDB the caller must call ``release_named_locks`` on the same
-    connection once the transaction ended (module docstring).
+    connection once the transaction ended (module docstring). ``ends``: the
+    last position of some users' logs, known to be current (the SQLite log
+    writer's, log_server.py); the others are read (``last_positions``).
 
     Raises:
         OperationalError: Another append held a lock for ``lock_timeout`` seconds.
@@ -155,7 +162,7 @@ def append(conn: Connection, batch: Sequence[NewMessage], lock_timeout: int) -> 
             slots.append(len(fresh))
             fresh.append(message)
 
-    positions = _allocate_positions(conn, fresh)
+    positions = _allocate_positions(conn, fresh, ends or {})
     seqs = _insert_messages(conn, fresh)
     entries = [
         (user_id, pos, seq)
@@ -391,17 +398,21 @@ def _originals(conn: Connection, batch: Sequence[NewMessage]) -> dict[tuple[int,
 
 
 def _allocate_positions(
-    conn: Connection, fresh: Sequence[NewMessage]
+    conn: Connection, fresh: Sequence[NewMessage], ends: Mapping[int, int]
 ) -> list[tuple[tuple[int, int], ...]]:
-    """Give every recipient entry the next positions after the user's last one.
+    """Give every recipient entry the next positions after the user's last one
+    (from ``ends`` where it knows it, else read).
 
     Inside the write transaction the last positions cannot move under us: on
     SQLite one writer at a time, elsewhere the locks of ``_lock_logs``.
     """
-    following = {
-        user_id: last + 1
-        for user_id, last in last_positions(conn, {r for m in fresh for r in m.recipients}).items()
-    }
+    recipients = {r for m in fresh for r in m.recipients}
+    unknown = recipients.difference(ends)
+    following = {user_id: ends[user_id] + 1 for user_id in recipients if user_id in ends}
+    if unknown:
+        following.update(
+            (user_id, last + 1) for user_id, last in last_positions(conn, unknown).items()
+        )
     placed: list[tuple[tuple[int, int], ...]] = []
     for m in fresh:
         entry: list[tuple[int, int]] = []

@@ -36,7 +36,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, create_async_engine
 from sqlalchemy.pool import NullPool
 
 from clusterchat.settings import redact_url
-from clusterchat.store.sql import async_url
+from clusterchat.store.sql import SQLITE_FILE_PRAGMAS, async_url
 
 __all__ = [
     "DatabaseUnavailable",
@@ -177,7 +177,8 @@ def upgrade_on(conn: Connection, to: str = "head") -> Upgraded:
     database is left in WAL mode, as ``upgrade`` leaves it.
     """
     if conn.dialect.name == "sqlite":
-        conn.exec_driver_sql("PRAGMA journal_mode=WAL")
+        for pragma in SQLITE_FILE_PRAGMAS:
+            conn.exec_driver_sql(pragma)
     return _upgrade(conn, to)
 
 
@@ -252,7 +253,8 @@ async def _connection(url: str) -> AsyncIterator[AsyncConnection]:
                 await conn.exec_driver_sql("PRAGMA busy_timeout=30000")
                 # The nodes run SQLite in WAL mode: the database is made so (the
                 # mode is kept in the file), not converted by whichever node comes first.
-                await conn.exec_driver_sql("PRAGMA journal_mode=WAL")
+                for pragma in SQLITE_FILE_PRAGMAS:
+                    await conn.exec_driver_sql(pragma)
             yield conn
     except (SQLAlchemyError, OSError) as exc:
         raise DatabaseUnavailable(one_line(exc)) from exc

@@ -56,7 +56,7 @@ from clusterchat.store.sqlite_writer import SqliteWriter
 
 T = TypeVar("T")
 
-__all__ = ["SqlStore", "async_url", "sqlite_pragmas"]
+__all__ = ["SQLITE_FILE_PRAGMAS", "SqlStore", "async_url", "sqlite_pragmas"]
 
 _ASYNC_DRIVERS = {
     "sqlite": "sqlite+aiosqlite",
@@ -78,6 +78,17 @@ def async_url(url: str) -> str:
         query.setdefault("charset", "utf8mb4")
         parsed = parsed.set(query=query)
     return parsed.render_as_string(hide_password=False)
+
+
+#: How a new SQLite database is made (``migrate.py`` runs these first, in
+#: order; both settings are kept in the file). The page size can only be set
+#: while the file is empty, so before WAL mode: pages of 2,048 bytes instead
+#: of the default 4,096 made the log writer's SQLite work per one-to-one
+#: message 30% cheaper (each message changes the last page of its
+#: recipient's log: a smaller page is less to shift, write to the WAL and
+#: checkpoint; docs/performance.md, "Smaller pages"). A database made with
+#: other pages keeps them.
+SQLITE_FILE_PRAGMAS = ("PRAGMA page_size=2048", "PRAGMA journal_mode=WAL")
 
 
 def sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
