@@ -243,6 +243,27 @@ async def test_append_gives_consecutive_positions_per_recipient(store: Store) ->
     assert await store.heads([]) == {}
 
 
+async def test_a_batch_of_many_statements_keeps_order_ids_and_positions(store: Store) -> None:
+    """777 messages (two recipients each: 1,554 entries) and 777 cursors in one
+    call take several multi-row statements on every dialect (SQLite: of 2^k
+    rows each); ids, positions and bodies still follow the batch's order."""
+    alice = await store.create_user("alice", "h")
+    bob = await store.create_user("bob", "h")
+    carol = await store.create_user("carol", "h")
+    batch = [_msg(f"m{i}", alice, (bob, carol) if i % 2 else (carol, bob)) for i in range(777)]
+    results = await store.append(batch)
+    assert [r.mid for r in results] == [m.mid for m in batch]
+    seqs = [r.seq for r in results]
+    assert seqs == sorted(seqs)
+    assert len(set(seqs)) == 777
+    assert [dict(r.positions)[bob] for r in results] == list(range(1, 778))
+    assert [dict(r.positions)[carol] for r in results] == list(range(1, 778))
+    entries = await store.read(bob, 0, 1000)
+    assert [(e.pos, e.body) for e in entries] == [(i + 1, f"m{i}".encode()) for i in range(777)]
+    await store.save_cursors([(alice, f"d{i}", i + 1) for i in range(777)])
+    assert await store.load_cursors(alice) == {f"d{i}": i + 1 for i in range(777)}
+
+
 async def test_append_numbers_each_conversation(store: Store) -> None:
     """``seq`` increases within each conversation in append order, across batches,
     and no two messages share one (it is the log's count of messages)."""

@@ -39,7 +39,7 @@ the append fails, its locks are released, and the node's LogWriter retries it.
 import functools
 import hashlib
 import json
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from itertools import chain
 from typing import Any
@@ -322,11 +322,10 @@ def _insert_many(
         result = conn.execute(statement, [dict(zip(columns, row, strict=True)) for row in rows])
         return [_Inserted(len(rows), None, [tuple(r) for r in result] if returning else [])]
     tail = f" RETURNING {', '.join(returning)}" if returning else ""
-    per_statement = max(1, _MAX_PARAMETERS // len(columns))
     sqlite = conn.dialect.name == "sqlite"  # asyncpg's adapter has no lastrowid to ask
     done: list[_Inserted] = []
-    for start in range(0, len(rows), per_statement):
-        chunk = rows[start : start + per_statement]
+    for start, count in _statements(conn.dialect.name, len(rows), len(columns)):
+        chunk = rows[start : start + count]
         sql = _multi_row_insert(conn.dialect.name, table.name, tuple(columns), style, len(chunk))
         cursor = _execute(conn, sql + tail, tuple(chain.from_iterable(chunk)))
         try:
@@ -340,6 +339,30 @@ def _insert_many(
         finally:
             cursor.close()
     return done
+
+
+def _statements(dialect: str, rows: int, columns: int) -> Iterator[tuple[int, int]]:
+    """(first row, row count) of each multi-row statement that writes ``rows`` rows.
+
+    At most ``_MAX_PARAMETERS`` parameters a statement. On SQLite, each count
+    is also a power of two: a multi-row statement is compiled once per text,
+    and with a text for every batch size the writer's statement cache (a
+    few entries: compiled statements are large) missed on nearly every
+    transaction, so SQLite compiled each INSERT anew. With batches of 5 to 40
+    messages, one statement per batch took 6.9-8.7 µs per row, statements of
+    2^k rows 4.3-5.3 (``benchmarks/sqlite_statements.py``; docs/performance.md,
+    "Statements of 2^k rows").
+    Other servers answer each statement in a round trip of their own, so
+    there a batch stays one statement.
+    """
+    most = max(1, _MAX_PARAMETERS // columns)
+    start = 0
+    while start < rows:
+        count = min(most, rows - start)
+        if dialect == "sqlite":
+            count = 1 << (count.bit_length() - 1)
+        yield start, count
+        start += count
 
 
 def _execute(conn: Connection, sql: str, parameters: tuple[Any, ...]) -> Any:
@@ -356,7 +379,7 @@ def _execute(conn: Connection, sql: str, parameters: tuple[Any, ...]) -> Any:
     return cursor
 
 
-@functools.lru_cache(maxsize=32)  # a text per row count, up to ~100 KB each: keep few
+@functools.lru_cache(maxsize=64)  # a text per row count, up to ~100 KB each
 def _multi_row_insert(
     _dialect: str, table: str, columns: tuple[str, ...], style: str, count: int
 ) -> str:
@@ -545,9 +568,8 @@ def save_cursors(conn: Connection, items: Sequence[tuple[int, str, int]]) -> Non
     dialect = conn.dialect
     style = dialect.paramstyle
     tail = _CURSOR_UPSERT_TAIL.get(dialect.name)
-    per_statement = _MAX_PARAMETERS // 3
-    for start in range(0, len(rows), per_statement):
-        chunk = rows[start : start + per_statement]
+    for start, count in _statements(dialect.name, len(rows), 3):
+        chunk = rows[start : start + count]
         if style not in _FAST_STYLES or tail is None:
             values = [{"user_id": u, "device": d, "pos": p} for u, d, p in chunk]
             conn.execute(_cursor_upsert(dialect.name, values))

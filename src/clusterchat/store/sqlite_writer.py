@@ -47,12 +47,12 @@ log = logging.getLogger("clusterchat.store")
 T = TypeVar("T")
 
 #: Compiled statements the writer's connection keeps (sqlite3's default: 128).
-#: Its multi-row statements have one text per row count (log_sql.py), and a
-#: compiled 1,000-row INSERT is hundreds of KB: with 128 of them cached, a node
-#: flooded with 100,000 messages for a slow reader grew 34-63 MiB instead of
-#: 30-32 (test_delivery_log.py). BEGIN and COMMIT, used by every transaction,
-#: stay cached; a batch's row counts rarely repeat under load anyway.
-_CACHED_STATEMENTS = 8
+#: The log's multi-row statements write 2^k rows each (``log_sql._statements``),
+#: so there are at most 29 of them (up to 256 rows for ``messages``, 512 for
+#: ``inbox`` and ``cursors``): 1.3 MB compiled, all of them. (When each batch
+#: size had a text of its own, 128 cached 1,000-row statements grew a node
+#: flooded with 100,000 messages 34-63 MiB instead of 30-32.)
+_CACHED_STATEMENTS = 40
 #: Seconds between two checkpoints of one writer (docstring above).
 CHECKPOINT_INTERVAL = 0.05
 
