@@ -25,7 +25,7 @@ from clusterchat.store.base import NewMessage
 from clusterchat.store.migrate import upgrade
 from clusterchat.store.sql import SqlStore
 
-__all__ = ["main"]
+__all__ = ["create_database", "main"]
 
 SETTINGS = Settings()
 USERS = 2000
@@ -35,10 +35,11 @@ BODY = (
 )
 
 
-async def _create(url: str) -> None:
+async def create_database(url: str, users: int = USERS) -> None:
+    """A new database at ``url`` with users ``u0``, ``u1``... (ids 1, 2...)."""
     await upgrade(url)
     store = SqlStore(url, pool_size=SETTINGS.db_pool_size, lock_timeout=SETTINGS.db_lock_timeout)
-    for index in range(USERS):
+    for index in range(users):
         await store.create_user(f"u{index}", "h", name_key=f"u{index}")
     await store.close()
 
@@ -97,7 +98,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for processes in (1, 2):
             url = f"sqlite:///{Path(tmp) / f'log{processes}.db'}"
-            asyncio.run(_create(url))
+            asyncio.run(create_database(url))
             context = multiprocessing.get_context("spawn")
             with context.Pool(processes) as pool:
                 rates = pool.starmap(

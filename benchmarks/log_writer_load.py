@@ -22,6 +22,7 @@ session (benchmarks/RESULTS.md); no test asserts on them.
 
 import argparse
 import asyncio
+import contextlib
 import itertools
 import multiprocessing
 import os
@@ -33,11 +34,11 @@ import tempfile
 import time
 from pathlib import Path
 
+from clusterchat.cluster.log_writers import log_writer_pids
 from clusterchat.settings import Settings
 from clusterchat.store.base import NewMessage
 from clusterchat.store.log_client import LogClient
-from clusterchat.store.migrate import upgrade
-from clusterchat.store.sql import SqlStore
+from log_append import create_database
 
 __all__ = ["main"]
 
@@ -49,14 +50,6 @@ BODY = (
     b'"name":"u1","time":"2026-12-01 10:00:00"}'
 )
 _TICKS = os.sysconf("SC_CLK_TCK")
-
-
-async def _create(url: str) -> None:
-    await upgrade(url)
-    store = SqlStore(url, pool_size=SETTINGS.db_pool_size, lock_timeout=SETTINGS.db_lock_timeout)
-    for index in range(USERS):
-        await store.create_user(f"u{index}", "h", name_key=f"u{index}")
-    await store.close()
 
 
 async def _load(
@@ -130,29 +123,12 @@ def _writer_pid(path: str) -> int:
     which waits for it to fork into a session of its own)."""
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
-        pid = _find_writer(path)
-        if pid is not None:
-            return pid
+        for pid in log_writer_pids(path):
+            with contextlib.suppress(OSError):
+                if os.getsid(pid) == pid:  # the detached writer, not its starter
+                    return pid
         time.sleep(0.05)
     raise RuntimeError("no log writer runs for " + path)
-
-
-def _find_writer(path: str) -> int | None:
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            argv = (entry / "cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if b"clusterchat.store.log_server" in argv and path.encode() in argv:
-            try:
-                session = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[3])
-            except OSError:
-                continue
-            if session == int(entry.name):  # the detached writer, not its starter
-                return session
-    return None
 
 
 def _cpu_seconds(pid: int) -> float:
@@ -169,7 +145,7 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         path = str(Path(tmp) / "log.db")
-        asyncio.run(_create(f"sqlite:///{path}"))
+        asyncio.run(create_database(f"sqlite:///{path}", USERS))
         context = multiprocessing.get_context("spawn")
         with context.Pool(CLIENTS) as pool:
             work = pool.starmap_async(
