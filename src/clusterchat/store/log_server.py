@@ -232,7 +232,13 @@ class LogEnds:
     exactly when another connection committed (a node's own writer thread
     registering a user, a writer of another network namespace appending), and
     then everything known is forgotten. Read inside the transaction, after
-    ``BEGIN IMMEDIATE``: nobody else can commit until it ends.
+    ``BEGIN IMMEDIATE``: nobody else can commit until it ends. A new
+    connection (the writer reconnects after a failure) starts from nothing too.
+
+    Were it ever stale anyway, no wrong position could be committed: a stale
+    end is below the real one, every position up to the real end exists, and
+    the next one given would fail on ``inbox``'s primary key; the failed
+    transaction forgets everything and each request is tried again alone.
 
     Bounded: past ``MAX_USERS`` users it starts again from nothing.
     """
@@ -241,16 +247,17 @@ class LogEnds:
 
     def __init__(self) -> None:
         self._ends: dict[int, int] = {}
-        self._version: int | None = None
+        self._seen: tuple[int, int] | None = None  # (connection, data_version)
 
     def current(self, conn: Connection) -> Mapping[int, int]:
         """What is known, checked against ``conn``'s open transaction."""
         dbapi = conn.connection.dbapi_connection  # not exec_driver_sql: 10% of the writer
         assert dbapi is not None  # inside a transaction
         (version,) = dbapi.execute("PRAGMA data_version").fetchone()
-        if version != self._version:
+        seen = (id(dbapi), version)
+        if seen != self._seen:
             self._ends.clear()
-            self._version = version
+            self._seen = seen
         return self._ends
 
     def committed(self, results: list[list[Appended]]) -> None:
@@ -267,7 +274,7 @@ class LogEnds:
     def forget(self) -> None:
         """A transaction failed: what it read or wrote is not known."""
         self._ends.clear()
-        self._version = None
+        self._seen = None
 
 
 def apply_requests(
