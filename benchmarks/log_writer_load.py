@@ -76,9 +76,6 @@ async def _load(
                 delivered[user_id] = max(pos, delivered.get(user_id, 0))
         latencies.append(time.perf_counter() - started)
 
-    async def save(items: list[tuple[int, str, int]]) -> None:
-        await client.save_cursors(items)
-
     started = time.perf_counter()
     next_cursors = started + SETTINGS.cursor_interval
     while (now := time.perf_counter()) - started < seconds:
@@ -101,7 +98,7 @@ async def _load(
         if now >= next_cursors and delivered:
             items = [(user_id, "", pos) for user_id, pos in delivered.items()]
             delivered.clear()
-            task = asyncio.create_task(save(items))
+            task = asyncio.create_task(client.save_cursors(items))
             pending.add(task)
             task.add_done_callback(pending.discard)
             next_cursors = now + SETTINGS.cursor_interval
