@@ -84,10 +84,10 @@ def async_url(url: str) -> str:
 #: order; both settings are kept in the file). The page size can only be set
 #: while the file is empty, so before WAL mode: pages of 2,048 bytes instead
 #: of the default 4,096 made SQLite's own work per one-to-one message about
-#: 30% cheaper in a probe (each message changes the last page of its
-#: recipient's log: a smaller page is less to shift, write to the WAL and
-#: checkpoint; docs/performance.md, "The log writer alone"). A database made
-#: with other pages keeps them.
+#: 30% cheaper (``benchmarks/sqlite_page_size.py``): each message changes the
+#: last page of its recipient's log, and a smaller page is less to shift,
+#: write to the WAL and checkpoint (docs/performance.md, "The log writer
+#: alone"). A database made with other pages keeps them.
 SQLITE_FILE_PRAGMAS = ("PRAGMA page_size=2048", "PRAGMA journal_mode=WAL")
 
 
