@@ -6,8 +6,11 @@ ports can be made). ``register`` creates the accounts over a few shared
 connections; ``login`` opens each member's own connection and logs it in at
 once. Both run with bounded concurrency and a timeout per request. ``pair``
 and ``group`` turn members into flows (who sends to what, and how many
-receivers each message has) and start one consumer task per receiving member
-that reports deliveries to the pool's ``Recorder``.
+receivers each message has) and make every member of a flow report what it
+reads (deliveries, refusals, its connection's end) to the pool's ``Recorder``
+as it is read: a listener on the client, no task or queue per message, so
+that the load generator spends as little of the machine it shares with the
+cluster as it can.
 """
 
 import asyncio
@@ -17,13 +20,20 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 from clusterchat.client import ChatClient
-from clusterchat.protocol import Answer, Error, GroupChat, GroupChatAck, OneChat, OneChatAck
+from clusterchat.protocol import (
+    Answer,
+    Error,
+    GroupChat,
+    GroupChatAck,
+    OneChat,
+    OneChatAck,
+    ServerMessage,
+)
 from clusterchat_bench.commands import FlowsReady, PhaseDone, UserSpec
 from clusterchat_bench.recorder import Recorder
 
 __all__ = ["Flow", "Member", "Pool", "open_client"]
 
-_READ_LIMIT = 64 * 1024
 _REQUEST_TIMEOUT = 60.0
 _FAILURES_KEPT = 5
 
@@ -65,10 +75,7 @@ async def open_client(spec: UserSpec) -> ChatClient:
         OSError: The connection could not be made.
     """
     local = (spec.source, 0) if spec.source else None
-    reader, writer = await asyncio.open_connection(
-        spec.endpoint.host, spec.endpoint.port, local_addr=local, limit=_READ_LIMIT
-    )
-    return ChatClient(reader, writer)
+    return await ChatClient.connect(spec.endpoint.host, spec.endpoint.port, local_address=local)
 
 
 class Pool:
@@ -78,7 +85,6 @@ class Pool:
         self.members: list[Member] = []
         self.flows: list[Flow] = []
         self.recorder = Recorder()
-        self._consumers: list[asyncio.Task[None]] = []
 
     # --- setting up ---------------------------------------------------------------------
 
@@ -130,8 +136,8 @@ class Pool:
                 assert sender.client is not None
                 assert receiver.user_id is not None
                 self.flows.append(Flow(sender.client, receiver.user_id, False, 1))
-            self._consume(a)
-            self._consume(b)
+            self._listen(a)
+            self._listen(b)
         return FlowsReady(len(self.flows), sum(f.receivers for f in self.flows), ())
 
     async def group(self, size: int, prefix: str, concurrency: int) -> FlowsReady:
@@ -162,41 +168,38 @@ class Pool:
 
             joined = await asyncio.gather(*(join(m) for m in chunk[1:]))
             self.flows.append(Flow(creator.client, group_id, True, sum(joined)))
+            self._listen(creator)
             for member, ok in zip(chunk[1:], joined, strict=True):
                 if ok:
-                    self._consume(member)
+                    self._listen(member)
 
         await asyncio.gather(*(build(n, chunk) for n, chunk in enumerate(chunks)))
         kept = tuple(failures[:_FAILURES_KEPT])
         return FlowsReady(len(self.flows), sum(f.receivers for f in self.flows), kept)
 
-    def _consume(self, member: Member) -> None:
-        assert member.client is not None
-        task = asyncio.get_running_loop().create_task(self._deliveries(member))
-        self._consumers.append(task)
-
-    async def _deliveries(self, member: Member) -> None:
+    def _listen(self, member: Member) -> None:
         client = member.client
         assert client is not None
         recorder = self.recorder
-        async for message in client.messages():
+        index = member.index
+
+        def heard(message: ServerMessage | None) -> None:
             if isinstance(message, OneChat | GroupChat):
-                recorder.delivered(member.index, message.msg)
-            elif isinstance(message, OneChatAck | GroupChatAck | Error) and message.errno != 0:
-                recorder.error(f"errno {message.errno}: {message.errmsg}")
-        if self.flows:  # a connection lost while flows run is a finding, not a detail
-            recorder.error(f"connection of {member.spec.name} closed")
+                recorder.delivered(index, message.msg)
+            elif isinstance(message, OneChatAck | GroupChatAck | Error):
+                if message.errno != 0:
+                    recorder.error(f"errno {message.errno}: {message.errmsg}")
+            elif message is None and self.flows:
+                # a connection lost while flows run is a finding, not a detail
+                recorder.error(f"connection of {member.spec.name} closed")
+
+        client.listen(heard)
 
     # --- tearing down -------------------------------------------------------------------
 
     async def close(self) -> None:
-        """Stop the consumers, then close every connection."""
+        """Close every connection (a connection's end is no finding once the flows are gone)."""
         self.flows.clear()
-        for task in self._consumers:
-            task.cancel()
-        if self._consumers:
-            await asyncio.wait(self._consumers)
-        self._consumers.clear()
         clients = [m.client for m in self.members if m.client is not None]
         for start in range(0, len(clients), 500):
             await asyncio.gather(*(_close(c) for c in clients[start : start + 500]))

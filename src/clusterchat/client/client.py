@@ -2,9 +2,9 @@
 
 Theory of operation
 -------------------
-One reader task per client reads the socket, splits the bytes into frames with
-``JsonStreamDecoder`` and decodes each frame. It never awaits anything but the
-socket, and it creates no task per message:
+The connection is an ``asyncio.Protocol`` (``_Stream``): each read is handed
+to the client as it arrives, split into frames with ``JsonStreamDecoder`` and
+decoded there, with no reader task to wake and no task per message:
 
 * An answer resolves the future of the oldest request still waiting for that
   answer type (the server answers in order, so FIFO per type is exact). A
@@ -17,7 +17,8 @@ socket, and it creates no task per message:
   ``req`` (it is turned into that request's answer type with the same
   ``errno``/``errmsg``), or becomes an event when nothing waits.
 * Everything else (chat pushes, unsolicited answers) goes to an unbounded event
-  queue read with ``messages()`` or ``next_message()``.
+  queue read with ``messages()`` or ``next_message()``, or, after ``listen()``,
+  to a callback as it is read.
 
 Acknowledged delivery (docs/protocol.md §3): a login with a ``device`` whose
 answer carries a ``cursor`` starts a *device session*. The client then keeps
@@ -38,7 +39,6 @@ and the event iterator ends after the events already queued.
 """
 
 import asyncio
-import contextlib
 import itertools
 import logging
 import ssl
@@ -95,7 +95,6 @@ _A = TypeVar("_A", bound=Answer)
 #: messages can be far larger than what a client may send. The decoder reads
 #: only the frame size and the nesting; the rest are the node defaults.
 _CLIENT_LIMITS: Final = replace(Settings().pick(Limits), max_frame=16 * 1024 * 1024, max_depth=32)
-_READ_SIZE: Final = 64 * 1024
 
 #: Which request msgid each answer type answers.
 _ANSWERS: Final[dict[type[Message], int]] = {
@@ -140,7 +139,9 @@ class ChatClient:
 
     Create it with ``await ChatClient.connect(host, port)``; use it as an async
     context manager or call ``close()``. Request methods may be called
-    concurrently; each returns its own answer.
+    concurrently; each returns its own answer. Pushes and unsolicited answers
+    are read with ``messages()``/``next_message()``, or handed to a callback
+    as they are read after ``listen()``.
 
     Attributes:
         classic: Frames end with NUL (as the classic client's), else newline.
@@ -151,19 +152,21 @@ class ChatClient:
 
     def __init__(
         self,
-        reader: asyncio.StreamReader,
-        writer: asyncio.StreamWriter,
+        transport: asyncio.Transport,
+        stream: "_Stream",
         *,
         classic: bool = False,
     ) -> None:
+        """Wrap a connection made by ``connect()`` (its transport and protocol)."""
         self.classic = classic
-        self._reader = reader
-        self._writer = writer
+        self._transport = transport
+        self._stream = stream
         self._terminator = b"\x00" if classic else b"\n"
         self._decoder = JsonStreamDecoder(_CLIENT_LIMITS)
         self._waiting: dict[int, deque[_Waiter]] = {}
         self._chat_waiting: dict[tuple[int, int], asyncio.Future[Message]] = {}
         self._events: asyncio.Queue[ServerMessage | None] = asyncio.Queue()
+        self._listener: Callable[[ServerMessage | None], None] | None = None
         self._refs = itertools.count(1)
         self._closed = False
         # Acknowledged delivery: the device of the latest device session on this
@@ -179,7 +182,7 @@ class ChatClient:
         self.duplicates_dropped = 0
         self.acks_sent = 0
         self._loop = asyncio.get_running_loop()
-        self._reader_task = self._loop.create_task(self._read_loop())
+        stream.attach(self._received, self._lost)
 
     @classmethod
     async def connect(
@@ -189,6 +192,7 @@ class ChatClient:
         *,
         classic: bool = False,
         tls: ssl.SSLContext | None = None,
+        local_address: tuple[str, int] | None = None,
     ) -> Self:
         """Open a TCP connection to a node.
 
@@ -198,6 +202,8 @@ class ChatClient:
             classic: End frames with NUL as the classic client does (the server
                 then answers with NUL-terminated frames); else newline.
             tls: Speak TLS, verifying the server with this context.
+            local_address: Connect from this address (host, port; port 0 for
+                any), as a load generator spreading over source addresses does.
 
         Returns:
             A connected client.
@@ -205,8 +211,11 @@ class ChatClient:
         Raises:
             OSError: The connection could not be made.
         """
-        reader, writer = await asyncio.open_connection(host, port, limit=_READ_SIZE, ssl=tls)
-        return cls(reader, writer, classic=classic)
+        stream = _Stream()
+        transport, _ = await asyncio.get_running_loop().create_connection(
+            lambda: stream, host, port, ssl=tls, local_addr=local_address
+        )
+        return cls(transport, stream, classic=classic)
 
     @property
     def closed(self) -> bool:
@@ -216,7 +225,7 @@ class ChatClient:
     @property
     def local_address(self) -> tuple[str, int] | None:
         """This end's address of the TCP connection (host, port), or None if unknown."""
-        sockname = self._writer.get_extra_info("sockname")
+        sockname = self._transport.get_extra_info("sockname")
         if isinstance(sockname, tuple) and len(sockname) >= 2:
             return str(sockname[0]), int(sockname[1])
         return None
@@ -265,12 +274,8 @@ class ChatClient:
 
     async def close(self) -> None:
         """Close the connection; waiting requests fail with ``ConnectionError``."""
-        self._writer.close()
-        self._reader_task.cancel()
-        await asyncio.wait([self._reader_task])
-        # A peer that reset the connection first leaves it closed all the same.
-        with contextlib.suppress(OSError):
-            await self._writer.wait_closed()
+        self._shut("connection closed")
+        await self._stream.closed()
 
     # --- requests -------------------------------------------------------------------------
 
@@ -521,7 +526,7 @@ class ChatClient:
             ConnectionError: The connection has ended.
         """
         self._check_open()
-        self._writer.write(data)
+        self._transport.write(data)
         await self._drain()
 
     # --- events ---------------------------------------------------------------------------
@@ -534,6 +539,17 @@ class ChatClient:
                 self._events.put_nowait(None)  # for every other reader, and the next call
                 return
             yield item
+
+    def listen(self, listener: Callable[[ServerMessage | None], None]) -> None:
+        """Call ``listener`` with each push and unsolicited answer when read, None at the end.
+
+        For a client that reacts to every push (no task or queue per message);
+        what was queued for ``messages()`` before is handed over first. The
+        listener runs inside the read loop: it must not block or raise.
+        """
+        while not self._events.empty():
+            listener(self._events.get_nowait())
+        self._listener = listener
 
     # A timeout argument is this method's point: waiting for one event is the common case.
     async def next_message(self, timeout: float | None = None) -> ServerMessage:  # noqa: ASYNC109
@@ -560,15 +576,12 @@ class ChatClient:
             raise ConnectionError("connection closed")
 
     async def _drain(self) -> None:
-        try:
-            await self._writer.drain()
-        except OSError as exc:
-            self._writer.close()
-            raise ConnectionError(f"connection lost: {exc}") from exc
+        """Wait while the transport's buffer is above its high-water mark."""
+        await self._stream.writable()
 
     async def _send(self, message: Message) -> None:
         self._check_open()
-        self._writer.write(encode(message) + self._terminator)
+        self._transport.write(encode(message) + self._terminator)
         await self._drain()
 
     async def _exchange(
@@ -610,28 +623,25 @@ class ChatClient:
                 del self._chat_waiting[key]
         return _typed(reply, answer_type, check)
 
-    async def _read_loop(self) -> None:
-        reason = "connection closed by the server"
+    def _received(self, data: bytes) -> None:
+        """Handle one read of the socket: every whole frame in it, in order."""
+        if self._closed:
+            return
         try:
-            while True:
-                data = await self._reader.read(_READ_SIZE)
-                if not data:
-                    break
-                for frame in self._decoder.feed(data):
-                    self._dispatch(frame)
-        except OSError as exc:
-            reason = f"connection lost: {exc}"
+            for frame in self._decoder.feed(data):
+                self._dispatch(frame)
         except FramingError as exc:
             reason = f"server stream unreadable: {exc}"
             logger.warning("< %s", reason)
-        except asyncio.CancelledError:
-            reason = "connection closed"
-            raise
+            self._shut(reason)
         except Exception:
             reason = "client reader failed"
             logger.exception("< %s", reason)
-        finally:
             self._shut(reason)
+
+    def _lost(self, exc: Exception | None) -> None:
+        """The connection ended (``_Stream.connection_lost``)."""
+        self._shut("connection closed by the server" if exc is None else f"connection lost: {exc}")
 
     def _dispatch(self, frame: bytes) -> None:
         try:
@@ -643,7 +653,7 @@ class ChatClient:
         kind = type(message)
         if isinstance(message, OneChat | GroupChat):
             if self._accept_push(message):
-                self._events.put_nowait(message)
+                self._event(message)
             return
         if kind in _CHAT_ACKS:
             assert isinstance(message, OneChatAck | GroupChatAck)
@@ -653,7 +663,7 @@ class ChatClient:
                     if not chat_future.done():
                         chat_future.set_result(message)
                     return
-            self._events.put_nowait(message)
+            self._event(message)
             return
         key = message.req if isinstance(message, Error) else _ANSWERS.get(kind)
         if key is not None:
@@ -669,7 +679,14 @@ class ChatClient:
                     if not future.done():  # a cancelled caller still consumes its answer
                         future.set_result(message)
                     return
-        self._events.put_nowait(message)
+        self._event(message)
+
+    def _event(self, message: ServerMessage | None) -> None:
+        """Hand a push, an unsolicited answer or the end (None) to the listener, else queue it."""
+        if self._listener is not None:
+            self._listener(message)
+        else:
+            self._events.put_nowait(message)
 
     def _start_session(
         self, device: str | None, after: int | None, auto_ack: bool, cursor: int | None
@@ -715,7 +732,7 @@ class ChatClient:
     def _flush_ack(self) -> None:
         """Write one ``Ack`` for everything passed on since the last one (no drain)."""
         self._ack_scheduled = False
-        if self._closed or self._writer.is_closing():
+        if self._closed or self._transport.is_closing():
             return
         if not self._acking or not self._auto_ack or self._cursor is None:
             return
@@ -724,7 +741,7 @@ class ChatClient:
         self._acked = self._cursor
         self.acks_sent += 1
         # A few bytes per read at most: written without waiting for the drain.
-        self._writer.write(encode(Ack(cursor=self._cursor)) + self._terminator)
+        self._transport.write(encode(Ack(cursor=self._cursor)) + self._terminator)
 
     def _resolve_oldest_chat(self, msgid: int, error: Error) -> bool:
         for key, future in self._chat_waiting.items():
@@ -740,7 +757,7 @@ class ChatClient:
             return
         self._closed = True
         self._acking = False
-        self._writer.close()
+        self._transport.close()
         failure = ConnectionError(reason)
         for waiters in self._waiting.values():
             for future, _on_answer in waiters:
@@ -751,7 +768,92 @@ class ChatClient:
             if not future.done():
                 future.set_exception(failure)
         self._chat_waiting.clear()
-        self._events.put_nowait(None)
+        self._event(None)
+
+
+class _Stream(asyncio.Protocol):
+    """A client's connection: hands each read and its end over as they happen, paces writes.
+
+    Reads that come before ``attach`` (between the connection's start and
+    ``ChatClient.__init__``) are kept and handed over by it, and so is an end.
+    """
+
+    def __init__(self) -> None:
+        self._received: Callable[[bytes], None] | None = None
+        self._lost: Callable[[Exception | None], None] | None = None
+        self._early: list[bytes] = []
+        self._ended = False
+        self._end: Exception | None = None
+        self._paused = False
+        self._waiters: list[asyncio.Future[None]] = []
+        self._closed: asyncio.Future[None] | None = None
+
+    def attach(
+        self, received: Callable[[bytes], None], lost: Callable[[Exception | None], None]
+    ) -> None:
+        """Hand each read to ``received`` and the end to ``lost``, from the first read on."""
+        self._received = received
+        self._lost = lost
+        early, self._early = self._early, []
+        for data in early:
+            received(data)
+        if self._ended:
+            lost(self._end)
+
+    async def writable(self) -> None:
+        """Return once the transport takes more (at once unless it paused writing).
+
+        Raises:
+            ConnectionError: The connection has ended.
+        """
+        if self._ended:
+            raise ConnectionError("connection lost")
+        if self._paused:
+            waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            self._waiters.append(waiter)
+            await waiter
+
+    async def closed(self) -> None:
+        """Return once the connection has ended."""
+        if self._closed is not None:
+            await asyncio.shield(self._closed)
+
+    # --- asyncio.Protocol ---------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._closed = asyncio.get_running_loop().create_future()
+
+    def data_received(self, data: bytes) -> None:
+        if self._received is None:
+            self._early.append(data)
+        else:
+            self._received(data)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._ended = True
+        self._end = exc
+        self._wake(ConnectionError(f"connection lost: {exc}" if exc else "connection lost"))
+        if self._closed is not None and not self._closed.done():
+            self._closed.set_result(None)
+        if self._lost is not None:
+            self._lost(exc)
+
+    def pause_writing(self) -> None:
+        self._paused = True
+
+    def resume_writing(self) -> None:
+        self._paused = False
+        self._wake(None)
+
+    def _wake(self, failure: Exception | None) -> None:
+        waiters, self._waiters = self._waiters, []
+        for waiter in waiters:
+            if waiter.done():
+                continue
+            if failure is None:
+                waiter.set_result(None)
+            else:
+                waiter.set_exception(failure)
 
 
 def _discard(future: asyncio.Future[Message]) -> None:

@@ -311,3 +311,73 @@ async def test_failed_send_leaves_no_unretrieved_failure(
     finally:
         loop.set_exception_handler(None)
     assert reported == []
+
+
+async def test_a_listener_hears_what_was_queued_then_each_event_then_the_end(pair: Pair) -> None:
+    """listen(): earlier events first, then each push and unsolicited answer as read, None last."""
+    client, server = pair
+    await server.send({"msgid": 6, "id": 2, "name": "b", "toid": 1, "msg": "early", "mid": "m1"})
+    assert await client.next_message(seconds(5)) == OneChat(
+        id=2, name="b", toid=1, msg="early", mid="m1"
+    )
+    await server.send({"msgid": 6, "id": 2, "name": "b", "toid": 1, "msg": "queued", "mid": "m2"})
+    heard: list[object] = []
+    ended = asyncio.Event()
+
+    def listener(message: object) -> None:
+        heard.append(message)
+        if message is None:
+            ended.set()
+
+    ping = asyncio.create_task(client.ping())
+    await server.receive()
+    await server.send({"msgid": 121, "ref": 1})
+    await _within(ping)  # the push sent before the ping's answer is queued by now
+    client.listen(listener)
+    assert heard == [OneChat(id=2, name="b", toid=1, msg="queued", mid="m2")]
+    await server.send(
+        {"msgid": 10, "id": 2, "name": "b", "groupid": 5, "msg": "live", "mid": "m3"},
+        {"msgid": 106, "errno": 30, "errmsg": "no such user"},
+    )
+    await server.close()
+    await _within(ended.wait())
+    assert heard[1:] == [
+        GroupChat(id=2, name="b", groupid=5, msg="live", mid="m3"),
+        OneChatAck(errno=30, errmsg="no such user"),
+        None,
+    ]
+
+
+async def test_a_write_waits_while_the_peer_does_not_read(pair: Pair) -> None:
+    """Above the transport's high-water mark a request waits until the peer reads again."""
+    client, server = pair
+    data = b" " * (16 * 1024 * 1024)
+    writing = asyncio.create_task(client.send_raw(data))
+    await asyncio.sleep(seconds(0.2))
+    assert not writing.done()  # the peer reads nothing: kernel buffers and ours are full
+    assert await server.receive_bytes(len(data)) == data
+    await _within(writing)
+
+
+async def test_a_write_waiting_for_a_peer_that_goes_away_fails(pair: Pair) -> None:
+    """The connection ends while a write waits for room: the write raises ConnectionError."""
+    client, server = pair
+    writing = asyncio.create_task(client.send_raw(b" " * (16 * 1024 * 1024)))
+    await asyncio.sleep(seconds(0.2))
+    assert not writing.done()
+    server.writer.transport.abort()
+    with pytest.raises(ConnectionError):
+        await _within(writing)
+    assert client.closed
+
+
+async def test_a_client_connects_from_the_local_address_it_is_given(peer: CannedPeer) -> None:
+    """connect(local_address=) binds the client's end (a load generator spreads over sources)."""
+    client = await ChatClient.connect(peer.host, peer.port, local_address=("127.0.0.2", 0))
+    try:
+        server = await peer.accept()
+        assert server.writer.get_extra_info("peername")[0] == "127.0.0.2"
+        assert client.local_address is not None
+        assert client.local_address[0] == "127.0.0.2"
+    finally:
+        await client.close()
