@@ -30,9 +30,10 @@ coalesced: accepting a push schedules one callback with ``call_soon`` (a
 handle, not a task), which runs after the reader has handled everything of the
 current read and sends one ``Ack`` for the highest cursor, so there is at most
 one ``Ack`` per event-loop turn. A push counts as received when it is queued
-for ``messages()``; an application that must not lose what it had no time to
-process logs in with ``auto_ack=False`` and calls ``ack()`` itself. To resume
-on a new connection, log in with ``after=old_client.cursor``.
+for ``messages()`` or handed to the ``listen()`` callback; an application
+that must not lose what it had no time to process logs in with
+``auto_ack=False`` and calls ``ack()`` itself. To resume on a new
+connection, log in with ``after=old_client.cursor``.
 
 When the connection ends, every waiting request fails with ``ConnectionError``
 and the event iterator ends after the events already queued.
@@ -545,7 +546,7 @@ class ChatClient:
 
         For a client that reacts to every push (no task or queue per message);
         what was queued for ``messages()`` before is handed over first. The
-        listener runs inside the read loop: it must not block or raise.
+        listener runs inside the connection's read callback: it must not block or raise.
         """
         while not self._events.empty():
             listener(self._events.get_nowait())
