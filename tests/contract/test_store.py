@@ -211,6 +211,21 @@ async def test_groups_of_lists_each_group_with_all_members(store: Store) -> None
     assert await store.groups_of(4242) == []
 
 
+async def test_memberships_lists_the_group_ids_of_each_user(store: Store) -> None:
+    """memberships answers for many users at once; users in no group are left out."""
+    alice = await store.create_user("alice", "h")
+    bob = await store.create_user("bob", "h")
+    carol = await store.create_user("carol", "h")
+    team = await store.create_group("team", "t", alice)
+    club = await store.create_group("club", "c", carol)
+    await store.add_member(club, alice)
+    assert await store.memberships([alice, bob, carol, 4242]) == {
+        alice: sorted([team, club]),
+        carol: [club],
+    }
+    assert await store.memberships([]) == {}
+
+
 # --- the message log -------------------------------------------------------------------
 
 

@@ -285,6 +285,10 @@ class InstrumentedStore:
         await self._enter("groups_of")
         return await self.inner.groups_of(user_id)
 
+    async def memberships(self, user_ids: Iterable[int]) -> dict[int, list[int]]:
+        await self._enter("memberships")
+        return await self.inner.memberships(user_ids)
+
     async def append(self, batch: Sequence[NewMessage]) -> list[Appended]:
         await self._enter("append")
         return await self.inner.append(batch)

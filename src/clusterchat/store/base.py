@@ -227,3 +227,7 @@ class Store(MessageLog, Protocol):
     async def groups_of(self, user_id: int) -> list[tuple[Group, list[Member]]]:
         """The user's groups, each with all its members."""
         ...
+
+    async def memberships(self, user_ids: Iterable[int]) -> dict[int, list[int]]:
+        """The ids of each user's groups, ascending (users in no group left out)."""
+        ...

@@ -340,6 +340,20 @@ class SqlStore:
             entry[1].append(Member(row.user_id, row.user_name, row.role))
         return list(groups.values())
 
+    async def memberships(self, user_ids: Iterable[int]) -> dict[int, list[int]]:
+        ids = list(user_ids)
+        found: dict[int, list[int]] = {}
+        async with self._connect() as conn:
+            for start in range(0, len(ids), _IN_BATCH):
+                query = (
+                    select(group_members.c.user_id, group_members.c.group_id)
+                    .where(group_members.c.user_id.in_(ids[start : start + _IN_BATCH]))
+                    .order_by(group_members.c.user_id, group_members.c.group_id)
+                )
+                for row in await conn.execute(query):
+                    found.setdefault(row.user_id, []).append(row.group_id)
+        return found
+
     # --- the message log -----------------------------------------------------------
 
     async def append(self, batch: Sequence[NewMessage]) -> list[Appended]:
