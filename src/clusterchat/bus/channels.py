@@ -1,6 +1,6 @@
 """Channel naming: bare bus channels (``user:42``) to backend channel names and back.
 
-The service speaks bare names (``user:42``, ``node:<id>``); a backend adds a
+The service speaks bare names (``user:42``, ``group:7``, ``node:<id>``); a backend adds a
 prefix so that several clusters (or several tests) can share one Redis:
 
 * classic pub/sub: ``clusterchat:user:42``;
@@ -73,6 +73,11 @@ class ChannelNames:
     def user(user_id: int) -> str:
         """The bare channel of a user: ``user:<id>``."""
         return f"user:{user_id}"
+
+    @staticmethod
+    def group(group_id: int) -> str:
+        """The bare channel of a group's messages: ``group:<id>``."""
+        return f"group:{group_id}"
 
     @staticmethod
     def node(node_id: str) -> str:

@@ -57,9 +57,9 @@ async def login(ctx: Context, state: SessionState, request: Login) -> None:
     """Log in; the session then reads the user's log from its device's cursor.
 
     Order matters (docs/delivery.md §Login): the session is registered (its
-    user's channel subscribed) *before* the log is read, so a message is
-    either in what is read or announced afterwards; offers that arrive
-    meanwhile only raise the feed's head.
+    user's channel and its groups' channels subscribed) *before* the log is
+    read, so a message is either in what is read or announced afterwards;
+    offers that arrive meanwhile only raise the feed's head.
     """
     if state.logged_in:
         raise ChatError(ErrorCode.ALREADY_LOGGED_IN, "this connection is already logged in")
@@ -107,6 +107,9 @@ async def _login(ctx: Context, state: SessionState, request: Login) -> None:
     friends = await ctx.store.friends_of(user.id)
     requests = await ctx.store.friend_requests_to(user.id)
     groups = await ctx.store.groups_of(user.id)
+    # Like the user's own channel, its groups' channels are listened on before
+    # the log is read (group messages are published once, per group).
+    await ctx.group_channels.enter(user.id, [group.id for group, _ in groups])
     people = {f.id for f in friends} | {m.user_id for _, ms in groups for m in ms}
     online = await ctx.presence.online(people)
     feed.begin_at(await _resume_point(ctx, user.id, feed.key, request.after))

@@ -123,6 +123,7 @@ class ChatService:
             policy=policy,
         )
         self._states: set[SessionState] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
         self._sweeper: asyncio.Task[None] | None = None
         # Lines any client can cause; apart, so that refusals from many addresses
         # never crowd out the first traceback of a bug.
@@ -170,6 +171,10 @@ class ChatService:
         if self._sweeper is not None:
             self._sweeper.cancel()
             await asyncio.wait([self._sweeper])
+        for task in list(self._tasks):
+            task.cancel()
+        if self._tasks:
+            await asyncio.wait(list(self._tasks))
         timeout = self.ctx.policy.shutdown_timeout
         try:
             async with asyncio.timeout(timeout):
@@ -296,6 +301,7 @@ class ChatService:
 
     async def _last_session(self, user_id: int) -> None:
         await self.ctx.bus.unsubscribe(ChannelNames.user(user_id))
+        await self.ctx.group_channels.leave(user_id)
         await self.ctx.presence.user_offline(user_id)
 
     # --- BusHandler -------------------------------------------------------------------
@@ -312,8 +318,16 @@ class ChatService:
             return
         if envelope.kind == Kind.DELIVER:
             self.ctx.delivery.offer(envelope.user, envelope.pos, Outbound(bytes(envelope.body)))
+        elif envelope.kind == Kind.GROUP_DELIVER:
+            self.ctx.delivery.offer_entries(envelope.entries, Outbound(bytes(envelope.body)))
+        elif envelope.kind == Kind.HEADS:
+            self.ctx.delivery.behind(envelope.entries)
         elif envelope.kind == Kind.GROUP_CHANGED:
             self.ctx.groups.invalidate(envelope.group)
+            if envelope.user and self.ctx.registry.has(envelope.user):
+                self._background(
+                    self._joined_elsewhere(envelope.user, envelope.group), "clusterchat-join"
+                )
         elif envelope.kind == Kind.NOTICE:
             self.ctx.delivery.notice(envelope.user, Outbound(bytes(envelope.body)))
 
@@ -321,6 +335,7 @@ class ChatService:
         yield GROUPS_CHANNEL
         for user_id in self.ctx.registry.users():
             yield ChannelNames.user(user_id)
+        yield from self.ctx.group_channels.channels()
 
     def on_bus_restored(self) -> None:
         log.info(
@@ -329,4 +344,43 @@ class ChatService:
             len(self.ctx.registry),
         )
         self.ctx.groups.clear()
+        self._background(self._restore(), "clusterchat-restore-groups")
+
+    async def _joined_elsewhere(self, user_id: int, group_id: int) -> None:
+        """A local user joined a group through another node: listen on its channel."""
+        await self.ctx.group_channels.enter(user_id, [group_id])
+        await self.ctx.delivery.sweep([user_id])
+
+    async def _restore(self) -> None:
+        """After an outage: listen on the groups joined meanwhile, then read every log.
+
+        Joins announced while the bus was down were not heard: the local
+        users' memberships are read again (one query per 500 users) before
+        the logs are compared, so nothing published after the comparison
+        goes to a channel this node does not listen on.
+        """
+        try:
+            users = list(self.ctx.registry.users())
+            for start in range(0, len(users), 500):
+                found = await self.ctx.store.memberships(users[start : start + 500])
+                await asyncio.gather(
+                    *(
+                        self.ctx.group_channels.enter(user_id, group_ids)
+                        for user_id, group_ids in found.items()
+                        if self.ctx.registry.has(user_id)
+                    )
+                )
+        except Exception:
+            log.exception("reading group memberships after the bus came back failed")
         self.ctx.delivery.restored()
+
+    def _background(self, work: Pending, name: str) -> None:
+        task = asyncio.get_running_loop().create_task(work, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(_log_failure)
+
+
+def _log_failure(task: "asyncio.Task[None]") -> None:
+    if not task.cancelled() and (exc := task.exception()) is not None:
+        log.error("%s failed; the sweep makes up for it", task.get_name(), exc_info=exc)

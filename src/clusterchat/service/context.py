@@ -9,6 +9,7 @@ from clusterchat.protocol import Limits
 from clusterchat.service.attempts import Attempts
 from clusterchat.service.cursors import CursorKeeper
 from clusterchat.service.delivery import Delivery
+from clusterchat.service.group_channels import GroupChannels
 from clusterchat.service.groups_cache import GroupCache
 from clusterchat.service.ids import MessageIds
 from clusterchat.service.log_writer import LogWriter
@@ -115,6 +116,7 @@ class Context:
     policy: Policy
     ids: MessageIds = field(init=False)
     groups: GroupCache = field(init=False)
+    group_channels: GroupChannels = field(init=False)
     users: KnownUsers = field(init=False)
     writer: LogWriter = field(init=False)
     cursors: CursorKeeper = field(init=False)
@@ -127,6 +129,7 @@ class Context:
         self.groups = GroupCache(
             self.store, ttl=policy.group_cache_ttl, size=policy.group_cache_size
         )
+        self.group_channels = GroupChannels(self.bus)
         self.users = KnownUsers(self.store, size=policy.user_cache_size)
         self.writer = LogWriter(
             self.store,

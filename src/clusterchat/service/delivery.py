@@ -5,16 +5,19 @@ Theory of operation (ARCHITECTURE.md delivery rules; docs/delivery.md):
 1. A message the service accepted is appended to the log (``LogWriter``);
    each recipient's entry has a position in that user's log.
 2. When the append commits, ``committed`` offers the push to the
-   recipient's feeds on this node and PUBLISHes ``[DELIVER, user, pos, body]``
-   on the recipient's channel, so that nodes with sessions of that user push
-   it at once. The publish is the fast path only: its receiver count decides
-   nothing, and a failed publish is republished until it gets through. At
-   most ``MAX_INFLIGHT`` bytes of envelopes are in flight: the rest of a
-   message's recipients wait in ``_backlog`` as the message itself (no
-   envelope built yet) and are published, in order, as the bus answers.
-3. A node that receives an envelope offers it to the user's feeds here. A feed
-   pushes in log order only; a gap (an envelope that overtook another, or
-   one lost) makes it read the log (``feed.py``).
+   recipients' feeds on this node and publishes it for the other nodes: a
+   one-to-one message as ``[DELIVER, user, pos, body]`` on the recipient's
+   channel, a group message **once**, as ``[GROUP_DELIVER, group, body,
+   entries]`` on the group's channel, with every member's position (nodes
+   listen on the channels of their users' groups: ``group_channels.py``).
+   The publish is the fast path only: its receiver count decides nothing,
+   and a failed publish is republished until it gets through. At most
+   ``MAX_INFLIGHT`` bytes of envelopes are in flight: the rest wait in
+   ``_backlog`` as the messages themselves (no envelope built yet) and are
+   published, in order, as the bus answers.
+3. A node that receives an envelope offers it to the users' feeds here. A
+   feed pushes in log order only; a gap (an envelope that overtook another,
+   or one lost) makes it read the log (``feed.py``).
 4. Whatever the bus may have dropped is read from the log: when the bus comes
    back after an outage or after Redis cut our subscriber, every feed reads
    its log again (``restored``), and every ``sweep_interval`` the node
@@ -29,7 +32,12 @@ from functools import partial
 from clusterchat.bus.base import Bus
 from clusterchat.bus.channels import ChannelNames
 from clusterchat.protocol import Outbound
-from clusterchat.service.envelope import encode_deliver, encode_notice
+from clusterchat.service.envelope import (
+    encode_deliver,
+    encode_group_deliver,
+    encode_heads,
+    encode_notice,
+)
 from clusterchat.service.sessions import SessionRegistry
 from clusterchat.store.base import Appended, MessageLog
 
@@ -39,13 +47,12 @@ log = logging.getLogger("clusterchat.delivery")
 
 _REPUBLISH_DELAY = 0.5
 #: Bytes of envelopes published and not yet answered by the bus, at most: a
-#: group of 500 members turns one message into 500 envelopes, and a flood of
-#: them must wait for Redis instead of piling up in the node (on main: RSS
-#: 454 -> 991 MB for 1,000 messages). Envelopes beyond it are not built until
-#: there is room (``_backlog``), and while any wait the node takes no new
-#: messages (``full``). Checked per envelope, not per message: one commit of
-#: 40 messages to 500 members each was 20,000 envelopes handed to the bus at
-#: once, 20 MB beyond the bound (tests/unit/service/test_delivery_bound.py).
+#: flood of envelopes must wait for Redis instead of piling up in the node
+#: (when a group message was one envelope per member, 1,000 messages to 500
+#: members took RSS from 454 to 991 MB). Envelopes beyond it are not built
+#: until there is room (``_backlog``), and while any wait the node takes no
+#: new messages (``full``). Checked per envelope, not per message
+#: (tests/unit/service/test_delivery_bound.py).
 MAX_INFLIGHT = 8 * 1024 * 1024
 
 
@@ -63,35 +70,49 @@ class Delivery:
         self._inflight_bytes = 0
         self._room = asyncio.Event()
         self._room.set()
-        # user id -> the latest envelope for that user whose publish failed.
-        self._unsent: dict[int, bytes] = {}
+        # channel -> user -> the furthest position announced on that channel
+        # by a publish that failed (published again as a HEADS envelope).
+        self._unsent: dict[str, dict[int, int]] = {}
         self._republish: asyncio.TimerHandle | None = None
         self._restores: set[asyncio.Task[None]] = set()
-        # Committed messages whose envelopes are not all published yet, and
-        # the index in the first one's positions of the next to publish.
-        self._backlog: deque[Appended] = deque()
+        # Committed messages (and their group, None for none) whose envelopes are
+        # not all published yet, and the index in the first one's positions of
+        # the next to publish.
+        self._backlog: deque[tuple[Appended, int | None]] = deque()
         self._next_position = 0
 
     # --- sending --------------------------------------------------------------------
 
-    def committed(self, appended: Appended) -> None:
-        """A message is in the log: push it here, publish it for the other nodes."""
+    def committed(self, appended: Appended, group: int | None) -> None:
+        """A message is in the log: push it here, publish it for the other nodes.
+
+        Args:
+            appended: The message and its recipients' positions.
+            group: The group it was sent to (None: a one-to-one message).
+        """
         push = Outbound(appended.body)
         for user_id, pos in appended.positions:
             self.offer(user_id, pos, push)
-        self._backlog.append(appended)
+        self._backlog.append((appended, group))
         self._publish_backlog()
 
     def _publish_backlog(self) -> None:
         """Publish waiting envelopes, in commit order, while the bus has room."""
         backlog = self._backlog
         while backlog and self._inflight_bytes < MAX_INFLIGHT:
-            appended = backlog[0]
+            appended, group = backlog[0]
             positions = appended.positions
+            if group is not None:
+                entries = tuple(item for position in positions for item in position)
+                envelope = encode_group_deliver(self._node_id, group, entries, appended.body)
+                self._publish(ChannelNames.group(group), envelope, positions)
+                backlog.popleft()
+                continue
             index = self._next_position
             while index < len(positions) and self._inflight_bytes < MAX_INFLIGHT:
                 user_id, pos = positions[index]
-                self._publish(user_id, encode_deliver(self._node_id, user_id, pos, appended.body))
+                envelope = encode_deliver(self._node_id, user_id, pos, appended.body)
+                self._publish(ChannelNames.user(user_id), envelope, ((user_id, pos),))
                 index += 1
             if index < len(positions):
                 self._next_position = index
@@ -106,7 +127,8 @@ class Delivery:
         the same from its next login answer.
         """
         self.notice(user_id, push)
-        future = self._send(user_id, encode_notice(self._node_id, user_id, push.json))
+        envelope = encode_notice(self._node_id, user_id, push.json)
+        future = self._send(ChannelNames.user(user_id), envelope)
         future.add_done_callback(_retrieve)
 
     def notice(self, user_id: int, push: Outbound) -> None:
@@ -125,9 +147,9 @@ class Delivery:
             self._room.clear()
             await self._room.wait()
 
-    def _send(self, user_id: int, envelope: bytes) -> asyncio.Future[int]:
-        """Publish ``envelope`` on the user's channel, counted in flight until answered."""
-        future = self._bus.publish(ChannelNames.user(user_id), envelope)
+    def _send(self, channel: str, envelope: bytes) -> asyncio.Future[int]:
+        """Publish ``envelope`` on ``channel``, counted in flight until answered."""
+        future = self._bus.publish(channel, envelope)
         self._inflight.add(future)
         self._inflight_bytes += len(envelope)
         future.add_done_callback(partial(self._answered, len(envelope)))
@@ -141,15 +163,23 @@ class Delivery:
         if not self.full:
             self._room.set()
 
-    def _publish(self, user_id: int, envelope: bytes) -> None:
-        future = self._send(user_id, envelope)
-        future.add_done_callback(partial(self._published, user_id, envelope))
+    def _publish(
+        self, channel: str, envelope: bytes, positions: tuple[tuple[int, int], ...]
+    ) -> None:
+        future = self._send(channel, envelope)
+        future.add_done_callback(partial(self._published, channel, positions))
 
-    def _published(self, user_id: int, envelope: bytes, future: asyncio.Future[int]) -> None:
+    def _published(
+        self, channel: str, positions: tuple[tuple[int, int], ...], future: asyncio.Future[int]
+    ) -> None:
         if future.cancelled() or future.exception() is not None:
-            # Only the fast path failed: the message is in the log. Announce it
-            # again once the bus works, so that no node waits for a sweep.
-            self._unsent[user_id] = envelope
+            # Only the fast path failed: the message is in the log. Once the
+            # bus works, tell the channel's nodes how far each user's log
+            # reached (HEADS), so that none waits for a sweep to read it.
+            heads = self._unsent.setdefault(channel, {})
+            for user_id, pos in positions:
+                if pos > heads.get(user_id, 0):
+                    heads[user_id] = pos
             if self._republish is None:
                 self._republish = asyncio.get_running_loop().call_later(
                     _REPUBLISH_DELAY, self._republish_unsent
@@ -158,8 +188,9 @@ class Delivery:
     def _republish_unsent(self) -> None:
         self._republish = None
         unsent, self._unsent = self._unsent, {}
-        for user_id, envelope in unsent.items():
-            self._publish(user_id, envelope)
+        for channel, heads in unsent.items():
+            entries = tuple(item for position in heads.items() for item in position)
+            self._publish(channel, encode_heads(self._node_id, entries), tuple(heads.items()))
 
     @property
     def busy(self) -> bool:
@@ -168,7 +199,7 @@ class Delivery:
 
     @property
     def unsent(self) -> int:
-        """Users with an announcement waiting to be published again (the bus failed)."""
+        """Channels with an announcement waiting to be published again (the bus failed)."""
         return len(self._unsent)
 
     # --- receiving ------------------------------------------------------------------
@@ -179,6 +210,30 @@ class Delivery:
             feed = state.feed
             if feed is not None:
                 feed.offer(pos, push)
+
+    def offer_entries(self, entries: tuple[int, ...], push: Outbound) -> None:
+        """A group message: ``entries`` is ``(user, pos, user, pos, ...)``; offer it here."""
+        local = self._registry.local
+        for index in range(0, len(entries) - 1, 2):
+            states = local(entries[index])
+            if states:
+                pos = entries[index + 1]
+                for state in states:
+                    feed = state.feed
+                    if feed is not None:
+                        feed.offer(pos, push)
+
+    def behind(self, entries: tuple[int, ...]) -> None:
+        """``(user, pos, ...)``: each user's log reached ``pos``; feeds behind it read it."""
+        for index in range(0, len(entries) - 1, 2):
+            self._reached(entries[index], entries[index + 1])
+
+    def _reached(self, user_id: int, head: int) -> None:
+        for state in self._registry.local(user_id):
+            feed = state.feed
+            if feed is not None and head >= feed.next:
+                feed.head = max(feed.head, head)
+                feed.poke()
 
     def restored(self) -> None:
         """The bus is back (after an outage or a cut): catch up every local feed, resend failures.
@@ -195,17 +250,15 @@ class Delivery:
                 self._republish.cancel()
             self._republish_unsent()
 
-    async def sweep(self) -> None:
-        """Compare every local user's log head with its feeds; fill those behind."""
-        users = list(self._registry.users())
+    async def sweep(self, users: list[int] | None = None) -> None:
+        """Compare local users' log heads (all of them by default) with their feeds;
+        fill those behind."""
+        if users is None:
+            users = list(self._registry.users())
         for start in range(0, len(users), 500):
             heads = await self._store.heads(users[start : start + 500])
             for user_id, head in heads.items():
-                for state in self._registry.local(user_id):
-                    feed = state.feed
-                    if feed is not None and head >= feed.next:
-                        feed.head = max(feed.head, head)
-                        feed.poke()
+                self._reached(user_id, head)
 
     def broadcast(self, channel: str, payload: bytes) -> "asyncio.Future[int]":
         """Publish a notice that may be lost (cache invalidations); ``close`` waits for it."""

@@ -1,8 +1,12 @@
 """Groups: create, invite and join (docs/protocol.md §2.6-2.7).
 
 Group messages take the one send path (``sending.py``): one log entry per
-member but the sender. A join tells every node to drop its cached members of
-that group (``GROUP_CHANGED`` on the groups channel). An invite-only group
+member but the sender, published once on the group's channel. A join (and a
+creation: the creator's first membership) tells every node to drop its
+cached members of that group and names the member (``GROUP_CHANGED`` on the
+groups channel), so that a node where the member is logged in listens on the
+group's channel (``group_channels.py``); the joining node does so before it
+answers. An invite-only group
 (``invite_only`` at creation) takes only those its creator invited; the
 invitee is pushed GROUP_INVITE (not logged: it joins with the group's id).
 """
@@ -29,7 +33,7 @@ from clusterchat.service.errors import ChatError
 from clusterchat.service.sessions import SessionState
 from clusterchat.store.base import NameTaken
 
-__all__ = ["add_group", "create_group", "invite"]
+__all__ = ["add_group", "create_group", "invite", "joined"]
 
 
 async def create_group(ctx: Context, state: SessionState, request: CreateGroup) -> None:
@@ -45,6 +49,7 @@ async def create_group(ctx: Context, state: SessionState, request: CreateGroup) 
             ErrorCode.GROUP_NAME_TAKEN,
             f"a group named {name!r}, or one that looks like it, exists already",
         ) from None
+    await joined(ctx, group_id, state.user_id)
     answer = CreateGroupAck(errno=0, groupid=group_id, groupname=name)
     state.session.send(Outbound.of(answer))
 
@@ -61,8 +66,7 @@ async def add_group(ctx: Context, state: SessionState, request: AddGroup) -> Non
         raise ChatError(ErrorCode.LIMIT_REACHED, f"group {request.groupid} is full: {limit}")
     if not await ctx.store.add_member(request.groupid, state.user_id):
         raise ChatError(ErrorCode.ALREADY_MEMBER, f"you are already in group {request.groupid}")
-    ctx.groups.invalidate(request.groupid)
-    await _announce(ctx, request.groupid)
+    await joined(ctx, request.groupid, state.user_id)
     state.session.send(Outbound.of(AddGroupAck(errno=0, groupid=request.groupid)))
 
 
@@ -84,14 +88,26 @@ async def invite(ctx: Context, state: SessionState, request: Invite) -> None:
     ctx.delivery.notify(request.userid, Outbound.of(push))
 
 
-async def _announce(ctx: Context, group_id: int) -> None:
-    """Tell every node to drop its cached members of ``group_id``.
+async def joined(ctx: Context, group_id: int, user_id: int) -> None:
+    """``user_id`` joined ``group_id`` through this node: listen, then tell the others.
 
-    Waits until the bus took the notice, so the joiner is answered only once
-    the other nodes are being told (a node that reads it a moment later may
-    still fan out one message with the old members; cached members also
-    expire after 60 s). A bus that is down cannot carry it: the nodes clear
-    their caches when their bus comes back.
+    The node listens on the group's channel (the joiner's sessions here)
+    before it announces, then reads the joiner's log head, so that a message
+    published on the channel before the subscription took effect is read from
+    the log rather than waiting for the user's next envelope.
+
+    The announcement waits until the bus took it, so the joiner is answered
+    only once the other nodes are being told (a node that reads it a moment
+    later may still fan out one message with the old members; cached members
+    also expire after 60 s). A bus that is down cannot carry it: the nodes
+    clear their caches and read their users' memberships again when their
+    bus comes back.
     """
+    ctx.groups.invalidate(group_id)
+    if ctx.registry.has(user_id):
+        await ctx.group_channels.enter(user_id, [group_id])
+        await ctx.delivery.sweep([user_id])
     with contextlib.suppress(BusError):
-        await ctx.delivery.broadcast(GROUPS_CHANNEL, encode_group_changed(ctx.node_id, group_id))
+        await ctx.delivery.broadcast(
+            GROUPS_CHANNEL, encode_group_changed(ctx.node_id, group_id, user_id)
+        )

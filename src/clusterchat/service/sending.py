@@ -6,7 +6,8 @@
    submit it to the ``LogWriter``.
 3. When the append has committed: answer the sender (``OneChatAck`` /
    ``GroupChatAck`` with ``mid``, ``seq``, ``time``) if it asked (``ref`` or
-   ``cid``), and hand the entries to ``Delivery``. A retry of a ``cid`` that
+   ``cid``), and hand the entries to ``Delivery`` (with the group, whose
+   channel carries a group message once). A retry of a ``cid`` that
    is already in the log is answered with the original and delivered to
    nobody.
 
@@ -114,7 +115,9 @@ def _submit(
 
 def _committed(ctx: Context, state: SessionState, request: ChatRequest, appended: Appended) -> None:
     if not appended.duplicate:
-        ctx.delivery.committed(appended)
+        ctx.delivery.committed(
+            appended, request.groupid if isinstance(request, GroupChat) else None
+        )
     if request.ref is None and request.cid is None:
         return
     answer: OneChatAck | GroupChatAck

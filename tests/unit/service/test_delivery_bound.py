@@ -1,9 +1,10 @@
-"""Delivery's bound on publishes in flight (service/delivery.py, ``MAX_INFLIGHT``).
+"""What Delivery publishes: one envelope per group message, and a bound on those in flight.
 
-A committed message to a large group becomes one envelope per member. They
-must not all be handed to the bus at once: only ``MAX_INFLIGHT`` bytes of
-envelopes are in flight, the rest wait as positions of the message (no
-envelope built) and are published, in order, as the bus answers.
+A group message is one envelope on the group's channel, whatever the number
+of members. Envelopes must not all be handed to the bus at once
+(service/delivery.py, ``MAX_INFLIGHT``): only that many bytes are in flight,
+the rest wait as positions of their messages (no envelope built) and are
+published, in order, as the bus answers.
 """
 
 import asyncio
@@ -11,7 +12,7 @@ from typing import cast
 
 from clusterchat.bus.base import Bus
 from clusterchat.service.delivery import MAX_INFLIGHT, Delivery
-from clusterchat.service.envelope import decode_envelope
+from clusterchat.service.envelope import Kind, decode_envelope
 from clusterchat.service.sessions import SessionRegistry
 from clusterchat.store.base import Appended, MessageLog
 
@@ -22,11 +23,13 @@ class _HeldBus:
     def __init__(self) -> None:
         self.waiting: list[tuple[asyncio.Future[int], bytes]] = []
         self.published: list[bytes] = []
+        self.channels: list[str] = []
 
     def publish(self, channel: str, payload: bytes) -> "asyncio.Future[int]":
         future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         self.waiting.append((future, payload))
         self.published.append(payload)
+        self.channels.append(channel)
         return future
 
     def in_flight(self) -> int:
@@ -43,7 +46,24 @@ async def _nobody(_user: int) -> None:
     return None
 
 
-async def test_a_message_to_many_members_publishes_at_most_the_bound_at_once() -> None:
+async def test_a_group_message_is_one_envelope_on_the_groups_channel() -> None:
+    bus = _HeldBus()
+    delivery = Delivery(
+        "n1", SessionRegistry(_nobody, _nobody), cast(Bus, bus), cast(MessageLog, None)
+    )
+    positions = tuple((user, user * 3) for user in range(1, 501))
+    delivery.committed(Appended("m1", 1, "2026-12-01 10:00:00", b'{"msg":"hi"}', positions), 7)
+
+    assert bus.channels == ["group:7"]
+    envelope = decode_envelope(bus.published[0])
+    assert (envelope.kind, envelope.origin, envelope.group) == (Kind.GROUP_DELIVER, "n1", 7)
+    assert bytes(envelope.body) == b'{"msg":"hi"}'
+    pairs = list(zip(envelope.entries[::2], envelope.entries[1::2], strict=True))
+    assert pairs == list(positions)
+
+
+async def test_envelopes_to_many_users_are_published_at_most_the_bound_at_once() -> None:
+    """20,000 one-to-one envelopes (as one message with that many recipients, for brevity)."""
     bus = _HeldBus()
     delivery = Delivery(
         "n1", SessionRegistry(_nobody, _nobody), cast(Bus, bus), cast(MessageLog, None)
@@ -51,7 +71,8 @@ async def test_a_message_to_many_members_publishes_at_most_the_bound_at_once() -
     members = 20_000  # 1 KB each: about 20 MB of envelopes, the bound is 8 MiB
     positions = tuple((user, 7) for user in range(1, members + 1))
     delivery.committed(
-        Appended("m1", 1, "2026-12-01 10:00:00", b'{"msg":"' + b"x" * 1000 + b'"}', positions)
+        Appended("m1", 1, "2026-12-01 10:00:00", b'{"msg":"' + b"x" * 1000 + b'"}', positions),
+        None,
     )
 
     envelope = len(bus.published[0])

@@ -246,3 +246,111 @@ async def test_an_invite_only_group_takes_whom_its_creator_invited(
     await _join(b, group)
     await c.send(AddGroup(groupid=group))
     assert c.session.of_type(AddGroupAck)[-1].errno == 38
+
+
+# --- one publish per group message: the nodes listen on their users' groups' channels ----
+
+
+async def test_a_join_through_another_node_makes_this_node_listen_on_the_group(
+    chat_cluster: ChatCluster,
+) -> None:
+    """Carol's session on node B gets group messages live after she joined through node A.
+
+    A group message is published once, on the group's channel; node B learns
+    that it must listen there from the join's announcement, which names her.
+    (The periodic sweep, 30 s, would find the messages late otherwise.)
+    """
+    first, second = await chat_cluster.node(), await chat_cluster.node()
+    alice, carol = await first.register("alice"), await first.register("carol")
+    a = await first.login(alice)
+    group = await _create(a, "team")
+    c_second = await second.login(carol)
+    assert not second.service.ctx.group_channels.subscribed(group)
+    c_first = await first.login(carol)
+    await _join(c_first, group)
+    await chat_cluster.settle()
+    assert second.service.ctx.group_channels.subscribed(group)
+
+    await a.send(GroupChat(groupid=group, msg="welcome"))
+    await chat_cluster.settle()
+    assert _texts(c_second) == _texts(c_first) == ["welcome"]
+
+
+async def test_a_node_stops_listening_when_the_last_local_member_leaves(
+    chat_cluster: ChatCluster,
+) -> None:
+    """The group's channel is listened on while a member is logged in on the node, no longer."""
+    first, second = await chat_cluster.node(), await chat_cluster.node()
+    alice, bob = await first.register("alice"), await first.register("bob")
+    a = await first.login(alice)
+    group = await _create(a, "team")
+    b1, b2 = await second.login(bob), await second.login(bob)
+    await _join(b1, group)
+    channels = second.service.ctx.group_channels
+    assert channels.subscribed(group)
+    await b1.close()
+    assert channels.subscribed(group)  # bob still has a session here
+    await b2.close()
+    assert not channels.subscribed(group)
+    assert f"group:{group}" not in set(second.service.bus_channels())
+
+    await a.send(GroupChat(groupid=group, msg="while away"))
+    await chat_cluster.settle()
+    ack = await second.connect().login(bob)
+    assert [msgspec.json.decode(m, type=GroupChat).msg for m in ack.offlinemsg] == ["while away"]
+    assert channels.subscribed(group)  # listening again: bob's groups are read at login
+
+
+async def test_a_join_announced_while_the_bus_was_down_is_heard_at_restore(
+    chat_cluster: ChatCluster,
+) -> None:
+    """After an outage a node reads its users' memberships again before comparing logs.
+
+    Carol, logged in on node B, joins through node A while the bus is down:
+    B never hears the announcement, but listens on the group once the bus is
+    back, so the next message reaches her session on B live.
+    """
+    first, second = await chat_cluster.node(), await chat_cluster.node()
+    alice, carol = await first.register("alice"), await first.register("carol")
+    a = await first.login(alice)
+    group = await _create(a, "team")
+    c_second = await second.login(carol)
+    c_first = await first.login(carol)
+    await chat_cluster.outage()
+    await _join(c_first, group)
+    await chat_cluster.restore()
+    await chat_cluster.settle()
+    assert second.service.ctx.group_channels.subscribed(group)
+
+    await a.send(GroupChat(groupid=group, msg="after the outage"))
+    await chat_cluster.settle()
+    assert _texts(c_second) == ["after the outage"]
+
+
+async def test_failed_group_publishes_are_announced_again_for_every_member(
+    local_chat_cluster: ChatCluster,
+) -> None:
+    """After publishes failed, each member's furthest position is announced again.
+
+    Two group messages are lost on the bus (the nodes never noticed an
+    outage): alice's, then carol's. Carol has no entry in her own message, so
+    announcing only the latest envelope again would leave her session on
+    node B without alice's message until the periodic sweep (30 s).
+    """
+    chat_cluster = local_chat_cluster
+    first, second = await chat_cluster.node(), await chat_cluster.node()
+    alice, bob, carol = [await first.register(n) for n in ("alice", "bob", "carol")]
+    a, c_first = await first.login(alice), await first.login(carol)
+    b, c_second = await second.login(bob), await second.login(carol)
+    group = await _create(a, "team")
+    await _join(b, group)
+    await _join(c_first, group)
+    await chat_cluster.settle()
+    chat_cluster.hub.down = True
+    await a.send(GroupChat(groupid=group, msg="from alice"))
+    await c_first.send(GroupChat(groupid=group, msg="from carol"))
+    await first.service.ctx.writer.flush()
+    chat_cluster.hub.down = False  # back, but nobody noticed the outage
+    await chat_cluster.settle()
+    assert _texts(b) == ["from alice", "from carol"]
+    assert _texts(c_second) == ["from alice"]
