@@ -59,8 +59,10 @@ class GroupChannels:
         Returns once every one of them is subscribed (by this call or by one
         running for another user of the same group).
         """
-        groups = self._groups.setdefault(user_id, set())
         wanted = list(group_ids)
+        if not wanted:  # no empty set per idle user (docs/performance.md, "Idle connections")
+            return
+        groups = self._groups.setdefault(user_id, set())
         for group_id in wanted:
             groups.add(group_id)
             self._members.setdefault(group_id, set()).add(user_id)
