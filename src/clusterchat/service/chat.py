@@ -46,8 +46,9 @@ from clusterchat.protocol import (
     error_answer,
 )
 from clusterchat.service import accounts, friends, groups
+from clusterchat.service.background import Background
 from clusterchat.service.context import Context, Policy
-from clusterchat.service.delivery import Delivery
+from clusterchat.service.delivery import USERS_PER_QUERY, Delivery
 from clusterchat.service.envelope import Kind, decode_envelope
 from clusterchat.service.errors import ChatError
 from clusterchat.service.passwords import PasswordHasher
@@ -123,7 +124,7 @@ class ChatService:
             policy=policy,
         )
         self._states: set[SessionState] = set()
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks = Background(log, "the sweep makes up for it")
         self._sweeper: asyncio.Task[None] | None = None
         # Lines any client can cause; apart, so that refusals from many addresses
         # never crowd out the first traceback of a bug.
@@ -171,10 +172,7 @@ class ChatService:
         if self._sweeper is not None:
             self._sweeper.cancel()
             await asyncio.wait([self._sweeper])
-        for task in list(self._tasks):
-            task.cancel()
-        if self._tasks:
-            await asyncio.wait(list(self._tasks))
+        await self._tasks.cancel()
         timeout = self.ctx.policy.shutdown_timeout
         try:
             async with asyncio.timeout(timeout):
@@ -325,8 +323,9 @@ class ChatService:
         elif envelope.kind == Kind.GROUP_CHANGED:
             self.ctx.groups.invalidate(envelope.group)
             if envelope.user and self.ctx.registry.has(envelope.user):
-                self._background(
-                    self._joined_elsewhere(envelope.user, envelope.group), "clusterchat-join"
+                self._tasks.start(
+                    groups.listen(self.ctx, envelope.group, envelope.user),
+                    f"listening on group {envelope.group} for user {envelope.user}",
                 )
         elif envelope.kind == Kind.NOTICE:
             self.ctx.delivery.notice(envelope.user, Outbound(bytes(envelope.body)))
@@ -344,12 +343,7 @@ class ChatService:
             len(self.ctx.registry),
         )
         self.ctx.groups.clear()
-        self._background(self._restore(), "clusterchat-restore-groups")
-
-    async def _joined_elsewhere(self, user_id: int, group_id: int) -> None:
-        """A local user joined a group through another node: listen on its channel."""
-        await self.ctx.group_channels.enter(user_id, [group_id])
-        await self.ctx.delivery.sweep([user_id])
+        self._tasks.start(self._restore(), "reading group memberships after the bus came back")
 
     async def _restore(self) -> None:
         """After an outage: listen on the groups joined meanwhile, then read every log.
@@ -361,8 +355,8 @@ class ChatService:
         """
         try:
             users = list(self.ctx.registry.users())
-            for start in range(0, len(users), 500):
-                found = await self.ctx.store.memberships(users[start : start + 500])
+            for start in range(0, len(users), USERS_PER_QUERY):
+                found = await self.ctx.store.memberships(users[start : start + USERS_PER_QUERY])
                 await asyncio.gather(
                     *(
                         self.ctx.group_channels.enter(user_id, group_ids)
@@ -373,14 +367,3 @@ class ChatService:
         except Exception:
             log.exception("reading group memberships after the bus came back failed")
         self.ctx.delivery.restored()
-
-    def _background(self, work: Pending, name: str) -> None:
-        task = asyncio.get_running_loop().create_task(work, name=name)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-        task.add_done_callback(_log_failure)
-
-
-def _log_failure(task: "asyncio.Task[None]") -> None:
-    if not task.cancelled() and (exc := task.exception()) is not None:
-        log.error("%s failed; the sweep makes up for it", task.get_name(), exc_info=exc)

@@ -25,6 +25,7 @@ Theory of operation (ARCHITECTURE.md delivery rules; docs/delivery.md):
 """
 
 import asyncio
+import contextlib
 import logging
 from collections import deque
 from functools import partial
@@ -32,6 +33,7 @@ from functools import partial
 from clusterchat.bus.base import Bus
 from clusterchat.bus.channels import ChannelNames
 from clusterchat.protocol import Outbound
+from clusterchat.service.background import Background
 from clusterchat.service.envelope import (
     encode_deliver,
     encode_group_deliver,
@@ -54,6 +56,8 @@ _REPUBLISH_DELAY = 0.5
 #: new messages (``full``). Checked per envelope, not per message
 #: (tests/unit/service/test_delivery_bound.py).
 MAX_INFLIGHT = 8 * 1024 * 1024
+#: Users whose log heads (or memberships) one query reads at most.
+USERS_PER_QUERY = 500
 
 
 class Delivery:
@@ -74,7 +78,7 @@ class Delivery:
         # by a publish that failed (published again as a HEADS envelope).
         self._unsent: dict[str, dict[int, int]] = {}
         self._republish: asyncio.TimerHandle | None = None
-        self._restores: set[asyncio.Task[None]] = set()
+        self._restores = Background(log, "the sweep retries")
         # Committed messages (and their group, None for none) whose envelopes are
         # not all published yet, and the index in the first one's positions of
         # the next to publish.
@@ -103,8 +107,9 @@ class Delivery:
             appended, group = backlog[0]
             positions = appended.positions
             if group is not None:
-                entries = tuple(item for position in positions for item in position)
-                envelope = encode_group_deliver(self._node_id, group, entries, appended.body)
+                envelope = encode_group_deliver(
+                    self._node_id, group, _flat(positions), appended.body
+                )
                 self._publish(ChannelNames.group(group), envelope, positions)
                 backlog.popleft()
                 continue
@@ -189,8 +194,8 @@ class Delivery:
         self._republish = None
         unsent, self._unsent = self._unsent, {}
         for channel, heads in unsent.items():
-            entries = tuple(item for position in heads.items() for item in position)
-            self._publish(channel, encode_heads(self._node_id, entries), tuple(heads.items()))
+            reached = tuple(heads.items())
+            self._publish(channel, encode_heads(self._node_id, _flat(reached)), reached)
 
     @property
     def busy(self) -> bool:
@@ -213,20 +218,13 @@ class Delivery:
 
     def offer_entries(self, entries: tuple[int, ...], push: Outbound) -> None:
         """A group message: ``entries`` is ``(user, pos, user, pos, ...)``; offer it here."""
-        local = self._registry.local
-        for index in range(0, len(entries) - 1, 2):
-            states = local(entries[index])
-            if states:
-                pos = entries[index + 1]
-                for state in states:
-                    feed = state.feed
-                    if feed is not None:
-                        feed.offer(pos, push)
+        for user_id, pos in _pairs(entries):
+            self.offer(user_id, pos, push)
 
     def behind(self, entries: tuple[int, ...]) -> None:
         """``(user, pos, ...)``: each user's log reached ``pos``; feeds behind it read it."""
-        for index in range(0, len(entries) - 1, 2):
-            self._reached(entries[index], entries[index + 1])
+        for user_id, head in _pairs(entries):
+            self._reached(user_id, head)
 
     def _reached(self, user_id: int, head: int) -> None:
         for state in self._registry.local(user_id):
@@ -241,22 +239,21 @@ class Delivery:
         One query per 500 users finds the feeds that are behind their log's
         head; only those read their log.
         """
-        task = asyncio.get_running_loop().create_task(self.sweep(), name="clusterchat-restore")
-        self._restores.add(task)
-        task.add_done_callback(self._restores.discard)
-        task.add_done_callback(_log_failure)
+        self._restores.start(self.sweep(), "catching up after the bus came back")
         if self._unsent:
             if self._republish is not None:
                 self._republish.cancel()
             self._republish_unsent()
 
     async def sweep(self, users: list[int] | None = None) -> None:
-        """Compare local users' log heads (all of them by default) with their feeds;
-        fill those behind."""
+        """Compare local users' log heads with their feeds; fill those behind.
+
+        ``users``: the local users to compare (None: all of them).
+        """
         if users is None:
             users = list(self._registry.users())
-        for start in range(0, len(users), 500):
-            heads = await self._store.heads(users[start : start + 500])
+        for start in range(0, len(users), USERS_PER_QUERY):
+            heads = await self._store.heads(users[start : start + USERS_PER_QUERY])
             for user_id, head in heads.items():
                 self._reached(user_id, head)
 
@@ -265,7 +262,7 @@ class Delivery:
         future = self._bus.publish(channel, payload)
         self._inflight.add(future)
         future.add_done_callback(self._inflight.discard)
-        future.add_done_callback(_ignore_result)
+        future.add_done_callback(_retrieve)
         return future
 
     async def flush(self) -> None:
@@ -278,8 +275,9 @@ class Delivery:
             if left <= 0:
                 break
             await asyncio.wait(list(self._inflight), timeout=left)
-        if self._restores:
-            await asyncio.wait(list(self._restores), timeout=5)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(5):
+                await self._restores.wait()
 
     async def close(self) -> None:
         """Stop publishing again what failed; let publishes in flight complete."""
@@ -289,17 +287,18 @@ class Delivery:
         await self.flush()
 
 
-def _log_failure(task: asyncio.Task[None]) -> None:
-    if not task.cancelled() and (exc := task.exception()) is not None:
-        log.error("catching up after the bus came back failed; the sweep retries", exc_info=exc)
-
-
-def _ignore_result(future: asyncio.Future[int]) -> None:
-    if not future.cancelled():
-        future.exception()
-
-
 def _retrieve(future: "asyncio.Future[int]") -> None:
-    """A notice that could not be published is only missed live (see ``notify``)."""
+    """Take a publish's failure, which may be lost (a notice: see ``notify``;
+    a broadcast: its receivers clear their caches when their bus comes back)."""
     if not future.cancelled():
         future.exception()
+
+
+def _flat(pairs: tuple[tuple[int, int], ...]) -> tuple[int, ...]:
+    """``((user, pos), ...)`` as an envelope's ``entries``: ``(user, pos, user, pos, ...)``."""
+    return tuple(item for pair in pairs for item in pair)
+
+
+def _pairs(entries: tuple[int, ...]) -> "zip[tuple[int, int]]":
+    """An envelope's ``entries`` as ``(user, pos)`` pairs (a trailing odd item is ignored)."""
+    return zip(entries[::2], entries[1::2], strict=False)

@@ -33,7 +33,7 @@ from clusterchat.service.errors import ChatError
 from clusterchat.service.sessions import SessionState
 from clusterchat.store.base import NameTaken
 
-__all__ = ["add_group", "create_group", "invite", "joined"]
+__all__ = ["add_group", "create_group", "invite", "joined", "listen"]
 
 
 async def create_group(ctx: Context, state: SessionState, request: CreateGroup) -> None:
@@ -91,10 +91,8 @@ async def invite(ctx: Context, state: SessionState, request: Invite) -> None:
 async def joined(ctx: Context, group_id: int, user_id: int) -> None:
     """``user_id`` joined ``group_id`` through this node: listen, then tell the others.
 
-    The node listens on the group's channel (the joiner's sessions here)
-    before it announces, then reads the joiner's log head, so that a message
-    published on the channel before the subscription took effect is read from
-    the log rather than waiting for the user's next envelope.
+    If the joiner has sessions here, the node listens on the group's channel
+    (``listen``) before it announces.
 
     The announcement waits until the bus took it, so the joiner is answered
     only once the other nodes are being told (a node that reads it a moment
@@ -105,9 +103,19 @@ async def joined(ctx: Context, group_id: int, user_id: int) -> None:
     """
     ctx.groups.invalidate(group_id)
     if ctx.registry.has(user_id):
-        await ctx.group_channels.enter(user_id, [group_id])
-        await ctx.delivery.sweep([user_id])
+        await listen(ctx, group_id, user_id)
     with contextlib.suppress(BusError):
         await ctx.delivery.broadcast(
             GROUPS_CHANNEL, encode_group_changed(ctx.node_id, group_id, user_id)
         )
+
+
+async def listen(ctx: Context, group_id: int, user_id: int) -> None:
+    """``user_id``, logged in here, joined ``group_id`` (here or elsewhere): listen on it.
+
+    Then the member's log head is read, so that a message published on the
+    channel before the subscription took effect is read from the log rather
+    than waiting for the member's next envelope.
+    """
+    await ctx.group_channels.enter(user_id, [group_id])
+    await ctx.delivery.sweep([user_id])
