@@ -65,7 +65,7 @@ def _steps_table(title: str, unit: str, run: SteppedFigures, quick: bool) -> Tab
     table = Table(title=title, title_justify="left")
     for column in (f"offered {unit}/s", "delivered/s", "p50 ms", "p99 ms", "max ms"):
         table.add_column(column, justify="right")
-    for column in ("lost", "dup", "gen lag ms", "cpu % of a core", "nodes µs/msg"):
+    for column in ("lost", "dup", "gen lag ms", "cpu % of a core", "nodes+log µs/msg"):
         table.add_column(column, justify="right")
     if not quick:
         table.add_column("sustained", justify="right")
@@ -136,7 +136,9 @@ def _summary(report: BenchReport, quick: bool) -> Table:
         at_max = [s for s in run.steps if s.offered_per_s == run.max_sustainable_per_s]
         if at_max:
             table.add_row(
-                "", "nodes' CPU per message there", _num(at_max[0].node_us_per_message, " µs")
+                "",
+                "nodes' and log writer's CPU per message there",
+                _num(at_max[0].node_us_per_message, " µs"),
             )
         table.add_row("", "stopped", run.stopped_because)
     if report.offline is not None:

@@ -56,9 +56,10 @@ class StepFigures:
         reasons: Why not, when not.
         cpu_percent: Per process (or group of processes), percent of one core
             used during the step and its drain.
-        node_us_per_message: CPU time of all the nodes together during the
-            step and its drain, per message sent (a group message counts
-            once), in microseconds (None: no message was sent).
+        node_us_per_message: CPU time of all the nodes together, and on
+            SQLite of their log writer process, during the step and its
+            drain, per message sent (a group message counts once), in
+            microseconds (None: no message was sent, or a ``--target`` run).
     """
 
     step: int

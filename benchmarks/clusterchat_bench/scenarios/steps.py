@@ -125,7 +125,7 @@ def _line(label: str, f: StepFigures, quick: bool) -> str:
     return (
         f"  {label:>10} delivered {f.delivered_per_s:>9,.0f}/s p50 {f.p50_ms:.1f} "
         f"p99 {f.p99_ms:.1f} max {f.max_ms:.1f} ms, lost {f.lost}, dup {f.duplicated}{sustained}"
-        f" (cpu% {cpu_text(f.cpu_percent)}; nodes {_us(f.node_us_per_message)} per message)"
+        f" (cpu% {cpu_text(f.cpu_percent)}; nodes+log {_us(f.node_us_per_message)} per message)"
     )
 
 
