@@ -129,6 +129,8 @@ def run_build(name: str, src: Path, out: Path, bench_args: list[str]) -> Path:
             endpoints = []
             for index in (1, 2):
                 port = free_port(HOST)
+                # Not this checkout's node_argv: that is the command line of
+                # this build (--workers always), which an older node may refuse.
                 argv = [sys.executable, "-m", "clusterchat", "node", "--host", HOST]
                 argv += ["--port", str(port), "--db", db_url, "--redis", redis_url]
                 argv += ["--node-id", f"n{index}", *flags]
