@@ -25,8 +25,10 @@ and cheap password hashing through ``CLUSTERCHAT_*`` variables (a build
 that lacks a setting ignores its variable).
 
 Each run's ``bench.json`` is ``OUT/<name>-<round>/bench.json``; a summary of
-the pairs and groups steps (max sustained rate, p99) is printed at the end
-and written to ``OUT/summary.json``. No test asserts on any figure.
+the pairs and groups steps (max sustained rate, p99, and the CPU of the
+build's nodes and log writer per message, which the bench measures from
+/proc: it finds the processes behind the addresses it is given) is printed
+at the end and written to ``OUT/summary.json``. No test asserts on any figure.
 """
 
 import argparse
@@ -150,6 +152,11 @@ def _summary(path: Path) -> dict[str, object]:
             "max_sustained": best or 0,
             "p99_ms_there": there[0] if there else None,
             "p99_ms": {str(int(s["offered_per_s"])): s["p99_ms"] for s in steps},
+            # CPU of the nodes and their log writer per message sent (the bench
+            # finds them from the addresses it is given: its listeners module).
+            "nodes_log_us_per_message": {
+                str(int(s["offered_per_s"])): s.get("node_us_per_message") for s in steps
+            },
         }
     return found
 

@@ -26,8 +26,12 @@ Two things differ, and both are reported (``node_configuration``):
 Everything is started as a child in its own session and stopped by pid
 (``cluster.processes``).
 
-A targeted cluster is only addresses: nothing is started or stopped, and the
-node processes are unknown (no RSS figure).
+A targeted cluster is addresses: nothing is started or stopped. Its nodes'
+processes are found on this machine from those addresses
+(``clusterchat_bench.listeners``: the clusterchat processes listening on a
+target's loopback port, and the log writer of their SQLite file) and
+measured like the bench's own; elsewhere they are unknown. No RSS figure
+for them either way.
 """
 
 import os
@@ -48,6 +52,7 @@ from clusterchat.cluster.processes import Child, spawn, stop, wait_for_port
 from clusterchat.settings import ENV_PREFIX, Settings, redact_url
 from clusterchat_bench.commands import Endpoint
 from clusterchat_bench.database import POSTGRES_SETTINGS, PrivatePostgres, database_kind
+from clusterchat_bench.listeners import database_of, node_pids
 from clusterchat_bench.options import PRIVATE_POSTGRESQL
 
 __all__ = [
@@ -165,6 +170,8 @@ class BenchCluster:
     node_workers: int = 1
     database_url: str | None = None
     postgres: PrivatePostgres | None = None
+    #: A targeted cluster's node processes found on this machine, by name (``n1``...).
+    found: dict[str, list[int]] = field(default_factory=dict)
 
     @property
     def own(self) -> bool:
@@ -173,8 +180,15 @@ class BenchCluster:
 
     @classmethod
     def target(cls, endpoints: list[Endpoint], redis_url: str | None) -> "BenchCluster":
-        """A running cluster: nothing is started or stopped."""
-        return cls(workdir=None, endpoints=endpoints, redis_url=redis_url)
+        """A running cluster: nothing is started or stopped; its node processes
+        are looked for on this machine (module docstring)."""
+        found = {f"n{i}": node_pids(e.host, e.port) for i, e in enumerate(endpoints, start=1)}
+        return cls(
+            workdir=None,
+            endpoints=endpoints,
+            redis_url=redis_url,
+            found={name: pids for name, pids in found.items() if pids},
+        )
 
     @classmethod
     def start(
@@ -316,13 +330,22 @@ class BenchCluster:
         children = [self.redis, *self.nodes, self.nginx]
         return {c.name: list(c.argv) for c in children if c is not None and c.alive()}
 
+    def node_names(self) -> list[str]:
+        """The CPU meter's names of the nodes (started, or found for a target)."""
+        return [child.name for child in self.nodes] if self.own else list(self.found)
+
     def processes(self) -> dict[str, list[int]]:
-        """The pids of the children still running, by name (for the CPU meter), and
-        ``log``: the log writer the nodes started for their SQLite file, if any."""
-        server = self.postgres.child if self.postgres is not None else None
-        children = [*self.nodes, self.redis, self.nginx, server]
-        running = {c.name: [c.pid] for c in children if c is not None and c.alive()}
-        writers = log_writer_pids(self.db_url) if self.workdir is not None else []
+        """The pids of the children still running (a target's nodes found), by name
+        (for the CPU meter), and ``log``: the log writer of the nodes' SQLite file, if any."""
+        if self.own:
+            server = self.postgres.child if self.postgres is not None else None
+            children = [*self.nodes, self.redis, self.nginx, server]
+            running = {c.name: [c.pid] for c in children if c is not None and c.alive()}
+            databases = {self.db_url}
+        else:
+            running = dict(self.found)
+            databases = {db for pids in self.found.values() for db in map(database_of, pids) if db}
+        writers = sorted({pid for db in databases for pid in log_writer_pids(db)})
         if writers:
             running[LOG_WRITER] = writers
         return running

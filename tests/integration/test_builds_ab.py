@@ -3,7 +3,9 @@
 Both "builds" are this checkout's ``src`` here, with a tiny load: the test
 checks that each run produced its figures under its own name, that nothing
 was lost, and that every process the script started (Redis, the nodes, the
-SQLite log writer) is gone afterwards. It never checks a speed.
+SQLite log writer) is gone afterwards, and that the bench found the nodes
+and the log writer behind the addresses it was given (their CPU per message
+is reported). It never checks a speed.
 """
 
 import json
@@ -61,4 +63,7 @@ def test_two_builds_are_benched_in_turn_and_stopped(tmp_path: Path) -> None:
         assert [s["lost"] for s in steps] == [0]
         assert [s["duplicated"] for s in steps] == [0]
         assert report["cluster"]["endpoints"], "the bench was pointed at the started nodes"
+        assert set(report["cluster"]["pids"]) == {"n1", "n2", "log"}, report["cluster"]
+        assert {"n1", "n2", "log"} <= set(steps[0]["cpu_percent"]), steps[0]
+        assert steps[0]["node_us_per_message"] is not None, steps[0]
     assert _processes_mentioning("builds-ab-") == []

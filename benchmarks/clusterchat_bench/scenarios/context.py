@@ -54,8 +54,8 @@ class ScenarioContext:
 
     def node_names(self) -> list[str]:
         """The CPU meter's names of the cluster's nodes and of their SQLite log writer
-        (none when driving a running cluster)."""
-        nodes = [child.name for child in self.cluster.nodes]
+        (none when driving a running cluster whose nodes were not found)."""
+        nodes = self.cluster.node_names()
         return [*nodes, LOG_WRITER] if nodes else []
 
     def endpoint(self, number: int) -> Endpoint:

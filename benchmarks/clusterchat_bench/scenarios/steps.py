@@ -82,7 +82,7 @@ def run_steps(
             )
         use = meter.stop()
         figures = merge_step(number, offered, seconds, parts, options.p99_limit_ms)
-        nodes = ctx.node_names()  # none when driving a running cluster (--target)
+        nodes = ctx.node_names()  # none for a --target whose nodes were not found
         node_us = None
         if nodes and figures.messages_sent:
             node_us = round(1e6 * use.seconds(nodes) / figures.messages_sent, 1)
