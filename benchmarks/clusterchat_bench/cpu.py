@@ -62,8 +62,10 @@ class CpuMeter:
     """Snapshots of CPU time per named group of processes."""
 
     def __init__(self, processes: Mapping[str, Sequence[int]]) -> None:
+        # Each process once per name: a node's workers may be listed beside
+        # their supervisor, whose family they are too.
         self._processes = {
-            name: [member for pid in pids for member in family(pid)]
+            name: list(dict.fromkeys(member for pid in pids for member in family(pid)))
             for name, pids in processes.items()
             if pids
         }
