@@ -59,7 +59,8 @@ class StepFigures:
         node_us_per_message: CPU time of all the nodes together, and on
             SQLite of their log writer process, during the step and its
             drain, per message sent (a group message counts once), in
-            microseconds (None: no message was sent, or a ``--target`` run).
+            microseconds (None: no message was sent, or a ``--target`` run whose
+            nodes were not found on this machine).
     """
 
     step: int
