@@ -29,7 +29,8 @@ Everything is started as a child in its own session and stopped by pid
 A targeted cluster is addresses: nothing is started or stopped. Its nodes'
 processes are found on this machine from those addresses
 (``clusterchat_bench.listeners``: the clusterchat processes listening on a
-target's loopback port, and the log writer of their SQLite file) and
+target's loopback port, or behind the nginx listening there, and the log
+writer of their SQLite file) and
 measured like the bench's own; elsewhere they are unknown. No RSS figure
 for them either way.
 """
@@ -52,7 +53,7 @@ from clusterchat.cluster.processes import Child, spawn, stop, wait_for_port
 from clusterchat.settings import ENV_PREFIX, Settings, redact_url
 from clusterchat_bench.commands import Endpoint
 from clusterchat_bench.database import POSTGRES_SETTINGS, PrivatePostgres, database_kind
-from clusterchat_bench.listeners import database_of, node_pids
+from clusterchat_bench.listeners import database_of, nodes_behind
 from clusterchat_bench.options import PRIVATE_POSTGRESQL
 
 __all__ = [
@@ -182,12 +183,14 @@ class BenchCluster:
     def target(cls, endpoints: list[Endpoint], redis_url: str | None) -> "BenchCluster":
         """A running cluster: nothing is started or stopped; its node processes
         are looked for on this machine (module docstring)."""
-        found = {f"n{i}": node_pids(e.host, e.port) for i, e in enumerate(endpoints, start=1)}
+        nodes: list[list[int]] = []
+        for endpoint in endpoints:
+            nodes.extend(n for n in nodes_behind(endpoint.host, endpoint.port) if n not in nodes)
         return cls(
             workdir=None,
             endpoints=endpoints,
             redis_url=redis_url,
-            found={name: pids for name, pids in found.items() if pids},
+            found={f"n{i}": pids for i, pids in enumerate(nodes, start=1)},
         )
 
     @classmethod

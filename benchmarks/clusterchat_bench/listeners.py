@@ -6,17 +6,25 @@ found: the processes that hold a listening socket on a target's port
 ``/proc/PID/fd`` who holds it; with ``--workers`` several processes share the
 port, and all of them count). A process counts as a node only if its command
 line says it runs clusterchat (a target port that is nginx's is not a node).
-The node's ``--db`` names its database; for a SQLite file, the log writer of
-that file counts with the nodes, as in the bench's own cluster. Nothing is
-found for a host that is not this machine's, for another user's processes,
-or off Linux: the CPU figures then stay the machine's and ``others``.
+A target port that nginx holds (an ``up`` cluster's front door) leads to
+the nodes behind it: the nginx master's command line names its
+configuration (``-c``, relative to ``-p``), and every ``server host:port``
+of its ``upstream`` blocks is looked up in turn (a node's TCP and HTTP ports
+lead to the same processes, which count once). The node's ``--db`` names
+its database; for a SQLite file, the log writer of that file counts with
+the nodes, as in the bench's own cluster. Nothing is found for a host that
+is not this machine's, for another user's processes, for an nginx
+configuration that cannot be read, or off Linux: the CPU figures then stay
+the machine's and ``others``.
 """
 
 import contextlib
 import ipaddress
+import itertools
+import re
 from pathlib import Path
 
-__all__ = ["database_of", "listening_pids", "node_pids"]
+__all__ = ["database_of", "listening_pids", "node_pids", "nodes_behind", "upstreams"]
 
 _LISTEN = "0A"
 
@@ -64,19 +72,85 @@ def _argv(pid: int, proc: Path) -> list[str]:
     return [part.decode(errors="replace") for part in raw.split(b"\0") if part]
 
 
+def _is_local(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
 def node_pids(host: str, port: int, proc: Path = Path("/proc")) -> list[int]:
     """The clusterchat processes listening on ``port``, if ``host`` is this machine's loopback."""
-    try:
-        local = ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        local = host == "localhost"
-    if not local:
+    if not _is_local(host):
         return []
     return [
         pid
         for pid in listening_pids(port, proc)
         if any("clusterchat" in part for part in _argv(pid, proc))
     ]
+
+
+def nodes_behind(host: str, port: int, proc: Path = Path("/proc")) -> list[list[int]]:
+    """The nodes a target address leads to, each as its processes' pids.
+
+    A node's own port: that node. nginx's port: the nodes of its upstreams,
+    in the order its configuration lists them (module docstring).
+    """
+    if not _is_local(host):
+        return []
+    own = node_pids(host, port, proc)
+    if own:
+        return [own]
+    nodes: list[list[int]] = []
+    configurations = {c for pid in listening_pids(port, proc) if (c := _nginx_conf(pid, proc))}
+    for configuration in sorted(configurations):
+        try:
+            text = configuration.read_text()
+        except (OSError, UnicodeDecodeError):
+            continue
+        for upstream_host, upstream_port in upstreams(text):
+            pids = node_pids(upstream_host, upstream_port, proc)
+            if pids and pids not in nodes:
+                nodes.append(pids)
+    return nodes
+
+
+def _nginx_conf(pid: int, proc: Path) -> Path | None:
+    """The configuration file of an nginx master process (None: not one).
+
+    nginx rewrites its command line as one string, ``nginx: master process
+    <argv joined by spaces>``, so it is split again on spaces (a path with a
+    space in it is not found).
+    """
+    words = " ".join(_argv(pid, proc)).split()
+    if words[:3] != ["nginx:", "master", "process"]:
+        return None
+    argv = words[3:]
+    options = dict(itertools.pairwise(argv))
+    configuration = options.get("-c")
+    if configuration is None:
+        return None
+    path = Path(configuration)
+    if not path.is_absolute():
+        path = Path(options.get("-p", "/etc/nginx/")) / path
+    return path
+
+
+_UPSTREAM = re.compile(r"\bupstream\s+\S+\s*\{([^}]*)\}")
+_SERVER = re.compile(r"^\s*server\s+([^\s;]+)", re.MULTILINE)
+
+
+def upstreams(configuration: str) -> list[tuple[str, int]]:
+    """The ``host:port`` of every ``server`` in the ``upstream`` blocks of an
+    nginx configuration, in order (unix sockets and addresses without a port
+    are left out)."""
+    found = []
+    for block in _UPSTREAM.finditer(configuration):
+        for address in _SERVER.findall(block.group(1)):
+            host, _, port = address.rpartition(":")
+            if host and port.isdigit() and not host.startswith("unix"):
+                found.append((host.strip("[]"), int(port)))
+    return found
 
 
 def database_of(pid: int, proc: Path = Path("/proc")) -> str | None:

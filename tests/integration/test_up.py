@@ -13,6 +13,8 @@ import pytest
 
 from clusterchat.cluster import processes
 from clusterchat.cluster.ports import free_port
+from clusterchat_bench.cluster import BenchCluster
+from clusterchat_bench.commands import Endpoint
 from tests.support.classic import ClassicClient
 from tests.support.timing import seconds
 
@@ -66,6 +68,10 @@ def test_up_serves_chat_and_ctrl_c_leaves_nothing(tmp_path: Path) -> None:
         processes.wait_for_log(up, "cluster ready", seconds(60))
         pids = _pids_from_table(log_path.read_text())
         assert set(pids) == {"redis", "node1", "node2", "nginx"}
+        # `bench --target` at nginx's port finds the nodes behind it and their log writer.
+        found = BenchCluster.target([Endpoint("127.0.0.1", port)], None).processes()
+        assert found.keys() == {"n1", "n2", "log"}, found
+        assert [found["n1"], found["n2"]] == [[pids["node1"]], [pids["node2"]]]
 
         register = ClassicClient("127.0.0.1", port)
         ids = [

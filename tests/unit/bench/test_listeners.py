@@ -7,7 +7,13 @@ and ``fd/`` links to ``socket:[inode]``.
 
 from pathlib import Path
 
-from clusterchat_bench.listeners import database_of, listening_pids, node_pids
+from clusterchat_bench.listeners import (
+    database_of,
+    listening_pids,
+    node_pids,
+    nodes_behind,
+    upstreams,
+)
 
 _HEADER = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt  uid inode\n"
 
@@ -67,3 +73,78 @@ def test_a_nodes_database_is_read_from_its_command_line(tmp_path: Path) -> None:
     assert database_of(11, proc) == "postgresql://h/db"
     assert database_of(20, proc) is None
     assert database_of(99, proc) is None, "a process that is gone"
+
+
+_NGINX_CONF = """
+stream {
+    upstream clusterchat_tcp {
+        server 127.0.0.1:8000 max_fails=1 fail_timeout=5s;
+        server [::1]:8100 max_fails=1 fail_timeout=5s;
+        server 127.0.0.1:8200;
+    }
+    server { listen 127.0.0.1:9000; proxy_pass clusterchat_tcp; }
+}
+http {
+    upstream clusterchat_http {
+        server 127.0.0.1:8001;
+        server unix:/run/x.sock;
+        server backend;
+    }
+}
+"""
+
+
+def _nginx_tree(tmp_path: Path, master: str) -> Path:
+    """A /proc tree where nginx (a master and a worker) listens on 9000 in front of
+    node A (8000 for TCP, 8001 for HTTP: one process) and node B (8100, two workers);
+    nothing listens on 8200."""
+    proc = tmp_path / "proc"
+    (proc / "net").mkdir(parents=True)
+    (proc / "net" / "tcp").write_text(
+        _HEADER
+        + _socket(0, 9000, "0A", 900)
+        + _socket(1, 8000, "0A", 800)
+        + _socket(2, 8001, "0A", 801)
+    )
+    (proc / "net" / "tcp6").write_text(_HEADER + _socket(0, 8100, "0A", 810, v6=True))
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "nginx.conf").write_text(_NGINX_CONF)
+    _process(proc, 30, [master], [900])
+    _process(proc, 31, ["nginx: worker process"], [900])
+    _process(
+        proc, 40, ["python", "-m", "clusterchat", "node", "--db", "sqlite:////x/a.db"], [800, 801]
+    )
+    _process(proc, 41, ["clusterchat", "node", "--workers", "2"], [810])
+    _process(proc, 42, ["clusterchat", "node", "--workers", "2"], [810])
+    return proc
+
+
+def test_the_upstream_servers_of_an_nginx_configuration_are_read_in_order() -> None:
+    assert upstreams(_NGINX_CONF) == [
+        ("127.0.0.1", 8000),
+        ("::1", 8100),
+        ("127.0.0.1", 8200),
+        ("127.0.0.1", 8001),
+    ]
+
+
+def test_the_nodes_behind_nginx_are_found_from_its_configuration(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    master = f"nginx: master process /usr/sbin/nginx -p {run}/ -c {run}/nginx.conf -e {run}/e.log"
+    proc = _nginx_tree(tmp_path, master)
+    # Node A once (its TCP and HTTP ports), node B with both workers, nothing on 8200.
+    assert nodes_behind("127.0.0.1", 9000, proc) == [[40], [41, 42]]
+    assert nodes_behind("127.0.0.1", 8100, proc) == [[41, 42]], "a node's own port"
+    assert nodes_behind("192.0.2.7", 9000, proc) == []
+
+
+def test_a_relative_nginx_configuration_is_read_under_its_prefix(tmp_path: Path) -> None:
+    proc = _nginx_tree(tmp_path, f"nginx: master process nginx -p {tmp_path}/run/ -c nginx.conf")
+    assert nodes_behind("127.0.0.1", 9000, proc) == [[40], [41, 42]]
+
+
+def test_an_nginx_whose_configuration_cannot_be_read_leads_nowhere(tmp_path: Path) -> None:
+    proc = _nginx_tree(tmp_path, "nginx: master process nginx -c /nonexistent/nginx.conf")
+    assert nodes_behind("127.0.0.1", 9000, proc) == []
+    proc2 = _nginx_tree(tmp_path / "b", "nginx: master process nginx")
+    assert nodes_behind("127.0.0.1", 9000, proc2) == [], "no -c: the built-in path, not read"
