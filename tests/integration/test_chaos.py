@@ -9,7 +9,8 @@ node's subscriber for its pubsub output buffer.
 Design
 ------
 * A cluster of real processes: redis-server, three ``clusterchat node`` (one
-  SQLite file), nginx in front (with a stream access log, so that every
+  SQLite file; with ``CLUSTERCHAT_CHAOS_DB=postgresql`` or ``mariadb``, a
+  private server of that database), nginx in front (with a stream access log, so that every
   connection can be mapped to the node that served it).
 * ``USERS`` users, half *classic* (NUL-terminated frames, no device: their
   stored messages come in ``offlinemsg``) and half *acknowledging* (newline
@@ -100,6 +101,10 @@ MESSAGES = int(os.environ.get("CLUSTERCHAT_CHAOS_MESSAGES", "20000"))
 TRAFFIC_SECONDS = float(os.environ.get("CLUSTERCHAT_CHAOS_SECONDS", "60"))
 #: The seed of the fault schedule and of every user's choices.
 SEED = int(os.environ.get("CLUSTERCHAT_CHAOS_SEED", "20261201"))
+#: The nodes' database: ``sqlite`` (one file), or a private ``postgresql`` or
+#: ``mariadb`` server (the fixtures of tests/support), on demand.
+DATABASE = os.environ.get("CLUSTERCHAT_CHAOS_DB", "sqlite")
+_DATABASE_FIXTURES = {"postgresql": "postgres_url", "mariadb": "mariadb_url"}
 
 NODES = 3
 USERS = 60  # the first half classic, the second acknowledging
@@ -977,16 +982,29 @@ async def _wait_for(condition: Callable[[], bool], limit: float) -> bool:
     return True
 
 
+@pytest.fixture
+def db_url(request: pytest.FixtureRequest) -> str | None:
+    """The nodes' database URL (None: the node factory's SQLite file), per ``DATABASE``."""
+    assert DATABASE in ("sqlite", *_DATABASE_FIXTURES), f"CLUSTERCHAT_CHAOS_DB={DATABASE}?"
+    if DATABASE == "sqlite":
+        return None
+    return str(request.getfixturevalue(_DATABASE_FIXTURES[DATABASE]))
+
+
 @pytest.mark.timeout(TEST_TIMEOUT)
 async def test_every_acknowledged_message_arrives_once_in_order_through_chaos(
-    node_factory: NodeFactory, redis_server: RedisServer, nginx_factory: NginxFactory
+    node_factory: NodeFactory,
+    redis_server: RedisServer,
+    nginx_factory: NginxFactory,
+    db_url: str | None,
 ) -> None:
     """50+ clients, 3 nodes, nginx, redis: node kills, stalls, stops, redis kills, buffer cuts."""
     began = time.monotonic()
 
     def start_node(i: int) -> NodeHandle:
         return node_factory(
-            extra_args=["--redis", redis_server.url, "--node-id", f"n{i}", *NODE_ARGS]
+            db_url=db_url,
+            extra_args=["--redis", redis_server.url, "--node-id", f"n{i}", *NODE_ARGS],
         )
 
     nodes = [await asyncio.to_thread(start_node, i) for i in range(NODES)]
@@ -1065,7 +1083,7 @@ async def test_every_acknowledged_message_arrives_once_in_order_through_chaos(
         f"abandoned={sum(a.abandoned for a in chaos.agents)} refused={len(ledger.refused)} "
         f"login_failures={sum(sum(a.login_failures.values()) for a in chaos.agents)} "
         f"traffic={traffic_end - t0:.1f}s quiescent_after={quiescent_after:.1f}s "
-        f"total={time.monotonic() - began:.1f}s seed={SEED}"
+        f"total={time.monotonic() - began:.1f}s seed={SEED} database={DATABASE}"
     )
     print("chaos faults: " + "; ".join(fault_list))
     problems = summary.details + ledger.bad_pushes[:10] + chaos.protocol_errors[:10]
