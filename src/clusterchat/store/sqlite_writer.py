@@ -22,9 +22,23 @@ write released the file lock): SQLite's automatic checkpoint runs inside
 COMMIT, so the other nodes waited for it on the lock; run by the writer
 thread after the write, its ``fdatasync`` held up this node's next
 transaction (p99 at 5,000 msgs/s: 36-37 ms there, 16 ms here, two rounds
-each; docs/performance.md). Checkpointing much less often (every 500
-transactions, tried) let the WAL grow to hundreds of MB in a minute of load
-and made every transaction slower.
+each; docs/performance.md).
+
+SQLite starts the WAL file over only when a write transaction begins while
+every frame in it has been checkpointed and no reader still reads from it.
+With the checkpoint in a thread of its own that moment never came while
+transactions followed each other: the WAL grew without end (4.4 MB/s at
+7,500 one-to-one messages/s, 222-315 MB after 40-60 s bench steps; 60 MB in
+a fraction of a second of back-to-back transactions,
+``tests/unit/store/test_sqlite_writer.py``).
+So after a commit that left the WAL file larger than ``WAL_LIMIT``, the
+writer thread, still holding the file lock, checkpoints the rest itself
+(``RESTART``: whatever the checkpoint thread has not copied yet, and the file
+synced), without waiting for anyone (a busy timeout of 0: when the
+checkpoint thread or a reader is in the way, it tries again after its next
+commit); its next transaction then starts the WAL over, and
+``journal_size_limit`` cuts the file back to ``WAL_LIMIT`` (benchmarks/RESULTS.md,
+"System calls per message, and the WAL's size").
 """
 
 import asyncio
@@ -55,6 +69,10 @@ T = TypeVar("T")
 _CACHED_STATEMENTS = 40
 #: Seconds between two checkpoints of one writer (docstring above).
 CHECKPOINT_INTERVAL = 0.05
+#: Bytes of WAL past which the writer starts the WAL over (docstring above).
+#: Each time costs the writer one checkpoint's ``fdatasync`` calls, 10-40 ms
+#: here: at 7,500 one-to-one msgs/s (4.4 MB of WAL a second) once in 15 s.
+WAL_LIMIT = 64 * 2**20
 
 
 class SqliteWriter:
@@ -76,6 +94,7 @@ class SqliteWriter:
         event.listen(self._engine, "connect", on_connect)
         event.listen(self._engine, "connect", _no_automatic_checkpoint)
         self._path = path
+        self._wal_path = f"{path}-wal"
         self._checkpointed = 0.0
         self._checkpointing = threading.Lock()
         self._checkpoint_conn: sqlite3.Connection | None = None
@@ -116,10 +135,29 @@ class SqliteWriter:
             except BaseException:
                 self._abandon(conn, dbapi)
                 raise
+            self._start_wal_over(dbapi)
         finally:
             fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
         self._checkpoint()
         return result
+
+    def _start_wal_over(self, dbapi: Any) -> None:
+        """Past ``WAL_LIMIT``: checkpoint the WAL whole, so that the next
+        transaction starts it over (module docstring). Never waits: busy now,
+        it is tried again after the next commit."""
+        try:
+            if os.stat(self._wal_path).st_size <= WAL_LIMIT:
+                return
+        except OSError:
+            return
+        (timeout,) = dbapi.execute("PRAGMA busy_timeout").fetchone()
+        dbapi.execute("PRAGMA busy_timeout=0")
+        try:
+            dbapi.execute("PRAGMA wal_checkpoint(RESTART)").fetchall()
+        except sqlite3.Error as exc:
+            log.warning("checkpointing the WAL failed (%s); the next commit retries", exc)
+        finally:
+            dbapi.execute(f"PRAGMA busy_timeout={int(timeout)}")
 
     def _abandon(self, conn: Connection, dbapi: Any) -> None:
         """Roll a failed transaction back; a connection that cannot is closed
@@ -180,4 +218,5 @@ class SqliteWriter:
 def _no_automatic_checkpoint(dbapi_connection: Any, _record: Any) -> None:
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA wal_autocheckpoint=0")
+    cursor.execute(f"PRAGMA journal_size_limit={WAL_LIMIT}")
     cursor.close()
