@@ -33,12 +33,13 @@ a fraction of a second of back-to-back transactions,
 ``tests/unit/store/test_sqlite_writer.py``).
 So after a commit that left the WAL file larger than ``WAL_LIMIT``, the
 writer thread, still holding the file lock, checkpoints the rest itself
-(``RESTART``: whatever the checkpoint thread has not copied yet, and the file
-synced), without waiting for anyone (a busy timeout of 0: when the
-checkpoint thread or a reader is in the way, it tries again after its next
-commit); its next transaction then starts the WAL over, and
-``journal_size_limit`` cuts the file back to ``WAL_LIMIT`` (benchmarks/RESULTS.md,
-"System calls per message, and the WAL's size").
+(``RESTART``: whatever the checkpoint thread has not copied yet, and the
+file synced), without waiting for anyone: a busy timeout of 0; while the
+checkpoint thread runs, after its next commit; when a reader was in the
+way, ``RESTART_RETRY`` later (a try may sync the file). Its next
+transaction then starts the WAL over, and ``journal_size_limit`` cuts the
+file back to ``WAL_LIMIT`` (benchmarks/RESULTS.md, "System calls per
+message, and the WAL's size").
 """
 
 import asyncio
@@ -73,6 +74,9 @@ CHECKPOINT_INTERVAL = 0.05
 #: Each time costs the writer one checkpoint's ``fdatasync`` calls, 10-40 ms
 #: here: at 7,500 one-to-one msgs/s (4.4 MB of WAL a second) once in 15 s.
 WAL_LIMIT = 64 * 2**20
+#: Seconds between two tries to start the WAL over while readers are in the
+#: way (a try may sync the database file: at most one such stall a second).
+RESTART_RETRY = 1.0
 
 
 class SqliteWriter:
@@ -95,6 +99,7 @@ class SqliteWriter:
         event.listen(self._engine, "connect", _no_automatic_checkpoint)
         self._path = path
         self._wal_path = f"{path}-wal"
+        self._restart_failed = -RESTART_RETRY
         self._checkpointed = 0.0
         self._checkpointing = threading.Lock()
         self._checkpoint_conn: sqlite3.Connection | None = None
@@ -143,21 +148,31 @@ class SqliteWriter:
 
     def _start_wal_over(self, dbapi: Any) -> None:
         """Past ``WAL_LIMIT``: checkpoint the WAL whole, so that the next
-        transaction starts it over (module docstring). Never waits: busy now,
-        it is tried again after the next commit."""
+        transaction starts it over (module docstring). Never waits: while the
+        checkpoint thread runs, after the next commit; when readers were in
+        the way, ``RESTART_RETRY`` later."""
         try:
             if os.stat(self._wal_path).st_size <= WAL_LIMIT:
                 return
         except OSError:
             return
+        now = time.monotonic()
+        if now - self._restart_failed < RESTART_RETRY:
+            return
+        if not self._checkpointing.acquire(blocking=False):
+            return  # the checkpoint thread copies frames now
         (timeout,) = dbapi.execute("PRAGMA busy_timeout").fetchone()
         dbapi.execute("PRAGMA busy_timeout=0")
+        busy = True
         try:
-            dbapi.execute("PRAGMA wal_checkpoint(RESTART)").fetchall()
+            (busy, _frames, _copied) = dbapi.execute("PRAGMA wal_checkpoint(RESTART)").fetchone()
         except sqlite3.Error as exc:
-            log.warning("checkpointing the WAL failed (%s); the next commit retries", exc)
+            log.warning("checkpointing the WAL failed (%s); tried again in 1 s", exc)
         finally:
             dbapi.execute(f"PRAGMA busy_timeout={int(timeout)}")
+            self._checkpointing.release()
+        if busy:
+            self._restart_failed = now
 
     def _abandon(self, conn: Connection, dbapi: Any) -> None:
         """Roll a failed transaction back; a connection that cannot is closed
