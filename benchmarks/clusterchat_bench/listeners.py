@@ -5,7 +5,7 @@ found: the processes that hold a listening socket on a target's port
 (``/proc/net/tcp`` and ``tcp6`` give the socket's inode for the port,
 ``/proc/PID/fd`` who holds it; with ``--workers`` several processes share the
 port, and all of them count). A process counts as a node only if its command
-line says it runs clusterchat (a target port that is nginx's is not a node).
+line runs ``clusterchat node`` (a target port that is nginx's is not a node).
 A target port that nginx holds (an ``up`` cluster's front door) leads to
 the nodes behind it: the nginx master's command line names its
 configuration (``-c``, relative to ``-p``), and every ``server host:port``
@@ -83,11 +83,18 @@ def node_pids(host: str, port: int, proc: Path = Path("/proc")) -> list[int]:
     """The clusterchat processes listening on ``port``, if ``host`` is this machine's loopback."""
     if not _is_local(host):
         return []
-    return [
-        pid
-        for pid in listening_pids(port, proc)
-        if any("clusterchat" in part for part in _argv(pid, proc))
-    ]
+    return [pid for pid in listening_pids(port, proc) if _is_node(_argv(pid, proc))]
+
+
+def _is_node(argv: list[str]) -> bool:
+    """Whether a command line runs ``clusterchat node``: ``python -m clusterchat
+    node ...`` or the ``clusterchat`` program's ``node``. (Not any mention of
+    clusterchat: nginx's names ``up``'s ``clusterchat-run`` directory.)"""
+    for index, part in enumerate(argv[:-1]):
+        program = part == "clusterchat" and index > 0 and argv[index - 1] == "-m"
+        if (program or Path(part).name == "clusterchat") and argv[index + 1] == "node":
+            return True
+    return False
 
 
 def nodes_behind(host: str, port: int, proc: Path = Path("/proc")) -> list[list[int]]:

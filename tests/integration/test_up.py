@@ -20,6 +20,8 @@ from tests.support.timing import seconds
 
 pytestmark = pytest.mark.integration
 
+#: The run directory, named as ``up``'s default (which nginx's command line names).
+RUN_DIR = "clusterchat-run"
 _FAST_HASHING = {"CLUSTERCHAT_ARGON2_TIME_COST": "1", "CLUSTERCHAT_ARGON2_MEMORY_KIB": "1024"}
 
 
@@ -54,7 +56,7 @@ def _start_up(tmp_path: Path, *args: str) -> tuple[int, Path, processes.Child]:
     argv = [sys.executable, "-m", "clusterchat", "up", *args, "--port", str(port)]
     up = processes.spawn(
         "up",
-        [*argv, "--dir", str(tmp_path / "run")],
+        [*argv, "--dir", str(tmp_path / RUN_DIR)],
         log_path=log_path,
         env={**os.environ, **_FAST_HASHING},
     )
@@ -120,7 +122,7 @@ def test_up_with_tls_serves_chat_through_nginx(tmp_path: Path) -> None:
     port, log_path, up = _start_up(tmp_path, "--tls")
     try:
         processes.wait_for_log(up, "cluster ready", seconds(60))
-        cert = (tmp_path / "run" / "tls" / "cert.pem").resolve()
+        cert = (tmp_path / RUN_DIR / "tls" / "cert.pem").resolve()
         assert f"TLS, self-signed certificate {cert}" in log_path.read_text()
         context = ssl.create_default_context(cafile=str(cert))
 
@@ -156,7 +158,7 @@ def test_a_second_up_on_the_same_directory_says_so_and_starts_nothing(tmp_path: 
     _port, _log, up = _start_up(tmp_path, "--nodes", "1")
     try:
         processes.wait_for_log(up, "cluster ready", seconds(60))
-        run_dir = str(tmp_path / "run")
+        run_dir = str(tmp_path / RUN_DIR)
         second = subprocess.run(
             [
                 sys.executable,
@@ -174,7 +176,7 @@ def test_a_second_up_on_the_same_directory_says_so_and_starts_nothing(tmp_path: 
             env={**os.environ, **_FAST_HASHING},
         )
         assert second.returncode == 1
-        assert f"{tmp_path / 'run'} is in use by another clusterchat up (pid {up.pid})" in (
+        assert f"{tmp_path / RUN_DIR} is in use by another clusterchat up (pid {up.pid})" in (
             second.stderr
         )
         assert "cluster ready" not in second.stderr
@@ -187,7 +189,7 @@ def test_up_on_a_taken_port_fails_fast_naming_it(tmp_path: Path) -> None:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        run_dir = str(tmp_path / "run")
+        run_dir = str(tmp_path / RUN_DIR)
         started = subprocess.run(
             [sys.executable, "-m", "clusterchat", "up", "--port", str(port), "--dir", run_dir],
             capture_output=True,
@@ -197,13 +199,13 @@ def test_up_on_a_taken_port_fails_fast_naming_it(tmp_path: Path) -> None:
         )
     assert started.returncode == 1
     assert f"port {port} on 127.0.0.1 is taken: choose another with --port" in started.stderr
-    assert not (tmp_path / "run" / "redis.log").exists()  # nothing was started
+    assert not (tmp_path / RUN_DIR / "redis.log").exists()  # nothing was started
 
 
 def test_status_and_client_find_a_running_up_with_no_address(tmp_path: Path) -> None:
     """On main `status` demanded --redis and `client` tried port 6000, not up's 8000."""
     _port, log_path, up = _start_up(tmp_path, "--nodes", "1", "--tls")
-    run_dir = str(tmp_path / "run")
+    run_dir = str(tmp_path / RUN_DIR)
     try:
         processes.wait_for_log(up, "cluster ready", seconds(60))
         assert f"try:  clusterchat client --dir {run_dir}" in log_path.read_text()
@@ -244,7 +246,7 @@ def test_a_child_that_cannot_start_again_stops_the_cluster_with_the_reason(
     try:
         processes.wait_for_log(up, "cluster ready", seconds(60))
         node = _pids_from_table(log_path.read_text())["node1"]
-        database = tmp_path / "run" / "clusterchat.db"
+        database = tmp_path / RUN_DIR / "clusterchat.db"
         for suffix in ("", "-wal", "-shm"):
             Path(f"{database}{suffix}").unlink(missing_ok=True)
         database.mkdir()  # the running node keeps its open file; a new one cannot open this

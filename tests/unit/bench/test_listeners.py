@@ -94,6 +94,11 @@ http {
 """
 
 
+#: ``clusterchat up``'s run directory: nginx's command line names it, and
+#: nginx is no clusterchat node for that.
+_RUN = "clusterchat-run"
+
+
 def _nginx_tree(tmp_path: Path, master: str) -> Path:
     """A /proc tree where nginx (a master and a worker) listens on 9000 in front of
     node A (8000 for TCP, 8001 for HTTP: one process) and node B (8100, two workers);
@@ -107,8 +112,8 @@ def _nginx_tree(tmp_path: Path, master: str) -> Path:
         + _socket(2, 8001, "0A", 801)
     )
     (proc / "net" / "tcp6").write_text(_HEADER + _socket(0, 8100, "0A", 810, v6=True))
-    (tmp_path / "run").mkdir()
-    (tmp_path / "run" / "nginx.conf").write_text(_NGINX_CONF)
+    (tmp_path / _RUN).mkdir()
+    (tmp_path / _RUN / "nginx.conf").write_text(_NGINX_CONF)
     _process(proc, 30, [master], [900])
     _process(proc, 31, ["nginx: worker process"], [900])
     _process(
@@ -129,7 +134,7 @@ def test_the_upstream_servers_of_an_nginx_configuration_are_read_in_order() -> N
 
 
 def test_the_nodes_behind_nginx_are_found_from_its_configuration(tmp_path: Path) -> None:
-    run = tmp_path / "run"
+    run = tmp_path / _RUN
     master = f"nginx: master process /usr/sbin/nginx -p {run}/ -c {run}/nginx.conf -e {run}/e.log"
     proc = _nginx_tree(tmp_path, master)
     # Node A once (its TCP and HTTP ports), node B with both workers, nothing on 8200.
@@ -139,7 +144,7 @@ def test_the_nodes_behind_nginx_are_found_from_its_configuration(tmp_path: Path)
 
 
 def test_a_relative_nginx_configuration_is_read_under_its_prefix(tmp_path: Path) -> None:
-    proc = _nginx_tree(tmp_path, f"nginx: master process nginx -p {tmp_path}/run/ -c nginx.conf")
+    proc = _nginx_tree(tmp_path, f"nginx: master process nginx -p {tmp_path}/{_RUN}/ -c nginx.conf")
     assert nodes_behind("127.0.0.1", 9000, proc) == [[40], [41, 42]]
 
 
