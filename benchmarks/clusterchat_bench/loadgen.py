@@ -13,6 +13,7 @@ import time
 import traceback
 from multiprocessing.connection import Connection
 
+from clusterchat.client import ChatClientError
 from clusterchat_bench.commands import (
     Close,
     Command,
@@ -118,6 +119,10 @@ async def _serve(conn: Connection) -> None:
                 return
             try:
                 result = await worker.handle(command)
+            except ChatClientError as exc:
+                # A refusal is the cluster's answer (its limits, say), not a bench
+                # failure: its message, without the bench's stack.
+                result = Failed(f"the cluster refused a request: {exc}")
             except Exception:
                 result = Failed(traceback.format_exc())
             conn.send(result)
