@@ -23,30 +23,24 @@ command that made them.
 """
 
 import argparse
-import os
 import subprocess
 import tempfile
 from pathlib import Path
 
 from clusterchat_bench.cluster import BenchCluster
 from clusterchat_bench.commands import Endpoint
+from clusterchat_bench.cpu import cpu_times
 from clusterchat_bench.listeners import listening_pids
 
 __all__ = ["main", "parse_perf"]
 
 CALLS = ("read", "write", "pread64", "pwrite64", "epoll_pwait", "epoll_wait", "fdatasync")
-_TICKS = os.sysconf("SC_CLK_TCK")
 _ALL = "raw_syscalls:sys_enter"
 
 
-def _times(pid: int) -> tuple[int, int]:
-    """User and system clock ticks of ``pid`` so far (0, 0: gone)."""
-    try:
-        text = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return 0, 0
-    fields = text[text.rindex(")") + 2 :].split()
-    return int(fields[11]), int(fields[12])
+def _times(pid: int) -> tuple[float, float]:
+    """User and system CPU seconds of ``pid`` so far (0, 0: gone)."""
+    return cpu_times(pid) or (0.0, 0.0)
 
 
 def parse_perf(text: str) -> dict[str, int]:
@@ -81,8 +75,8 @@ def _measure(processes: dict[str, list[int]], seconds: float) -> dict[str, dict[
         user = sum(a[0] - b[0] for a, b in zip(after, before[name], strict=True))
         system = sum(a[1] - b[1] for a, b in zip(after, before[name], strict=True))
         figures[name] = {
-            "user_percent": 100 * user / _TICKS / seconds,
-            "system_percent": 100 * system / _TICKS / seconds,
+            "user_percent": 100 * user / seconds,
+            "system_percent": 100 * system / seconds,
             **{call: count / seconds for call, count in counts[name].items()},
         }
     return figures

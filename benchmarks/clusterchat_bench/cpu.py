@@ -21,20 +21,26 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["CpuMeter", "CpuUse", "cpu_seconds", "family", "machine_busy_seconds"]
+__all__ = ["CpuMeter", "CpuUse", "cpu_seconds", "cpu_times", "family", "machine_busy_seconds"]
 
 _TICKS = os.sysconf("SC_CLK_TCK")
 
 
-def cpu_seconds(pid: int) -> float | None:
-    """User + system CPU seconds of process ``pid`` so far (None: gone or not Linux)."""
+def cpu_times(pid: int) -> tuple[float, float] | None:
+    """User and system CPU seconds of process ``pid`` so far (None: gone or not Linux)."""
     try:
         text = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return None
     # The command name (field 2) may contain spaces: count fields after its ")".
     fields = text[text.rindex(")") + 2 :].split()
-    return (int(fields[11]) + int(fields[12])) / _TICKS
+    return int(fields[11]) / _TICKS, int(fields[12]) / _TICKS
+
+
+def cpu_seconds(pid: int) -> float | None:
+    """User + system CPU seconds of process ``pid`` so far (None: gone or not Linux)."""
+    times = cpu_times(pid)
+    return None if times is None else sum(times)
 
 
 def machine_busy_seconds() -> float | None:

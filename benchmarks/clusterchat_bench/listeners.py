@@ -105,11 +105,12 @@ def nodes_behind(host: str, port: int, proc: Path = Path("/proc")) -> list[list[
     """
     if not _is_local(host):
         return []
-    own = node_pids(host, port, proc)
+    listening = listening_pids(port, proc)
+    own = [pid for pid in listening if _is_node(_argv(pid, proc))]
     if own:
         return [own]
     nodes: list[list[int]] = []
-    configurations = {c for pid in listening_pids(port, proc) if (c := _nginx_conf(pid, proc))}
+    configurations = {c for pid in listening if (c := _nginx_conf(pid, proc))}
     for configuration in sorted(configurations):
         try:
             text = configuration.read_text()
