@@ -96,7 +96,7 @@ class SqliteWriter:
             max_overflow=0,
         )
         event.listen(self._engine, "connect", on_connect)
-        event.listen(self._engine, "connect", _no_automatic_checkpoint)
+        event.listen(self._engine, "connect", _writer_pragmas)
         self._path = path
         self._wal_path = f"{path}-wal"
         self._restart_failed = -RESTART_RETRY
@@ -167,7 +167,9 @@ class SqliteWriter:
         try:
             (busy, _frames, _copied) = dbapi.execute("PRAGMA wal_checkpoint(RESTART)").fetchone()
         except sqlite3.Error as exc:
-            log.warning("checkpointing the WAL failed (%s); tried again in 1 s", exc)
+            log.warning(
+                "checkpointing the WAL failed (%s); tried again in %.0f s", exc, RESTART_RETRY
+            )
         finally:
             dbapi.execute(f"PRAGMA busy_timeout={int(timeout)}")
             self._checkpointing.release()
@@ -230,7 +232,9 @@ class SqliteWriter:
             self._checkpoint_conn = None
 
 
-def _no_automatic_checkpoint(dbapi_connection: Any, _record: Any) -> None:
+def _writer_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    """No automatic checkpoint (the checkpoint thread's), and the WAL cut back
+    to ``WAL_LIMIT`` when started over (module docstring)."""
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA wal_autocheckpoint=0")
     cursor.execute(f"PRAGMA journal_size_limit={WAL_LIMIT}")
