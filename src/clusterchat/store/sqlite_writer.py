@@ -71,8 +71,10 @@ _CACHED_STATEMENTS = 40
 #: Seconds between two checkpoints of one writer (docstring above).
 CHECKPOINT_INTERVAL = 0.05
 #: Bytes of WAL past which the writer starts the WAL over (docstring above).
-#: Each time costs the writer one checkpoint's ``fdatasync`` calls, 10-40 ms
-#: here: at 7,500 one-to-one msgs/s (4.4 MB of WAL a second) once in 15 s.
+#: Each time costs the writer one checkpoint's ``fdatasync`` calls, 3-26 ms
+#: here: the WAL takes 24 MB a second at 7,500 one-to-one msgs/s (every 2.8 s),
+#: 55 MB at 20,000/s (every 1.2 s; a larger limit measured no better in the
+#: cluster: benchmarks/RESULTS.md).
 WAL_LIMIT = 64 * 2**20
 #: Seconds between two tries to start the WAL over while readers are in the
 #: way (a try may sync the database file: at most one such stall a second).
