@@ -162,6 +162,7 @@ def test_groups_offline_messages_and_mistakes(terminals: Callable[[], TerminalUs
     alice.command(f"addfriend:{bob_id}")
     alice.expect(f"friend request sent to {bob_id}")
     alice.command(f"chat:{bob_id}:while you were away")
+    alice.expect(f"stored for later: user {bob_id} is offline")
     alice.prompt()
     bob.child.sendline("1")
     bob.expect("userid:")

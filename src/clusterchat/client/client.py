@@ -452,8 +452,11 @@ class ChatClient:
 
         Returns:
             The answer; on success ``mid`` is the message's cluster-unique id,
-            ``seq`` its position in the conversation and ``time`` the server's
-            clock (the latter two from servers with the durable log).
+            ``seq`` its position in the conversation, ``time`` the server's
+            clock (the latter two from servers with the durable log) and
+            ``state`` whether the recipient was online (``"online"``) or gets
+            it at the next login (``"offline"``; None when the server could
+            not tell, or is older).
 
         Raises:
             ChatClientError: ``check`` is true and the server refused.

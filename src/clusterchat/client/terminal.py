@@ -25,6 +25,7 @@ from prompt_toolkit.patch_stdout import patch_stdout
 from clusterchat.client.client import ChatClient, ChatClientError
 from clusterchat.client.entries import friend_requests, friends, groups, offline_messages
 from clusterchat.protocol import (
+    OFFLINE,
     Answer,
     FriendRequest,
     GroupChat,
@@ -322,7 +323,10 @@ class Terminal:
 
     async def _chat(self, args: str) -> None:
         friend, text = _split(args, "friendid", "message")
-        await self._answer(self._client.chat_acked(parse_id(friend, "friendid"), text))
+        to_id = parse_id(friend, "friendid")
+        ack = await self._answer(self._client.chat_acked(to_id, text))
+        if ack is not None and ack.state == OFFLINE:
+            _show(f"stored for later: user {to_id} is offline")
 
     async def _group_chat(self, args: str) -> None:
         group, text = _split(args, "groupid", "message")

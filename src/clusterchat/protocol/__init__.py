@@ -20,6 +20,8 @@ from clusterchat.protocol.limits import CLASSIC_FRAME_MAX, Limits
 from clusterchat.protocol.messages import (
     MAX_ID,
     MAX_POSITION,
+    OFFLINE,
+    ONLINE,
     Ack,
     AddFriend,
     AddFriendAck,
@@ -60,6 +62,8 @@ __all__ = [
     "CLASSIC_FRAME_MAX",
     "MAX_ID",
     "MAX_POSITION",
+    "OFFLINE",
+    "ONLINE",
     "Ack",
     "AddFriend",
     "AddFriendAck",

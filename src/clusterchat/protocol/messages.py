@@ -20,6 +20,8 @@ from clusterchat.protocol.msgid import MsgId
 __all__ = [
     "MAX_ID",
     "MAX_POSITION",
+    "OFFLINE",
+    "ONLINE",
     "REQUEST_TYPES",
     "SERVER_MESSAGE_TYPES",
     "Ack",
@@ -63,6 +65,10 @@ __all__ = [
 MAX_ID = 2**31 - 1
 #: The largest log position (``cursor``, ``after``): a signed 64-bit column.
 MAX_POSITION = 2**63 - 1
+#: A user's ``state`` on the wire: of friends and members in a login answer,
+#: and of the recipient in the answer to a one-to-one message.
+ONLINE = "online"
+OFFLINE = "offline"
 
 # Checked while decoding, before any request reaches the service or the store
 # (an out-of-range value is answered errno 13, docs/protocol.md §4).
@@ -258,7 +264,10 @@ class OneChatAck(Answer, tag=int(MsgId.ONE_CHAT_ACK), frozen=True):
 
     An accepted message is acknowledged once it is committed to the log: ``mid``
     (server message id), ``seq`` (its position in the conversation), ``time``
-    (server clock), and the request's ``ref`` and ``cid``.
+    (server clock), the request's ``ref`` and ``cid``, and ``state``: whether
+    a session of the recipient was online to push it to (``"online"``) or it
+    waits in the log for the recipient's next login (``"offline"``); absent
+    when the bus could not tell, and for a retried ``cid`` (docs/protocol.md §3.1).
     """
 
     mid: str | None = None
@@ -266,6 +275,7 @@ class OneChatAck(Answer, tag=int(MsgId.ONE_CHAT_ACK), frozen=True):
     time: str | None = None
     ref: int | None = None
     cid: str | None = None
+    state: str | None = None
 
 
 class AddFriendAck(Answer, tag=int(MsgId.ADD_FRIEND_ACK), frozen=True):

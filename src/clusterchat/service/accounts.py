@@ -3,6 +3,8 @@
 import logging
 
 from clusterchat.protocol import (
+    OFFLINE,
+    ONLINE,
     Ack,
     ErrorCode,
     FriendEntry,
@@ -28,8 +30,6 @@ from clusterchat.store.base import NameTaken
 __all__ = ["ack", "end_session", "login", "logout", "register"]
 
 log = logging.getLogger("clusterchat.service")
-
-_ONLINE, _OFFLINE = "online", "offline"
 
 
 async def register(ctx: Context, state: SessionState, request: Register) -> None:
@@ -118,7 +118,7 @@ async def _login(ctx: Context, state: SessionState, request: Login) -> None:
         stored = await ctx.store.read(user.id, feed.next - 1, ctx.policy.offline_batch)
 
     def state_of(user_id: int) -> str:
-        return _ONLINE if user_id in online or user_id == user.id else _OFFLINE
+        return ONLINE if user_id in online or user_id == user.id else OFFLINE
 
     answer = LoginAck(
         errno=0,

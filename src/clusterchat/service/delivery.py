@@ -10,8 +10,10 @@ Theory of operation (ARCHITECTURE.md delivery rules; docs/delivery.md):
    channel, a group message **once**, as ``[GROUP_DELIVER, group, body,
    entries]`` on the group's channel, with every member's position (nodes
    listen on the channels of their users' groups: ``group_channels.py``).
-   The publish is the fast path only: its receiver count decides nothing,
-   and a failed publish is republished until it gets through. At most
+   The publish is the fast path only: its receiver count decides nothing
+   about delivery (it tells the sender of a one-to-one message whether the
+   recipient was online: ``receivers``), and a failed publish is
+   republished until it gets through. At most
    ``MAX_INFLIGHT`` bytes of envelopes are in flight: the rest wait in
    ``_backlog`` as the messages themselves (no envelope built yet) and are
    published, in order, as the bus answers.
@@ -28,6 +30,7 @@ import asyncio
 import contextlib
 import logging
 from collections import deque
+from collections.abc import Callable
 from functools import partial
 
 from clusterchat.bus.base import Bus
@@ -43,7 +46,7 @@ from clusterchat.service.envelope import (
 from clusterchat.service.sessions import SessionRegistry
 from clusterchat.store.base import Appended, MessageLog
 
-__all__ = ["Delivery"]
+__all__ = ["Delivery", "Receivers"]
 
 log = logging.getLogger("clusterchat.delivery")
 
@@ -58,6 +61,11 @@ _REPUBLISH_DELAY = 0.5
 MAX_INFLIGHT = 8 * 1024 * 1024
 #: Users whose log heads (or memberships) one query reads at most.
 USERS_PER_QUERY = 500
+
+#: Told how many nodes received a one-to-one message's envelope (each holds a
+#: session of its recipient: it is subscribed to the recipient's channel), or
+#: None when the publish failed.
+Receivers = Callable[[int | None], None]
 
 
 class Delivery:
@@ -79,32 +87,37 @@ class Delivery:
         self._unsent: dict[str, dict[int, int]] = {}
         self._republish: asyncio.TimerHandle | None = None
         self._restores = Background(log, "the sweep retries")
-        # Committed messages (and their group, None for none) whose envelopes are
-        # not all published yet, and the index in the first one's positions of
-        # the next to publish.
-        self._backlog: deque[tuple[Appended, int | None]] = deque()
+        # Committed messages (their group, None for none, and who to tell how
+        # many nodes received a one-to-one one) whose envelopes are not all
+        # published yet, and the index in the first one's positions of the
+        # next to publish.
+        self._backlog: deque[tuple[Appended, int | None, Receivers | None]] = deque()
         self._next_position = 0
 
     # --- sending --------------------------------------------------------------------
 
-    def committed(self, appended: Appended, group: int | None) -> None:
+    def committed(
+        self, appended: Appended, group: int | None, receivers: Receivers | None = None
+    ) -> None:
         """A message is in the log: push it here, publish it for the other nodes.
 
         Args:
             appended: The message and its recipients' positions.
             group: The group it was sent to (None: a one-to-one message).
+            receivers: For a one-to-one message: called once its envelope is
+                published, with the bus's count of receiving nodes.
         """
         push = Outbound(appended.body)
         for user_id, pos in appended.positions:
             self.offer(user_id, pos, push)
-        self._backlog.append((appended, group))
+        self._backlog.append((appended, group, receivers))
         self._publish_backlog()
 
     def _publish_backlog(self) -> None:
         """Publish waiting envelopes, in commit order, while the bus has room."""
         backlog = self._backlog
         while backlog and self._inflight_bytes < MAX_INFLIGHT:
-            appended, group = backlog[0]
+            appended, group, receivers = backlog[0]
             positions = appended.positions
             if group is not None:
                 envelope = encode_group_deliver(
@@ -117,7 +130,7 @@ class Delivery:
             while index < len(positions) and self._inflight_bytes < MAX_INFLIGHT:
                 user_id, pos = positions[index]
                 envelope = encode_deliver(self._node_id, user_id, pos, appended.body)
-                self._publish(ChannelNames.user(user_id), envelope, ((user_id, pos),))
+                self._publish(ChannelNames.user(user_id), envelope, ((user_id, pos),), receivers)
                 index += 1
             if index < len(positions):
                 self._next_position = index
@@ -169,15 +182,24 @@ class Delivery:
             self._room.set()
 
     def _publish(
-        self, channel: str, envelope: bytes, positions: tuple[tuple[int, int], ...]
+        self,
+        channel: str,
+        envelope: bytes,
+        positions: tuple[tuple[int, int], ...],
+        receivers: Receivers | None = None,
     ) -> None:
         future = self._send(channel, envelope)
-        future.add_done_callback(partial(self._published, channel, positions))
+        future.add_done_callback(partial(self._published, channel, positions, receivers))
 
     def _published(
-        self, channel: str, positions: tuple[tuple[int, int], ...], future: asyncio.Future[int]
+        self,
+        channel: str,
+        positions: tuple[tuple[int, int], ...],
+        receivers: Receivers | None,
+        future: asyncio.Future[int],
     ) -> None:
-        if future.cancelled() or future.exception() is not None:
+        failed = future.cancelled() or future.exception() is not None
+        if failed:
             # Only the fast path failed: the message is in the log. Once the
             # bus works, tell the channel's nodes how far each user's log
             # reached (HEADS), so that none waits for a sweep to read it.
@@ -189,6 +211,8 @@ class Delivery:
                 self._republish = asyncio.get_running_loop().call_later(
                     _REPUBLISH_DELAY, self._republish_unsent
                 )
+        if receivers is not None:
+            receivers(None if failed else future.result())
 
     def _republish_unsent(self) -> None:
         self._republish = None

@@ -4,12 +4,16 @@
    a cache miss returns a coroutine that queries, then continues here).
 2. Build the push once (real sender id and name, server time, message id) and
    submit it to the ``LogWriter``.
-3. When the append has committed: answer the sender (``OneChatAck`` /
-   ``GroupChatAck`` with ``mid``, ``seq``, ``time``) if it asked (``ref`` or
-   ``cid``), and hand the entries to ``Delivery`` (with the group, whose
-   channel carries a group message once). A retry of a ``cid`` that
-   is already in the log is answered with the original and delivered to
-   nobody.
+3. When the append has committed: hand the entries to ``Delivery`` (with
+   the group, whose channel carries a group message once), and answer the
+   sender (``OneChatAck`` / ``GroupChatAck`` with ``mid``, ``seq``, ``time``)
+   if it asked (``ref`` or ``cid``). The answer to a one-to-one message
+   also says whether its recipient was online (``state``): it waits for the
+   bus's count of the nodes that received the envelope (at most
+   ``STATE_WAIT``; then it goes without), and the session's answers keep the
+   order of their messages meanwhile (``SessionState.reserve``). A retry of
+   a ``cid`` that is already in the log is answered with the original and
+   delivered to nobody.
 
 While the writer is ``full``, or the bus has ``delivery.MAX_INFLIGHT`` bytes
 of envelopes to answer, the request waits for room: the transport
@@ -17,11 +21,14 @@ handles the connection's next requests only after it, and stops reading when
 they pile up (back-pressure on the sender).
 """
 
+import asyncio
 from collections.abc import Coroutine
 from functools import partial
 from typing import Any
 
 from clusterchat.protocol import (
+    OFFLINE,
+    ONLINE,
     ErrorCode,
     GroupChat,
     GroupChatAck,
@@ -33,10 +40,15 @@ from clusterchat.protocol import (
 from clusterchat.service.context import Context
 from clusterchat.service.errors import ChatError
 from clusterchat.service.ids import chat_time
-from clusterchat.service.sessions import SessionState
+from clusterchat.service.sessions import PendingAnswer, SessionState
 from clusterchat.store.base import Appended, NewMessage
 
-__all__ = ["send_chat"]
+__all__ = ["STATE_WAIT", "send_chat"]
+
+#: Seconds the answer to a one-to-one message waits for the bus to say
+#: whether its recipient was online; then it is sent without ``state``
+#: (the bus is slow or down: the message is in the log either way).
+STATE_WAIT = 0.25
 
 Pending = Coroutine[Any, Any, None]
 ChatRequest = OneChat | GroupChat
@@ -114,15 +126,56 @@ def _submit(
 
 
 def _committed(ctx: Context, state: SessionState, request: ChatRequest, appended: Appended) -> None:
-    if not appended.duplicate:
-        ctx.delivery.committed(
-            appended, request.groupid if isinstance(request, GroupChat) else None
-        )
+    group = request.groupid if isinstance(request, GroupChat) else None
     if request.ref is None and request.cid is None:
+        if not appended.duplicate:
+            ctx.delivery.committed(appended, group)
         return
-    answer: OneChatAck | GroupChatAck
-    kind = OneChatAck if isinstance(request, OneChat) else GroupChatAck
-    answer = kind(
+    if isinstance(request, GroupChat) or appended.duplicate:
+        if not appended.duplicate:
+            ctx.delivery.committed(appended, group)
+        state.answer(Outbound.of(_ack(request, appended)))
+        return
+    pending = state.reserve()
+    timer = asyncio.get_running_loop().call_later(
+        STATE_WAIT, _answer_one, state, pending, request, appended, None
+    )
+
+    def receivers(count: int | None) -> None:
+        timer.cancel()
+        _answer_one(state, pending, request, appended, count)
+
+    ctx.delivery.committed(appended, None, receivers)
+
+
+def _answer_one(
+    state: SessionState,
+    pending: PendingAnswer,
+    request: OneChat,
+    appended: Appended,
+    receivers: int | None,
+) -> None:
+    """Fill the answer to a one-to-one message: ``state`` from the bus's count
+    of nodes that received it (None: unknown)."""
+    online = None if receivers is None else ONLINE if receivers else OFFLINE
+    state.fill(pending, Outbound.of(_ack(request, appended, online)))
+
+
+def _ack(
+    request: ChatRequest, appended: Appended, online: str | None = None
+) -> OneChatAck | GroupChatAck:
+    """The answer to an accepted message (``online``: its recipient's ``state``)."""
+    if isinstance(request, OneChat):
+        return OneChatAck(
+            errno=0,
+            mid=appended.mid,
+            seq=appended.seq,
+            time=appended.time,
+            ref=request.ref,
+            cid=request.cid,
+            state=online,
+        )
+    return GroupChatAck(
         errno=0,
         mid=appended.mid,
         seq=appended.seq,
@@ -130,4 +183,3 @@ def _committed(ctx: Context, state: SessionState, request: ChatRequest, appended
         ref=request.ref,
         cid=request.cid,
     )
-    state.session.send(Outbound.of(answer))

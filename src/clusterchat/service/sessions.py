@@ -9,7 +9,9 @@ Theory of operation (ARCHITECTURE.md rules 3, 4, 9):
   refuses a message: a client that does not read is throttled (pushes wait
   in the log, its requests are not read), never cut for memory.
 * The service keeps one ``SessionState`` per connection: who is logged in on
-  it and its ``Feed`` (its reader of the user's log).
+  it, its ``Feed`` (its reader of the user's log), and the answers to its
+  chat messages, sent in the order of the messages although some wait for
+  the bus (``reserve``/``fill``/``answer``).
 * ``SessionRegistry`` maps user id -> that user's logged-in states on this
   node. The first state of a user triggers ``on_first`` (subscribe to the
   user's channel, mark online); the last one leaving triggers ``on_last``.
@@ -19,6 +21,7 @@ Theory of operation (ARCHITECTURE.md rules 3, 4, 9):
 """
 
 import asyncio
+from collections import deque
 from collections.abc import Awaitable, Callable, Iterator
 from typing import TYPE_CHECKING, Protocol
 
@@ -27,7 +30,7 @@ from clusterchat.protocol import Outbound
 if TYPE_CHECKING:
     from clusterchat.service.feed import Feed
 
-__all__ = ["Session", "SessionRegistry", "SessionState", "WritableWaiters"]
+__all__ = ["PendingAnswer", "Session", "SessionRegistry", "SessionState", "WritableWaiters"]
 
 
 class Session(Protocol):
@@ -108,10 +111,19 @@ class WritableWaiters:
                 waiter.set_result(value)
 
 
+class PendingAnswer:
+    """An answer of a session whose place in order is taken, its text not known yet."""
+
+    __slots__ = ("message",)
+
+    def __init__(self) -> None:
+        self.message: Outbound | None = None
+
+
 class SessionState:
     """The service's view of one connection."""
 
-    __slots__ = ("device", "feed", "name", "refusals", "session", "user_id")
+    __slots__ = ("_waiting", "device", "feed", "name", "refusals", "session", "user_id")
 
     def __init__(self, session: Session) -> None:
         self.session = session
@@ -121,6 +133,41 @@ class SessionState:
         self.feed: Feed | None = None
         #: Attempts refused on this connection for waiting too little (attempts.py).
         self.refusals = 0
+        # Answers reserved and not sent yet, oldest first (None: none; most
+        # connections never have one).
+        self._waiting: deque[PendingAnswer] | None = None
+
+    def answer(self, message: Outbound) -> None:
+        """Send an answer now, or after the answers reserved before it."""
+        if self._waiting is None:
+            self.session.send(message)
+            return
+        pending = self.reserve()
+        self.fill(pending, message)
+
+    def reserve(self) -> PendingAnswer:
+        """Take the next place among this session's answers (``fill`` it later)."""
+        if self._waiting is None:
+            self._waiting = deque()
+        pending = PendingAnswer()
+        self._waiting.append(pending)
+        return pending
+
+    def fill(self, pending: PendingAnswer, message: Outbound) -> None:
+        """Give a reserved answer its text; send every answer ready in order.
+
+        A place filled already keeps its first text."""
+        if pending.message is not None:
+            return
+        pending.message = message
+        waiting = self._waiting
+        while waiting:
+            ready = waiting[0].message
+            if ready is None:
+                return
+            waiting.popleft()
+            self.session.send(ready)
+        self._waiting = None
 
     @property
     def logged_in(self) -> bool:

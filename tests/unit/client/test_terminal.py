@@ -129,6 +129,11 @@ async def _serve_session(server: PeerConnection) -> None:
     chat = await server.receive()
     assert (chat["msgid"], chat["toid"], chat["msg"]) == (6, 2, "hi: there")
     await server.send({"msgid": 106, "errno": 36, "errmsg": "not friends", "ref": chat["ref"]})
+    for to_id, state in ((2, "online"), (3, "offline")):
+        chat = await server.receive()
+        assert (chat["msgid"], chat["toid"]) == (6, to_id)
+        ack = {"msgid": 106, "errno": 0, "mid": "m", "seq": 1, "time": "T", "state": state}
+        await server.send({**ack, "ref": chat["ref"]})
     assert await server.receive() == {"msgid": 9, "groupid": 5}
     await server.send({"msgid": 109, "errno": 0, "groupid": 5})
     assert await server.receive() == {"msgid": 3}
@@ -136,8 +141,10 @@ async def _serve_session(server: PeerConnection) -> None:
 
 
 async def test_session_flow(peer: CannedPeer, capsys: pytest.CaptureFixture[str]) -> None:
-    """Register, log in, see lists and pushes, chat, mistype, join, log out and quit."""
-    lines = ["2", "alice", "secret", "1", "1", "secret", "chat:2:hi: there", "bogus"]
+    """Register, log in, see lists and pushes, chat (to someone offline too), mistype,
+    join, log out and quit."""
+    lines = ["2", "alice", "secret", "1", "1", "secret", "chat:2:hi: there"]
+    lines += ["chat:2:seen at once", "chat:3:read later", "bogus"]
     lines += ["addfriend:x", "chat:2", "help", "addgroup:5", "loginout", "3"]
     script = ScriptedInput(lines)
     async with await ChatClient.connect(peer.host, peer.port) as client:
@@ -156,6 +163,7 @@ async def test_session_flow(peer: CannedPeer, capsys: pytest.CaptureFixture[str]
         "T0 [2]bob said: while away",
         "group message[5]: T1 [2]bob said: pushed",
         "error: not friends",
+        "stored for later: user 3 is offline",
         "invalid command 'bogus', type help to see the commands",
         "friendid must be a positive number, not 'x'; usage:",
         "message is missing; usage: one-to-one chat, format chat:friendid:message",
@@ -166,6 +174,7 @@ async def test_session_flow(peer: CannedPeer, capsys: pytest.CaptureFixture[str]
     for text in expected:
         assert text in out
     assert out.index("T0 [2]bob said") > out.index("current login user")
+    assert "user 2 is offline" not in out  # its answer said "online"
     # The command list: once after the first login, and again on `help`.
     assert out.count("groupchat : group chat, format groupchat:groupid:message") == 2
 

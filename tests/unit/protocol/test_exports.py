@@ -42,6 +42,8 @@ PUBLIC_NAMES = [
     "MemberEntry",
     "Message",
     "MsgId",
+    "OFFLINE",
+    "ONLINE",
     "OneChat",
     "OneChatAck",
     "Outbound",

@@ -7,8 +7,20 @@ delivery.py have the theory of operation these tests hold them to.
 import asyncio
 
 import msgspec
+import pytest
 
-from clusterchat.protocol import Ack, Error, Login, LoginAck, OneChat, OneChatAck
+from clusterchat.protocol import (
+    Ack,
+    CreateGroup,
+    CreateGroupAck,
+    Error,
+    GroupChat,
+    GroupChatAck,
+    Login,
+    LoginAck,
+    OneChat,
+    OneChatAck,
+)
 from tests.support.defaults import policy_with
 from tests.support.service import PASSWORD, ChatCluster, Client, until
 
@@ -341,3 +353,83 @@ async def test_senders_wait_while_the_appends_in_flight_fill_their_bound(
     await chat_cluster.settle()
     got = [push.msg.split()[0] for push in b.session.of_type(OneChat)]
     assert got == [str(i) for i in range(4 + queued)]
+
+
+async def test_an_acknowledged_chat_says_whether_its_recipient_was_online(
+    chat_cluster: ChatCluster,
+) -> None:
+    """The answer to a one-to-one message says ``state``: "offline" when no node
+    held a session of the recipient (it waits in the log), "online" when one
+    did, here or on another node; a retry of a ``cid`` says nothing (it was
+    not delivered again). Answers keep the order of their messages, group
+    messages' among them, though a one-to-one answer waits for the bus."""
+    first = await chat_cluster.node()
+    second = await chat_cluster.node()
+    alice = await first.register("alice")
+    bob = await first.register("bob")
+    a = await first.login(alice)
+    await a.send(CreateGroup(groupname="room", groupdesc=""))
+    [created] = a.session.of_type(CreateGroupAck)
+    assert created.groupid is not None
+
+    await a.send(OneChat(toid=bob, msg="stored", ref=1))
+    await chat_cluster.settle()
+    b = await second.login(bob)
+    await a.send(OneChat(toid=bob, msg="pushed", ref=2, cid="c-2"))
+    await a.send(GroupChat(groupid=created.groupid, msg="to the room", ref=3))
+    await a.send(OneChat(toid=alice, msg="to myself", ref=4))
+    await a.send(OneChat(toid=bob, msg="pushed", ref=5, cid="c-2"))
+    await chat_cluster.settle()
+
+    answers = [
+        (m.ref, m.errno, m.state if isinstance(m, OneChatAck) else "-")
+        for m in a.session.received
+        if isinstance(m, OneChatAck | GroupChatAck)
+    ]
+    assert answers == [
+        (1, 0, "offline"),
+        (2, 0, "online"),
+        (3, 0, "-"),
+        (4, 0, "online"),
+        (5, 0, None),
+    ]
+    assert [push.msg for push in b.session.of_type(OneChat)] == ["pushed"]
+
+
+async def test_without_an_answer_from_the_bus_the_answer_goes_without_state(
+    local_chat_cluster: ChatCluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A failed publish, or one the bus leaves unanswered (for
+    ``sending.STATE_WAIT``): the answer comes without ``state`` (the message is in the log), and the
+    answers after it wait for it, in order. The faults are injected into the
+    in-process bus."""
+    chat_cluster = local_chat_cluster
+    node = await chat_cluster.node()
+    alice = await node.register("alice")
+    bob = await node.register("bob")
+    a = await node.login(alice)
+
+    chat_cluster.hub.down = True
+    await a.send(OneChat(toid=bob, msg="bus down", ref=1))
+    await node.service.ctx.writer.flush()
+    chat_cluster.hub.down = False
+    await until(lambda: len(a.session.of_type(OneChatAck)) == 1, "the first answer")
+
+    unanswered: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+    publish = node.bus.publish
+    monkeypatch.setattr(
+        node.bus,
+        "publish",
+        lambda channel, payload: (
+            unanswered if channel.endswith(f":{bob}") else publish(channel, payload)
+        ),
+    )
+    await a.send(OneChat(toid=bob, msg="bus silent", ref=2))
+    await a.send(OneChat(toid=alice, msg="to myself", ref=3))
+    await until(lambda: len(a.session.of_type(OneChatAck)) == 3, "all three answers")
+    answers = [(ack.ref, ack.errno, ack.state) for ack in a.session.of_type(OneChatAck)]
+    assert answers == [(1, 0, None), (2, 0, None), (3, 0, "online")]
+    unanswered.set_result(1)  # the bus answers late: the answer was sent already
+    await asyncio.sleep(0)
+    assert len(a.session.of_type(OneChatAck)) == 3
+    assert len(await chat_cluster.log_of(bob)) == 2
