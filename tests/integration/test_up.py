@@ -2,6 +2,8 @@
 
 import contextlib
 import os
+import re
+import shlex
 import signal
 import socket
 import ssl
@@ -208,7 +210,7 @@ def test_status_and_client_find_a_running_up_with_no_address(tmp_path: Path) -> 
     run_dir = str(tmp_path / RUN_DIR)
     try:
         processes.wait_for_log(up, "cluster ready", seconds(60))
-        assert f"try:  clusterchat client --dir {run_dir}" in log_path.read_text()
+        assert f" client --dir {run_dir}    " in log_path.read_text()  # the "try:" line
         client = subprocess.run(
             [sys.executable, "-m", "clusterchat", "client", "--dir", run_dir],
             input="2\nwendy\npw-w\n3\n",
@@ -257,3 +259,53 @@ def test_a_child_that_cannot_start_again_stops_the_cluster_with_the_reason(
         assert "stopping the cluster" in text
     finally:
         processes.kill(up)
+
+
+def test_the_commands_up_suggests_work_as_printed_without_the_venv_on_path(
+    tmp_path: Path,
+) -> None:
+    """`./scripts/run` starts `.venv/bin/clusterchat up` from a shell whose PATH
+    does not have the venv: `up` said `try:  clusterchat client`, which that
+    shell cannot find. Both suggested commands are run exactly as printed, from
+    the directory `up` runs in, with PATH as such a shell has it."""
+    program = Path(sys.executable).parent / "clusterchat"
+    path = os.pathsep.join(
+        d for d in os.environ["PATH"].split(os.pathsep) if Path(d) != program.parent
+    )
+    env = {**os.environ, **_FAST_HASHING, "PATH": path}
+    log_path = tmp_path / "up.log"
+    up = processes.spawn(
+        "up",
+        [str(program), "up", "--nodes", "1", "--port", str(free_port())],
+        log_path=log_path,
+        env=env,
+        cwd=tmp_path,
+    )
+    try:
+        processes.wait_for_log(up, "cluster ready", seconds(60))
+        match = re.search(r"^try:  (.+?)    (.+)$", log_path.read_text(), re.MULTILINE)
+        assert match is not None, log_path.read_text()
+        client_line, status_line = match.groups()
+        client = subprocess.run(
+            shlex.split(client_line),
+            input="2\nwendy\npw-w\n3\n",
+            capture_output=True,
+            text=True,
+            timeout=seconds(30),
+            cwd=tmp_path,
+            env=env,
+        )
+        assert client.returncode == 0, (client_line, client.stderr)
+        assert "wendy registered, your userid is" in client.stdout
+        status = subprocess.run(
+            shlex.split(status_line),
+            capture_output=True,
+            text=True,
+            timeout=seconds(30),
+            cwd=tmp_path,
+            env=env,
+        )
+        assert status.returncode == 0, (status_line, status.stderr)
+        assert "node1" in status.stdout
+    finally:
+        processes.stop(up, timeout=seconds(30), sig=signal.SIGINT)

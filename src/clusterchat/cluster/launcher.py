@@ -12,6 +12,8 @@ then Redis.
 
 import fcntl
 import os
+import shlex
+import shutil
 import signal
 import socket
 import subprocess
@@ -40,7 +42,7 @@ from clusterchat.cluster.processes import (
 from clusterchat.cluster.redis import REDIS_PACKAGE
 from clusterchat.cluster.tls import self_signed
 
-__all__ = ["Cluster", "ClusterSpec", "run_cluster", "upgrade_database"]
+__all__ = ["Cluster", "ClusterSpec", "own_command", "run_cluster", "upgrade_database"]
 
 #: Failed restarts of one child in a row after which ``up`` stops the cluster.
 _RESTART_TRIES = 3
@@ -48,6 +50,27 @@ _RESTART_TRIES = 3
 _SUPERVISE_INTERVAL = 0.5
 #: Longest a database upgrade may take (a large old database is rewritten).
 _UPGRADE_TIMEOUT = 3600.0
+
+
+def own_command() -> str:
+    """This program as a shell in the current directory runs it again: ``clusterchat``
+    when PATH finds this one, else its path (``./scripts/run`` runs
+    ``.venv/bin/clusterchat``, whose directory is not on the user's PATH), else
+    ``python -m clusterchat`` with this interpreter."""
+    script = Path(sys.argv[0])
+    program = (
+        script if script.name == "clusterchat" else Path(sys.executable).parent / "clusterchat"
+    )
+    if not program.is_file():
+        return f"{shlex.quote(sys.executable)} -m clusterchat"
+    found = shutil.which("clusterchat")
+    if found is not None and Path(found).resolve() == program.resolve():
+        return "clusterchat"
+    absolute = program.absolute()
+    try:
+        return shlex.quote(str(absolute.relative_to(Path.cwd())))
+    except ValueError:
+        return shlex.quote(str(absolute))
 
 
 @dataclass(frozen=True)
@@ -205,7 +228,8 @@ class Cluster:
             lines.append(f"TLS, self-signed certificate {self.certificate[0]}")
         # Both find this cluster through its address file (cluster/address_file.py).
         where = "" if self.spec.dir == ClusterSpec.dir else f" --dir {self.spec.dir}"
-        lines.append(f"try:  clusterchat client{where}    clusterchat status{where}")
+        program = own_command()
+        lines.append(f"try:  {program} client{where}    {program} status{where}")
         return "\n".join(lines)
 
     def supervise_once(self) -> list[str]:
