@@ -26,6 +26,8 @@ from collections.abc import Coroutine
 from functools import partial
 from typing import Any
 
+import msgspec
+
 from clusterchat.protocol import (
     OFFLINE,
     ONLINE,
@@ -164,18 +166,10 @@ def _answer_one(
 def _ack(
     request: ChatRequest, appended: Appended, online: str | None = None
 ) -> OneChatAck | GroupChatAck:
-    """The answer to an accepted message (``online``: its recipient's ``state``)."""
-    if isinstance(request, OneChat):
-        return OneChatAck(
-            errno=0,
-            mid=appended.mid,
-            seq=appended.seq,
-            time=appended.time,
-            ref=request.ref,
-            cid=request.cid,
-            state=online,
-        )
-    return GroupChatAck(
+    """The answer to an accepted message (``online``: a one-to-one message's
+    recipient's ``state``)."""
+    kind = OneChatAck if isinstance(request, OneChat) else GroupChatAck
+    answer = kind(
         errno=0,
         mid=appended.mid,
         seq=appended.seq,
@@ -183,3 +177,6 @@ def _ack(
         ref=request.ref,
         cid=request.cid,
     )
+    if isinstance(answer, OneChatAck) and online is not None:
+        return msgspec.structs.replace(answer, state=online)
+    return answer
