@@ -144,8 +144,12 @@ def _client_parser(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -
         help="without HOST: the `clusterchat up` running in this directory"
         " (default ./clusterchat-run), else 127.0.0.1 8000",
     )
-    client.add_argument("host", nargs="?")
-    client.add_argument("port", nargs="?", type=int, default=8000)
+    client.add_argument(
+        "host", nargs="?", help="the server's address (default: the cluster of --dir)"
+    )
+    client.add_argument(
+        "port", nargs="?", type=int, default=8000, help="the server's port (default 8000)"
+    )
 
 
 def _up_parser(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
