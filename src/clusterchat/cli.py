@@ -12,6 +12,7 @@ from typing import Any
 
 from clusterchat import __version__
 from clusterchat.cluster.address_file import read_address
+from clusterchat.cluster.launcher import ClusterSpec
 from clusterchat.settings import Settings
 
 __all__ = ["main", "run_bench"]
@@ -140,15 +141,19 @@ def _client_parser(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -
     client.add_argument(
         "--dir",
         type=Path,
-        default=Path("clusterchat-run"),
+        default=ClusterSpec.dir,
         help="without HOST: the `clusterchat up` running in this directory"
-        " (default ./clusterchat-run), else 127.0.0.1 8000",
+        f" (default ./{ClusterSpec.dir}), else {ClusterSpec.host} {ClusterSpec.port}",
     )
     client.add_argument(
         "host", nargs="?", help="the server's address (default: the cluster of --dir)"
     )
     client.add_argument(
-        "port", nargs="?", type=int, default=8000, help="the server's port (default 8000)"
+        "port",
+        nargs="?",
+        type=int,
+        default=ClusterSpec.port,
+        help=f"the server's port (default {ClusterSpec.port})",
     )
 
 
@@ -158,8 +163,18 @@ def _up_parser(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> No
         help="run a local cluster: redis-server, N nodes, nginx",
         description="run a local cluster: redis-server, N nodes, nginx",
     )
-    up.add_argument("--nodes", type=int, default=2, help="chat nodes (default 2)")
-    up.add_argument("--port", type=int, default=8000, help="public TCP port (default 8000)")
+    up.add_argument(
+        "--nodes",
+        type=int,
+        default=ClusterSpec.nodes,
+        help=f"chat nodes (default {ClusterSpec.nodes})",
+    )
+    up.add_argument(
+        "--port",
+        type=int,
+        default=ClusterSpec.port,
+        help=f"public TCP port (default {ClusterSpec.port})",
+    )
     up.add_argument(
         "--workers",
         type=int,
@@ -170,8 +185,8 @@ def _up_parser(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> No
     up.add_argument(
         "--dir",
         type=Path,
-        default=Path("clusterchat-run"),
-        help="run directory: database, logs, configs (default ./clusterchat-run)",
+        default=ClusterSpec.dir,
+        help=f"run directory: database, logs, configs (default ./{ClusterSpec.dir})",
     )
     up.add_argument(
         "--redis-persistence", action="store_true", help="keep Redis snapshots (default off)"
@@ -195,8 +210,8 @@ def _status_parser(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -
     status.add_argument(
         "--dir",
         type=Path,
-        default=Path("clusterchat-run"),
-        help="run directory of `clusterchat up` (default ./clusterchat-run)",
+        default=ClusterSpec.dir,
+        help=f"run directory of `clusterchat up` (default ./{ClusterSpec.dir})",
     )
     status.add_argument(
         "--prefix", default=_DEFAULTS.prefix, help=f"key prefix (default {_DEFAULTS.prefix})"
@@ -339,7 +354,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         host, port, ca = args.host, args.port, args.ca
         if host is None:
             running = read_address(args.dir)
-            host = "127.0.0.1" if running is None else running.host
+            host = ClusterSpec.host if running is None else running.host
             if running is not None:
                 port = running.port
                 if running.ca is not None and ca is None:
@@ -349,7 +364,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             tls = ssl.create_default_context(cafile=str(ca) if ca else None)
         return _run(run_terminal(host, port, tls=tls))
     if args.command == "up":
-        from clusterchat.cluster.launcher import ClusterSpec, run_cluster
+        from clusterchat.cluster.launcher import run_cluster
 
         if args.nodes < 1:
             print("clusterchat up: --nodes must be at least 1", file=sys.stderr)
