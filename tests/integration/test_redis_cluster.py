@@ -113,6 +113,27 @@ def test_offline_user_on_another_shard_gets_messages_at_next_login(
     b.close()
 
 
+def test_an_acknowledged_message_says_whether_its_recipient_is_online_through_the_cluster(
+    node_factory: NodeFactory, shared_redis_cluster: RedisCluster
+) -> None:
+    """The answer's ``state`` comes from SPUBLISH's count of the shard's
+    subscribers: "offline" before the recipient logs in on the other node,
+    "online" after."""
+    n1, n2 = _nodes(node_factory, shared_redis_cluster, 2)
+    alice, bob = register(n1, "alice", "bob")
+    a, _ = login(n1, alice)
+    before = a.request({"msgid": 6, "toid": bob, "msg": "later", "ref": 1})
+    b, _ = login(n2, bob)
+    after = a.request({"msgid": 6, "toid": bob, "msg": "now", "ref": 2})
+    assert [(m["msgid"], m["errno"], m["ref"], m.get("state")) for m in (before, after)] == [
+        (106, 0, 1, "offline"),
+        (106, 0, 2, "online"),
+    ]
+    assert _texts(b, 1) == ["now"]
+    a.close()
+    b.close()
+
+
 async def test_primary_sigkilled_while_users_chat_loses_no_acknowledged_message(
     node_factory: NodeFactory, redis_cluster: RedisCluster, net: Net
 ) -> None:
