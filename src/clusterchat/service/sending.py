@@ -128,16 +128,15 @@ def _submit(
 
 
 def _committed(ctx: Context, state: SessionState, request: ChatRequest, appended: Appended) -> None:
-    group = request.groupid if isinstance(request, GroupChat) else None
-    if request.ref is None and request.cid is None:
+    acked = request.ref is not None or request.cid is not None
+    if not acked or appended.duplicate or isinstance(request, GroupChat):
         if not appended.duplicate:
+            group = request.groupid if isinstance(request, GroupChat) else None
             ctx.delivery.committed(appended, group)
+        if acked:
+            state.answer(Outbound.of(_ack(request, appended)))
         return
-    if isinstance(request, GroupChat) or appended.duplicate:
-        if not appended.duplicate:
-            ctx.delivery.committed(appended, group)
-        state.answer(Outbound.of(_ack(request, appended)))
-        return
+    # An acknowledged one-to-one message: its answer waits for the bus's count.
     pending = state.reserve()
     timer = asyncio.get_running_loop().call_later(
         STATE_WAIT, _answer_one, state, pending, request, appended, None
