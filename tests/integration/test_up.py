@@ -65,6 +65,28 @@ def _start_up(tmp_path: Path, *args: str) -> tuple[int, Path, processes.Child]:
     return port, log_path, up
 
 
+def _client_and_status_reach_it(
+    client: list[str], status: list[str], cwd: Path | None = None, env: dict[str, str] | None = None
+) -> None:
+    """``client`` registers a user through the running cluster; ``status`` lists its node1."""
+    registered = subprocess.run(
+        client,
+        input="2\nwendy\npw-w\n3\n",
+        capture_output=True,
+        text=True,
+        timeout=seconds(30),
+        cwd=cwd,
+        env=env,
+    )
+    assert registered.returncode == 0, (client, registered.stderr)
+    assert "wendy registered, your userid is" in registered.stdout
+    listed = subprocess.run(
+        status, capture_output=True, text=True, timeout=seconds(30), cwd=cwd, env=env
+    )
+    assert listed.returncode == 0, (status, listed.stderr)
+    assert "node1" in listed.stdout
+
+
 def test_up_serves_chat_and_ctrl_c_leaves_nothing(tmp_path: Path) -> None:
     """`clusterchat up` runs redis, two nodes and nginx; chat works; SIGINT stops every pid."""
     port, log_path, up = _start_up(tmp_path)
@@ -211,23 +233,10 @@ def test_status_and_client_find_a_running_up_with_no_address(tmp_path: Path) -> 
     try:
         processes.wait_for_log(up, "cluster ready", seconds(60))
         assert f" client --dir {run_dir}    " in log_path.read_text()  # the "try:" line
-        client = subprocess.run(
-            [sys.executable, "-m", "clusterchat", "client", "--dir", run_dir],
-            input="2\nwendy\npw-w\n3\n",
-            capture_output=True,
-            text=True,
-            timeout=seconds(30),
+        command = [sys.executable, "-m", "clusterchat"]
+        _client_and_status_reach_it(
+            [*command, "client", "--dir", run_dir], [*command, "status", "--dir", run_dir]
         )
-        assert client.returncode == 0, client.stderr
-        assert "wendy registered, your userid is" in client.stdout
-        status = subprocess.run(
-            [sys.executable, "-m", "clusterchat", "status", "--dir", run_dir],
-            capture_output=True,
-            text=True,
-            timeout=seconds(30),
-        )
-        assert status.returncode == 0, status.stderr
-        assert "node1" in status.stdout
     finally:
         processes.stop(up, timeout=seconds(30), sig=signal.SIGINT)
     gone = subprocess.run(
@@ -286,26 +295,8 @@ def test_the_commands_up_suggests_work_as_printed_without_the_venv_on_path(
         match = re.search(r"^try:  (.+?)    (.+)$", log_path.read_text(), re.MULTILINE)
         assert match is not None, log_path.read_text()
         client_line, status_line = match.groups()
-        client = subprocess.run(
-            shlex.split(client_line),
-            input="2\nwendy\npw-w\n3\n",
-            capture_output=True,
-            text=True,
-            timeout=seconds(30),
-            cwd=tmp_path,
-            env=env,
+        _client_and_status_reach_it(
+            shlex.split(client_line), shlex.split(status_line), cwd=tmp_path, env=env
         )
-        assert client.returncode == 0, (client_line, client.stderr)
-        assert "wendy registered, your userid is" in client.stdout
-        status = subprocess.run(
-            shlex.split(status_line),
-            capture_output=True,
-            text=True,
-            timeout=seconds(30),
-            cwd=tmp_path,
-            env=env,
-        )
-        assert status.returncode == 0, (status_line, status.stderr)
-        assert "node1" in status.stdout
     finally:
         processes.stop(up, timeout=seconds(30), sig=signal.SIGINT)
