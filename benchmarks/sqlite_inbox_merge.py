@@ -31,7 +31,7 @@ from pathlib import Path
 
 from log_append import BODY, create_database
 
-__all__ = ["main"]
+__all__ = ["append", "main"]
 
 BATCH = 20
 
@@ -53,7 +53,7 @@ def _cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def _append(path: Path, tag: str, users: int, merge_ms: float | None) -> float:
+def append(path: Path, tag: str, users: int, merge_ms: float | None) -> float:
     """CPU µs per message; ``merge_ms`` None writes ``inbox`` in place."""
     conn = sqlite3.connect(path, isolation_level=None)
     for pragma in ("synchronous=NORMAL", "foreign_keys=ON", "wal_autocheckpoint=0"):
@@ -129,7 +129,7 @@ def main() -> None:
         for round_ in range(1, args.rounds + 1):
             figures = ", ".join(
                 ("in place" if layout is None else f"merged every {layout:g} ms")
-                + f" {_append(path, f'r{round_}', args.users, layout):.1f}"
+                + f" {append(path, f'r{round_}', args.users, layout):.1f}"
                 for layout, path in paths.items()
             )
             print(f"round {round_}, {args.users} users: CPU µs per message: {figures}", flush=True)
